@@ -1,0 +1,26 @@
+// Package config is the config stage of mailbus. It is a placeholder until its issue
+// lands; cmd/mailbus and cmd/config already wire it.
+package config
+
+import (
+	"context"
+	"log/slog"
+)
+
+// Config configures the config service.
+type Config struct{}
+
+// Service is the config service.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New builds the service.
+func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+
+// Run serves until ctx is cancelled.
+func (s *Service) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}

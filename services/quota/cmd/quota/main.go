@@ -1,0 +1,27 @@
+// Command quota runs the mailbus quota service.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/mailbus/mailbus/services/quota"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "quota:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	return quota.New(quota.Config{}, log).Run(ctx)
+}

@@ -1,0 +1,26 @@
+// Package sender is the sender stage of mailbus. It is a placeholder until its issue
+// lands; cmd/mailbus and cmd/sender already wire it.
+package sender
+
+import (
+	"context"
+	"log/slog"
+)
+
+// Config configures the sender service.
+type Config struct{}
+
+// Service is the sender service.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New builds the service.
+func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+
+// Run serves until ctx is cancelled.
+func (s *Service) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
