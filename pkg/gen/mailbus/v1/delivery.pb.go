@@ -339,7 +339,14 @@ type Delivery struct {
 	// The submission's idempotency id.
 	IdempotencyId string `protobuf:"bytes,17,opt,name=idempotency_id,json=idempotencyId,proto3" json:"idempotency_id,omitempty"`
 	// Subject, for the message log.
-	Subject       string `protobuf:"bytes,18,opt,name=subject,proto3" json:"subject,omitempty"`
+	Subject string `protobuf:"bytes,18,opt,name=subject,proto3" json:"subject,omitempty"`
+	// DKIM-Signature header fields (CRLF-terminated) that the signer made for
+	// message; the sender writes them before message. Kept apart so that a
+	// re-route can re-sign without stale signatures and without copying the
+	// message.
+	DkimSignature []byte `protobuf:"bytes,19,opt,name=dkim_signature,json=dkimSignature,proto3" json:"dkim_signature,omitempty"`
+	// The topic a delayed retry returns the delivery to.
+	RetryTopic    string `protobuf:"bytes,20,opt,name=retry_topic,json=retryTopic,proto3" json:"retry_topic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -496,6 +503,20 @@ func (x *Delivery) GetIdempotencyId() string {
 func (x *Delivery) GetSubject() string {
 	if x != nil {
 		return x.Subject
+	}
+	return ""
+}
+
+func (x *Delivery) GetDkimSignature() []byte {
+	if x != nil {
+		return x.DkimSignature
+	}
+	return nil
+}
+
+func (x *Delivery) GetRetryTopic() string {
+	if x != nil {
+		return x.RetryTopic
 	}
 	return ""
 }
@@ -803,7 +824,7 @@ const file_mailbus_v1_delivery_proto_rawDesc = "" +
 	"\roriginal_from\x18\x05 \x01(\tR\foriginalFrom\x12\x1f\n" +
 	"\vheader_from\x18\x06 \x01(\tR\n" +
 	"headerFrom\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"\x86\x06\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\"\xce\x06\n" +
 	"\bDelivery\x12\x1f\n" +
 	"\vdelivery_id\x18\x01 \x01(\tR\n" +
 	"deliveryId\x12\x1d\n" +
@@ -828,7 +849,10 @@ const file_mailbus_v1_delivery_proto_rawDesc = "" +
 	"\x11header_message_id\x18\x0f \x01(\tR\x0fheaderMessageId\x12\x1b\n" +
 	"\tquota_day\x18\x10 \x01(\tR\bquotaDay\x12%\n" +
 	"\x0eidempotency_id\x18\x11 \x01(\tR\ridempotencyId\x12\x18\n" +
-	"\asubject\x18\x12 \x01(\tR\asubject\x1a;\n" +
+	"\asubject\x18\x12 \x01(\tR\asubject\x12%\n" +
+	"\x0edkim_signature\x18\x13 \x01(\fR\rdkimSignature\x12\x1f\n" +
+	"\vretry_topic\x18\x14 \x01(\tR\n" +
+	"retryTopic\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x05\n" +
