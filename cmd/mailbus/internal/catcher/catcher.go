@@ -46,14 +46,14 @@ type Config struct {
 
 // Catcher holds received messages in memory.
 type Catcher struct {
-	cfg  Config
-	log  *slog.Logger
-	mu   sync.Mutex
-	msgs []Message
-	next atomic.Int64
-	smtp *smtp.Server
+	cfg            Config
+	log            *slog.Logger
+	mu             sync.Mutex
+	msgs           []Message
+	next           atomic.Int64
+	smtp           *smtp.Server
 	smtpLn, httpLn net.Listener
-	http *http.Server
+	http           *http.Server
 }
 
 // New builds a catcher and binds its listeners, so that the addresses are

@@ -101,13 +101,13 @@ func TestDecide(t *testing.T) {
 			wantKind: mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY, wantRelay: "system", wantFrom: "bob@acme.example", wantDKIM: "acme.example",
 		},
 		{
-			name: "falls to direct MX delivery when the default server is direct",
-			req:  Request{From: "bob@acme.example", Default: directMX},
+			name:     "falls to direct MX delivery when the default server is direct",
+			req:      Request{From: "bob@acme.example", Default: directMX},
 			wantKind: mailbusv1.RouteKind_ROUTE_KIND_DIRECT_MX, wantFrom: "bob@acme.example", wantDKIM: "acme.example",
 		},
 		{
-			name: "a From outside the tenant's domains is rewritten on the default server",
-			req: Request{From: "bob@gmail.example", Default: directMX},
+			name:     "a From outside the tenant's domains is rewritten on the default server",
+			req:      Request{From: "bob@gmail.example", Default: directMX},
 			wantKind: mailbusv1.RouteKind_ROUTE_KIND_DIRECT_MX, wantFrom: "noreply@mail.platform.test",
 			wantDKIM: "mail.platform.test", wantRewrite: true,
 		},
