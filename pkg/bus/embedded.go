@@ -1,0 +1,110 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// EmbeddedConfig configures the in-process broker.
+type EmbeddedConfig struct {
+	// Addr is the TCP address to listen on: "127.0.0.1:9092" for a fixed
+	// port, "127.0.0.1:0" (the default) for a random one. The broker
+	// advertises the address it listens on, so listen on an address that
+	// clients can reach (not 0.0.0.0 when clients are elsewhere).
+	Addr string
+	// DataDir makes the broker keep topics, records and committed offsets
+	// in this directory across restarts; empty keeps everything in memory.
+	DataDir string
+	// Partitions is the partition count of mailbus's topics and of topics
+	// created on first use; default 3.
+	Partitions int
+	// Log receives the broker's warnings and errors; nil discards them.
+	Log *slog.Logger
+}
+
+// Embedded is an in-process Kafka-protocol broker (franz-go's kfake) for
+// `mailbus dev` and tests. It speaks the real protocol on a real TCP port,
+// so sarama, kcat and any other Kafka client can use it.
+//
+// It is one broker: no replication, and it is not tuned for throughput.
+// What mailbus needs works against it and is tested: sarama's idempotent
+// producer, LZ4 batches, consumer groups with committed offsets, topic
+// auto-creation, and persistence across restarts with DataDir.
+type Embedded struct {
+	cluster *kfake.Cluster
+}
+
+// StartEmbedded starts the broker and returns once it accepts connections.
+// It creates every topic of AllTopics (unless DataDir already holds a
+// cluster) and allows other topics to be created on first use.
+func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Partitions <= 0 {
+		cfg.Partitions = 3
+	}
+	// kfake always asks for 127.0.0.1:<port>; we open the listener
+	// ourselves so that the caller chooses the interface too. ctx bounds
+	// only this.
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded kafka: listen on %s: %w", cfg.Addr, err)
+	}
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.ClusterID("mailbus-embedded"),
+		kfake.ListenFn(func(string, string) (net.Listener, error) { return ln, nil }),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(cfg.Partitions),
+		kfake.SeedTopics(int32(cfg.Partitions), AllTopics()...),
+		// Real Kafka refuses group session timeouts under 6s; we allow
+		// short ones so that tests and a restarted `mailbus dev` do not
+		// wait for a dead member's session to expire.
+		kfake.GroupMinSessionTimeout(100 * time.Millisecond),
+		// Above any producer's Config.MaxMessageBytes, so that big mail
+		// works in development as it does on a configured cluster.
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(64 << 20)}),
+	}
+	if cfg.DataDir != "" {
+		opts = append(opts, kfake.DataDir(cfg.DataDir))
+	}
+	if cfg.Log != nil {
+		opts = append(opts, kfake.WithLogger(kfakeLogger{cfg.Log}))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("start embedded kafka on %s: %w", cfg.Addr, err)
+	}
+	return &Embedded{cluster: c}, nil
+}
+
+// Addrs returns the broker addresses to put in Config.Brokers.
+func (e *Embedded) Addrs() []string { return e.cluster.ListenAddrs() }
+
+// Close stops the broker; with DataDir it first writes its state to disk.
+func (e *Embedded) Close() { e.cluster.Close() }
+
+// kfakeLogger passes kfake's warnings and errors to slog; its info and
+// debug logs describe every request and would drown everything else.
+type kfakeLogger struct{ log *slog.Logger }
+
+func (l kfakeLogger) Logf(level kfake.LogLevel, format string, args ...any) {
+	var sl slog.Level
+	switch level {
+	case kfake.LogLevelError:
+		sl = slog.LevelError
+	case kfake.LogLevelWarn:
+		sl = slog.LevelWarn
+	default:
+		return
+	}
+	l.log.Log(context.Background(), sl, fmt.Sprintf(format, args...), slog.String("component", "kfake"))
+}
