@@ -1,0 +1,71 @@
+// Package store is the tracker's message log: every DeliveryEvent that the
+// pipeline publishes to mail.events, and the state of each message and
+// recipient that follows from them, in SQL (SQLite or PostgreSQL through
+// pkg/sqlstore, one code path).
+//
+// # Applying events
+//
+// Events arrive at least once and, because stages publish to different
+// partitions, in any order: a recipient's `sent` may be read before the
+// `queued` that announced the message. The store therefore defines the state
+// of a recipient as a fold over the message's events sorted by position,
+// (occur_time, event_id), rather than by arrival. Whatever order the events
+// come in, the state is the same as if they had arrived sorted:
+//
+//   - An event is recorded once, keyed by event_id; a redelivered event is
+//     ignored and changes nothing.
+//   - When every new event of a recipient is later than the last one folded
+//     into it (the normal case), the new events are folded onto the stored
+//     state. Otherwise the recipient is re-folded from the message's stored
+//     events. A recipient that first appears after events that apply to all
+//     recipients (see below) is also re-folded, so that it gets them.
+//   - An event with an empty recipient list applies to every recipient of
+//     the message, including those named later by a MessageSummary.
+//
+// One fold step (see step) takes the state so far and the next event:
+//
+//   - Transient statuses are queued and deferred. A soft bounce (bounced
+//     with permanent=false) is transient too and shows as deferred: the
+//     remote side is still trying.
+//   - Final statuses are sent, bounced (hard), complained, failed,
+//     suppressed and cancelled.
+//   - A transient event replaces a transient state and never a final one.
+//     The exception is a soft bounce after sent: the recipient stays sent,
+//     and the bounce's reason and detail are kept as a note.
+//   - A final event replaces a transient state. Between two final states the
+//     later one wins (sent followed by a hard bounce or a complaint becomes
+//     bounced or complained), except that cancelled never replaces a final
+//     state (cancelling only stops what has not happened yet) and sent never
+//     replaces bounced or complained (a bounce is news about a message that
+//     was already sent, so a later sent only means that the clocks of the
+//     two stages disagree).
+//   - A retry that the tracker records (stage "tracker", reason
+//     ReasonRetryRequested, status queued) puts failed and deferred
+//     recipients back to queued and leaves the others alone.
+//   - Events with status unspecified (warnings) only go into the history.
+//
+// Ties of occur_time are broken by event_id so that the order is total and
+// the fold deterministic.
+//
+// # Overall status
+//
+// A message's status is the least final state among its recipients, in this
+// order (least final first): queued, deferred, sent, suppressed, cancelled,
+// failed, bounced, complained. Sent comes before the other final states
+// because it can still turn into bounced or complained; the order of the
+// rest is by how much the remote side had to say. Recipients without any
+// status (named by a summary but not yet by an event) do not count; a
+// message without any recipient status is unspecified. The store keeps a
+// count of recipients per status on the message row so that an event does
+// not scan the recipients of a large message.
+//
+// # Transactions and concurrency
+//
+// Apply runs one transaction per event; ApplyBatch runs one transaction for
+// many events, grouping them by message so that a message and its
+// recipients are read and written once per batch. Groups are processed in
+// message-id order and each message row is locked (SELECT ... FOR UPDATE on
+// PostgreSQL; SQLite has one writer at a time) before its recipients are
+// read, so that concurrent consumers on PostgreSQL neither lose updates nor
+// deadlock.
+package store
