@@ -29,7 +29,14 @@
 // must be idempotent on the delivery id (delivery is at least once).
 //
 // Mail outcomes are not handler errors: a 5xx reply is an event, a 4xx
-// reply a record on a delayed retry topic (RetryTopicFor).
+// reply a record on a delayed retry topic (RetryTopicFor), consumed with
+// Router.HandleDelayed, which hands each record over only once the topic's
+// delay has passed since it was produced.
+//
+// A group rebalance waits for the record a handler is working on (that is
+// how watermill-kafka works), so Config.RebalanceTimeout must exceed the
+// time the handler stack can take; HandleDelayed does not hold rebalances
+// while it waits for a record to come due.
 //
 // # Typical service
 //

@@ -50,6 +50,9 @@ func testConfig(brokers []string) bus.Config {
 	}
 }
 
+// errTransient is a handler failure that a retry fixes.
+var errTransient = errors.New("relay busy")
+
 // waitTimeout bounds every wait for records. It is a deadlock guard, not a
 // timing assertion: on a busy machine the records arrive well within it.
 const waitTimeout = 60 * time.Second

@@ -135,10 +135,8 @@ func failureContext(log *slog.Logger) message.HandlerMiddleware {
 			if arrival.Err() != nil {
 				return out, fmt.Errorf("%w: %w", errShuttingDown, err)
 			}
-			if p, ok := kafka.MessagePartitionFromCtx(arrival); ok {
+			if p, o, ok := positionFromCtx(arrival); ok {
 				msg.Metadata.Set(MetaPoisonPartition, strconv.FormatInt(int64(p), 10))
-			}
-			if o, ok := kafka.MessagePartitionOffsetFromCtx(arrival); ok {
 				msg.Metadata.Set(MetaPoisonOffset, strconv.FormatInt(o, 10))
 			}
 			msg.Metadata.Set(MetaPoisonPermanent, strconv.FormatBool(IsPermanent(err)))
@@ -155,6 +153,17 @@ func failureContext(log *slog.Logger) message.HandlerMiddleware {
 			return out, err
 		}
 	}
+}
+
+// positionFromCtx returns where in Kafka the record being handled is, as
+// put in its context by watermill-kafka's subscriber or by ours.
+func positionFromCtx(ctx context.Context) (partition int32, offset int64, ok bool) {
+	if rp, ok := ctx.Value(recordPositionKey{}).(recordPosition); ok {
+		return rp.partition, rp.offset, true
+	}
+	p, pok := kafka.MessagePartitionFromCtx(ctx)
+	o, ook := kafka.MessagePartitionOffsetFromCtx(ctx)
+	return p, o, pok && ook
 }
 
 // Handle subscribes h to topic in consumer group Group(service, handler).
