@@ -1,0 +1,152 @@
+package limits
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailbus/mailbus/pkg/redisembed"
+	"github.com/mailbus/mailbus/pkg/testkit"
+	"github.com/redis/go-redis/v9"
+)
+
+// backend is a Redis-protocol server the suite runs against: the real
+// redis-server that production uses, and the embedded one of `mailbus dev`,
+// which must behave the same.
+type backend struct {
+	name  string
+	start func(t testing.TB) string
+}
+
+func backends() []backend {
+	return []backend{
+		{name: "redis-server", start: testkit.StartRedis},
+		{name: "miniredis", start: startEmbedded},
+	}
+}
+
+func startEmbedded(t testing.TB) string {
+	t.Helper()
+	addr, stop, err := redisembed.Start("")
+	if err != nil {
+		t.Fatalf("start embedded redis: %v", err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
+
+// forEachBackend runs fn once per backend, each with a fresh server.
+func forEachBackend(t *testing.T, fn func(t *testing.T, addr string)) {
+	t.Helper()
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			fn(t, b.start(t))
+		})
+	}
+}
+
+// clock is a settable clock shared by a test's Limits.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock(t time.Time) *clock { return &clock{now: t} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+// newClient returns a client of its own (its own connection pool), as a
+// separate quota replica would have.
+func newClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 16})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// harness is one test's Limits with helpers that fail the test on errors.
+type harness struct {
+	t      testing.TB
+	l      *Limits
+	rdb    *redis.Client
+	clock  *clock
+	prefix string
+}
+
+func newHarness(t testing.TB, addr string, clk *clock, opts ...Option) *harness {
+	t.Helper()
+	rdb := newClient(t, addr)
+	prefix := testkit.RedisKeyPrefix(t, addr)
+	opts = append([]Option{WithKeyPrefix(prefix), WithClock(clk.Now)}, opts...)
+	return &harness{t: t, l: New(rdb, opts...), rdb: rdb, clock: clk, prefix: prefix}
+}
+
+func (h *harness) admit(req Request) Result {
+	h.t.Helper()
+	res, err := h.l.Admit(context.Background(), req)
+	if err != nil {
+		h.t.Fatalf("Admit(%+v): %v", req, err)
+	}
+	return res
+}
+
+func (h *harness) admitDefault(req Request) Result {
+	h.t.Helper()
+	res, err := h.l.AdmitDefault(context.Background(), req)
+	if err != nil {
+		h.t.Fatalf("AdmitDefault(%+v): %v", req, err)
+	}
+	return res
+}
+
+func (h *harness) refund(tenant, delivery string) bool {
+	h.t.Helper()
+	ok, err := h.l.Refund(context.Background(), tenant, delivery)
+	if err != nil {
+		h.t.Fatalf("Refund(%s, %s): %v", tenant, delivery, err)
+	}
+	return ok
+}
+
+func (h *harness) usage(tenant, relay string, loc *time.Location) Usage {
+	h.t.Helper()
+	u, err := h.l.Usage(context.Background(), tenant, relay, loc)
+	if err != nil {
+		h.t.Fatalf("Usage(%s, %s): %v", tenant, relay, err)
+	}
+	return u
+}
+
+func (h *harness) wantUsage(tenant, relay string, loc *time.Location, want Usage) {
+	h.t.Helper()
+	if got := h.usage(tenant, relay, loc); got != want {
+		h.t.Fatalf("usage of %s/%s = %+v, want %+v", tenant, relay, got, want)
+	}
+}
+
+func wantResult(t testing.TB, got Result, want Result) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("result = %+v, want %+v", got, want)
+	}
+}
+
+func mustZone(t testing.TB, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatalf("load zone %s: %v", name, err)
+	}
+	return loc
+}

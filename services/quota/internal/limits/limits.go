@@ -1,0 +1,151 @@
+// Package limits holds the quota stage's shared state in Redis: daily
+// recipient counters per relay and per tenant, the per-relay send rate, and
+// relay failure tracking. Every replica of every stage sees the same state,
+// and every check-and-change is one Lua script, so replicas never race.
+//
+// # Daily limits
+//
+// Limits are counted in recipients per calendar day in the tenant's IANA time
+// zone. The day (YYYY-MM-DD, see DayKey) is part of every counter key, so a
+// new day starts from zero at the tenant's midnight, also when that day is 23
+// or 25 hours long; keys expire a retention period (two days by default)
+// after their day ends, only to free memory.
+//
+// Admit checks and counts a delivery in one script: when the relay's count
+// plus the delivery's recipients would pass the relay's limit the answer is
+// RelayExhausted; otherwise when the tenant's would pass the tenant's limit it
+// is TenantExhausted; otherwise both counters grow and the answer is
+// Admitted. A rejection changes no counter, so an exhausted relay never eats
+// into the tenant's quota. A limit of 0 means unlimited. AdmitDefault is the
+// same for the default server, which only the tenant limit applies to.
+//
+// # Idempotency
+//
+// Delivery is at least once, so the script also keeps a marker per delivery
+// (mb:q:{tenant}:seen:{delivery}). It records the decision per route (a relay,
+// or the default server) and the delivery's current charge: the route, day
+// and recipients it is counted for.
+//
+//   - A delivery seen again on a route it was already decided on gets that
+//     first decision back (Result.Replayed) and changes no counter.
+//   - A delivery that arrives on a new route (re-routed through
+//     mail.fallback) first has its charge on the old route released, so a
+//     delivery is counted at most once at any time, wherever it is counted.
+//   - Refund releases the current charge explicitly, for a delivery that
+//     will not be sent on the route it was admitted for. It is idempotent,
+//     and the route's decision is forgotten so the next attempt on that route
+//     is decided afresh.
+//
+// Markers expire with the counters of the day they were last decided on.
+//
+// # Rate
+//
+// AllowRate is a GCRA limiter per relay (github.com/go-redis/redis_rate),
+// run against the Redis server's clock so that replicas with skewed clocks
+// still share one schedule. It answers at once with a retry-after instead of
+// waiting, so the caller can delay a delivery without holding its partition.
+//
+// # Relay failures
+//
+// RecordFailure counts a relay's consecutive failures per day in the tenant's
+// zone; the third (by default) disables the relay until the tenant's next
+// midnight. RecordSuccess resets the count of a relay that is not disabled.
+//
+// # Redis Cluster
+//
+// All keys of a tenant share the hash tag {tenant}, so every script touches
+// one slot. Scripts only touch keys passed in KEYS: when a charge must be
+// released whose keys the caller could not know in advance, the script says
+// so and the call is repeated with those keys declared.
+package limits
+
+import (
+	"errors"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultKeyPrefix starts every key this package writes.
+const DefaultKeyPrefix = "mb:q:"
+
+// DefaultRetention is how long counters and markers outlive their day: long
+// enough for redeliveries after an outage, short enough to keep Redis small.
+const DefaultRetention = 48 * time.Hour
+
+// DefaultFailureThreshold is the number of consecutive failures in one day
+// that disables a relay until the next day.
+const DefaultFailureThreshold = 3
+
+// ErrInvalid wraps every error about a malformed request, so callers can tell
+// a delivery that will never pass (poison) from a Redis outage (retry).
+var ErrInvalid = errors.New("invalid quota request")
+
+// Limits checks and counts deliveries against limits kept in Redis. It is
+// safe for concurrent use and holds no state of its own besides the client.
+type Limits struct {
+	rdb              redis.UniversalClient
+	rate             *redis_rate.Limiter
+	now              func() time.Time
+	prefix           string
+	retention        time.Duration
+	failureThreshold int
+}
+
+// Option changes a default of New.
+type Option func(*Limits)
+
+// WithClock sets the clock that decides which day it is (tests move it across
+// midnights and DST changes). The rate limiter does not use it: it runs on
+// the Redis server's clock.
+func WithClock(now func() time.Time) Option {
+	return func(l *Limits) { l.now = now }
+}
+
+// WithKeyPrefix replaces DefaultKeyPrefix, for example to share one Redis
+// between environments or to isolate tests. It must not contain '{' or '}'
+// because the hash tag must be the tenant id.
+func WithKeyPrefix(prefix string) Option {
+	return func(l *Limits) { l.prefix = prefix }
+}
+
+// WithRetention replaces DefaultRetention.
+func WithRetention(d time.Duration) Option {
+	return func(l *Limits) { l.retention = d }
+}
+
+// WithFailureThreshold replaces DefaultFailureThreshold.
+func WithFailureThreshold(n int) Option {
+	return func(l *Limits) { l.failureThreshold = n }
+}
+
+// New returns Limits that keep their state in rdb, which may be a single
+// server, a failover client or a Redis Cluster client.
+func New(rdb redis.UniversalClient, opts ...Option) *Limits {
+	l := &Limits{
+		rdb:              rdb,
+		rate:             redis_rate.NewLimiter(rdb),
+		now:              time.Now,
+		prefix:           DefaultKeyPrefix,
+		retention:        DefaultRetention,
+		failureThreshold: DefaultFailureThreshold,
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// keyTTL is how long keys written at now for the day it falls on in loc
+// must live: until the retention after that day ends. It is relative (EXPIRE,
+// not EXPIREAT) so that a skew between our clock and the Redis server's, or a
+// test clock set in the past, cannot make a fresh key expire at once.
+func (l *Limits) keyTTL(now time.Time, loc *time.Location) int64 {
+	return ttlSeconds(NextMidnight(now, loc).Add(l.retention).Sub(now))
+}
+
+// ttlSeconds rounds up to whole seconds, at least 1, since EXPIRE 0 deletes.
+func ttlSeconds(d time.Duration) int64 {
+	return max(1, int64((d+time.Second-1)/time.Second))
+}
