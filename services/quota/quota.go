@@ -1,26 +1,239 @@
-// Package quota is the quota stage of mailbus. It is a placeholder until its issue
-// lands; cmd/mailbus and cmd/quota already wire it.
+// Package quota is the limits stage of mailbus: it consumes deliveries from
+// mail.routed, counts them against the relay's and the tenant's daily
+// limits in Redis (exactly once per delivery), paces relays with a rate
+// limit, and sends each delivery on to mail.admitted, back to the router
+// through mail.fallback when its relay is exhausted, or to a retry topic
+// when the tenant's own limit is reached. The counting rules live in
+// internal/limits.
 package quota
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/delay"
+	"github.com/mailbus/mailbus/pkg/events"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/limits"
 )
 
-// Config configures the quota service.
-type Config struct{}
-
-// Service is the quota service.
-type Service struct {
-	cfg Config
-	log *slog.Logger
+// Config configures the quota stage.
+type Config struct {
+	Bus bus.Config
+	// MaxRateWait is the longest a delivery waits in the handler for its
+	// relay's rate limit; a longer wait goes to a retry topic. Default 2s.
+	MaxRateWait time.Duration
 }
 
-// New builds the service.
-func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+// ConfigSource is the configuration cache.
+type ConfigSource interface {
+	Tenant(id string) (*mailbusv1.Tenant, bool)
+	Relay(id string) (*mailbusv1.Relay, bool)
+}
 
-// Run serves until ctx is cancelled.
+// Deps are the quota stage's collaborators.
+type Deps struct {
+	Log     *slog.Logger
+	Metrics prometheus.Registerer
+	Config  ConfigSource
+	Redis   redis.UniversalClient
+	Now     func() time.Time
+}
+
+// Service is the quota stage.
+type Service struct {
+	cfg      Config
+	deps     Deps
+	log      *slog.Logger
+	limits   *limits.Limits
+	pub      message.Publisher
+	decision *prometheus.CounterVec
+	zones    sync.Map // time zone name → *time.Location
+}
+
+// New builds the quota stage.
+func New(cfg Config, deps Deps) *Service {
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if cfg.MaxRateWait <= 0 {
+		cfg.MaxRateWait = 2 * time.Second
+	}
+	s := &Service{
+		cfg: cfg, deps: deps, log: deps.Log.With("service", "quota"),
+		limits: limits.New(deps.Redis, limits.WithClock(deps.Now)),
+		decision: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "quota", Name: "decisions_total",
+			Help: "Deliveries decided, by decision.",
+		}, []string{"decision"}),
+	}
+	if deps.Metrics != nil {
+		deps.Metrics.MustRegister(s.decision)
+	}
+	return s
+}
+
+// Run consumes until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	r, err := bus.NewRouter(s.cfg.Bus, "quota", s.log)
+	if err != nil {
+		return err
+	}
+	s.pub = r.Publisher()
+	if err := r.Handle("admit", bus.TopicRouted, bus.Handle(s.handle)); err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+func (s *Service) zone(name string) *time.Location {
+	if name == "" {
+		return time.UTC
+	}
+	if loc, ok := s.zones.Load(name); ok {
+		return loc.(*time.Location)
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		// Config validates zones; a bad one here must not stop mail.
+		s.log.Warn("unknown tenant time zone, counting in UTC", "zone", name, "err", err)
+		loc = time.UTC
+	}
+	s.zones.Store(name, loc)
+	return loc
+}
+
+func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+	now := s.deps.Now()
+	meta := bus.MetaFrom(msg)
+	tenant, ok := s.deps.Config.Tenant(d.GetTenantId())
+	if !ok {
+		return s.emit(meta, events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED,
+			"unknown_tenant", fmt.Sprintf("tenant %q is not configured", d.GetTenantId()), now), "unknown_tenant")
+	}
+	loc := s.zone(tenant.GetTimeZone())
+	req := limits.Request{
+		Tenant: d.GetTenantId(), DeliveryID: d.GetDeliveryId(), Recipients: len(d.GetEnvelope().GetRcptTo()),
+		TenantLimit: tenant.GetDailyLimit(), Zone: loc,
+	}
+	var relay *mailbusv1.Relay
+	var res limits.Result
+	var err error
+	if d.GetRoute().GetKind() == mailbusv1.RouteKind_ROUTE_KIND_RELAY {
+		relay, ok = s.deps.Config.Relay(d.GetRoute().GetRelayId())
+		if !ok {
+			// The relay was deleted after routing: route again without it.
+			return s.fallback(meta, d, now, "relay_gone", "relay "+d.GetRoute().GetRelayId()+" no longer exists")
+		}
+		req.RelayID, req.RelayLimit = relay.GetId(), relay.GetDailyLimit()
+		res, err = s.limits.Admit(ctx, req)
+	} else {
+		res, err = s.limits.AdmitDefault(ctx, req)
+	}
+	if err != nil {
+		return fmt.Errorf("admit delivery %s: %w", d.GetDeliveryId(), err)
+	}
+	switch res.Decision {
+	case limits.RelayExhausted:
+		return s.fallback(meta, d, now, "relay_limit_reached",
+			fmt.Sprintf("relay %s reached its daily limit of %d recipients (%d counted on %s)", relayName(relay), relay.GetDailyLimit(), res.RelayCount, res.Day))
+	case limits.TenantExhausted:
+		return s.tenantExhausted(meta, d, tenant, loc, res, now)
+	}
+	d.QuotaDay = res.Day
+	if relay.GetRatePerSecond() > 0 {
+		if err := s.pace(ctx, meta, d, relay); err != nil {
+			if err == errDelayed {
+				return nil
+			}
+			return err
+		}
+	}
+	s.decision.WithLabelValues("admitted").Inc()
+	return bus.Publish(s.pub, bus.TopicAdmitted, d, meta)
+}
+
+var errDelayed = fmt.Errorf("delivery delayed for rate")
+
+// pace waits briefly for the relay's shared rate limit; a longer wait
+// goes to a retry topic so the partition keeps moving.
+func (s *Service) pace(ctx context.Context, meta message.Metadata, d *mailbusv1.Delivery, relay *mailbusv1.Relay) error {
+	deadline := s.deps.Now().Add(s.cfg.MaxRateWait)
+	for {
+		rr, err := s.limits.AllowRate(ctx, d.GetTenantId(), relay.GetId(), relay.GetRatePerSecond(), 0)
+		if err != nil {
+			return fmt.Errorf("rate limit relay %s: %w", relay.GetId(), err)
+		}
+		if rr.Allowed {
+			return nil
+		}
+		now := s.deps.Now()
+		if now.Add(rr.RetryAfter).After(deadline) {
+			s.decision.WithLabelValues("rate_delayed").Inc()
+			if err := delay.Enqueue(s.pub, meta, d, bus.TopicAdmitted, now.Add(rr.RetryAfter), now); err != nil {
+				return err
+			}
+			return errDelayed
+		}
+		t := time.NewTimer(rr.RetryAfter)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) fallback(meta message.Metadata, d *mailbusv1.Delivery, now time.Time, reason, detail string) error {
+	s.decision.WithLabelValues(reason).Inc()
+	e := events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail+"; routing again", now)
+	if id := d.GetRoute().GetRelayId(); id != "" {
+		d.ExcludedRelayIds = append(d.ExcludedRelayIds, id)
+	}
+	if err := bus.Publish(s.pub, bus.TopicFallback, d, meta); err != nil {
+		return err
+	}
+	return bus.Publish(s.pub, bus.TopicEvents, e, meta)
+}
+
+func (s *Service) tenantExhausted(meta message.Metadata, d *mailbusv1.Delivery, tenant *mailbusv1.Tenant, loc *time.Location, res limits.Result, now time.Time) error {
+	detail := fmt.Sprintf("tenant %s reached its daily limit of %d recipients (%d counted on %s)", tenant.GetId(), tenant.GetDailyLimit(), res.TenantCount, res.Day)
+	if tenant.GetOverLimitPolicy() == mailbusv1.OverLimitPolicy_OVER_LIMIT_POLICY_REFUSE {
+		s.decision.WithLabelValues("tenant_refused").Inc()
+		e := events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, "tenant_daily_limit", detail, now)
+		e.Permanent = true
+		return bus.Publish(s.pub, bus.TopicEvents, e, meta)
+	}
+	s.decision.WithLabelValues("tenant_deferred").Inc()
+	next := limits.NextMidnight(now, loc)
+	e := events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "tenant_daily_limit",
+		detail+"; deferred to "+next.Format(time.RFC3339), now)
+	if err := delay.Enqueue(s.pub, meta, d, bus.TopicRouted, next, now); err != nil {
+		return err
+	}
+	return bus.Publish(s.pub, bus.TopicEvents, e, meta)
+}
+
+func (s *Service) emit(meta message.Metadata, e *mailbusv1.DeliveryEvent, decision string) error {
+	s.decision.WithLabelValues(decision).Inc()
+	return bus.Publish(s.pub, bus.TopicEvents, e, meta)
+}
+
+func relayName(r *mailbusv1.Relay) string {
+	if r.GetName() != "" {
+		return r.GetName()
+	}
+	return r.GetId()
 }

@@ -1,26 +1,152 @@
-// Package router is the router stage of mailbus. It is a placeholder until its issue
-// lands; cmd/mailbus and cmd/router already wire it.
+// Package router is the first stage of mailbus: it consumes submissions
+// from mail.submit and re-routes deliveries from mail.fallback, and
+// publishes deliveries to mail.routed and events to mail.events. The
+// decisions live in internal/plan and internal/route; this file wires them
+// to the bus.
 package router
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/services/router/internal/plan"
 )
 
-// Config configures the router service.
-type Config struct{}
-
-// Service is the router service.
-type Service struct {
-	cfg Config
-	log *slog.Logger
+// Config configures the router.
+type Config struct {
+	Bus bus.Config
+	// MaxMessageBytes bounds a built message; 0 means 25 MiB.
+	MaxMessageBytes int64
+	// MaxRecipients bounds one submission; 0 means 1000.
+	MaxRecipients int
+	// VERPKey signs VERP return paths; without it the return path is the
+	// From address.
+	VERPKey []byte
 }
 
-// New builds the service.
-func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+// Deps are the router's collaborators.
+type Deps struct {
+	Log *slog.Logger
+	// Metrics registers the router's metrics; nil means none.
+	Metrics prometheus.Registerer
+	// Config is the configuration cache.
+	Config plan.Config
+	// Suppressions may be nil until the bounce service runs.
+	Suppressions plan.Suppressions
+	// Health reports relays disabled for today; may be nil.
+	Health plan.RelayHealth
+	Now    func() time.Time
+}
 
-// Run serves until ctx is cancelled.
+// Service is the router.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	planner *plan.Planner
+	pub     message.Publisher
+	outcome *prometheus.CounterVec
+}
+
+// New builds the router.
+func New(cfg Config, deps Deps) *Service {
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		cfg: cfg,
+		log: deps.Log.With("service", "router"),
+		planner: plan.New(deps.Config, deps.Suppressions, deps.Health, plan.Options{
+			MaxMessageBytes: cfg.MaxMessageBytes, MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, Now: deps.Now,
+		}),
+		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "router", Name: "submissions_total",
+			Help: "Submissions and re-routes handled, by outcome.",
+		}, []string{"outcome"}),
+	}
+	if deps.Metrics != nil {
+		deps.Metrics.MustRegister(s.outcome)
+	}
+	return s
+}
+
+// Run consumes until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
+	r, err := bus.NewRouter(s.cfg.Bus, "router", s.log)
+	if err != nil {
+		return err
+	}
+	s.pub = r.Publisher()
+	if err := r.Handle("route", bus.TopicSubmit, bus.Handle(s.handleSubmission)); err != nil {
+		return err
+	}
+	if err := r.Handle("reroute", bus.TopicFallback, bus.Handle(s.handleFallback)); err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+func (s *Service) handleSubmission(ctx context.Context, msg *message.Message, sub *mailbusv1.Submission) error {
+	part, _ := kafka.MessagePartitionFromCtx(ctx)
+	off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+	res, err := s.planner.Plan(ctx, sub, fmt.Sprintf("%s/%d/%d", bus.TopicSubmit, part, off))
+	if err != nil {
+		return err
+	}
+	return s.publish(msg, res, "submission")
+}
+
+func (s *Service) handleFallback(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+	res, err := s.planner.Reroute(ctx, d)
+	if err != nil {
+		return err
+	}
+	return s.publish(msg, res, "reroute")
+}
+
+// publish sends deliveries before events: a crash in between redelivers
+// the record, which publishes the same ids again, and every consumer is
+// idempotent on them.
+func (s *Service) publish(in *message.Message, res plan.Result, kind string) error {
+	meta := bus.MetaFrom(in)
+	meta.Set(bus.MetaMessageID, res.MessageID)
+	if err := publishAll(s.pub, bus.TopicRouted, meta, res.Deliveries); err != nil {
+		return err
+	}
+	if err := publishAll(s.pub, bus.TopicEvents, meta, res.Events); err != nil {
+		return err
+	}
+	outcome := "routed"
+	if len(res.Deliveries) == 0 {
+		outcome = "refused"
+	}
+	s.outcome.WithLabelValues(kind + "_" + outcome).Inc()
+	return nil
+}
+
+// publishAll sends records in one producer batch (one round trip).
+func publishAll[T proto.Message](pub message.Publisher, topic string, meta message.Metadata, items []T) error {
+	if len(items) == 0 {
+		return nil
+	}
+	msgs := make([]*message.Message, 0, len(items))
+	for _, it := range items {
+		m, err := bus.Encode(it, meta)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	if err := pub.Publish(topic, msgs...); err != nil {
+		return fmt.Errorf("publish %d records to %s: %w", len(msgs), topic, err)
+	}
 	return nil
 }

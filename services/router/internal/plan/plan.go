@@ -1,0 +1,451 @@
+// Package plan turns a submission into deliveries: it validates the
+// submission, drops suppressed recipients, builds the MIME message, picks
+// the route (package route), rewrites From when the route needs it, sets
+// the return path, and splits recipients into envelopes (one per recipient
+// when the return path is VERP, so a bounce names its recipient). It also
+// re-plans a delivery that came back through mail.fallback.
+//
+// Outcomes that are the submission's fault (unknown tenant, bad address,
+// header injection, too large) are not errors: they become a failed event
+// with a reason a person can act on, and the record is done. Errors are
+// returned only for what a retry can fix.
+package plan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mailbus/mailbus/pkg/events"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
+	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/services/router/internal/route"
+)
+
+// Reasons recorded on failed and suppressed events.
+const (
+	ReasonUnknownTenant   = "unknown_tenant"
+	ReasonInactiveTenant  = "inactive_tenant"
+	ReasonInvalidKind     = "invalid_kind"
+	ReasonNoRecipients    = "no_recipients"
+	ReasonInvalidAddress  = "invalid_address"
+	ReasonInvalidHeader   = "invalid_header"
+	ReasonInvalidMessage  = "invalid_message"
+	ReasonTooLarge        = "message_too_large"
+	ReasonTooManyRcpts    = "too_many_recipients"
+	ReasonNoRoute         = "no_route"
+	ReasonSuppressed      = "suppressed"
+	ReasonReturnPathError = "return_path_error"
+)
+
+// Config is the source of tenants, domains, relays and the default server.
+// The pipeline reads it from a local cache (configclient), never per call.
+type Config interface {
+	Tenant(id string) (*mailbusv1.Tenant, bool)
+	Domains(tenantID string) []*mailbusv1.Domain
+	Relays(tenantID string) []*mailbusv1.Relay
+	DefaultServer() *mailbusv1.DefaultServer
+}
+
+// Suppressions reports which recipients are on the tenant's suppression
+// list, with the reason they are.
+type Suppressions interface {
+	Suppressed(ctx context.Context, tenantID string, addrs []string) (map[string]string, error)
+}
+
+// RelayHealth reports relays disabled for today after repeated failures.
+type RelayHealth interface {
+	Disabled(ctx context.Context, tenant *mailbusv1.Tenant, relayID string) bool
+}
+
+// Options are the planner's limits.
+type Options struct {
+	// MaxMessageBytes bounds a built message; 0 means mail.DefaultMaxSize.
+	MaxMessageBytes int64
+	// MaxRecipients bounds one submission; default 1000.
+	MaxRecipients int
+	// EnvelopeRecipients bounds one envelope when not using VERP; default
+	// 50, Postfix's smtp_destination_recipient_limit.
+	EnvelopeRecipients int
+	// VERPKey signs VERP return paths.
+	VERPKey []byte
+	Now     func() time.Time
+}
+
+// Planner plans deliveries.
+type Planner struct {
+	cfg    Config
+	supp   Suppressions
+	health RelayHealth
+	opts   Options
+}
+
+// New builds a planner. supp and health may be nil.
+func New(cfg Config, supp Suppressions, health RelayHealth, opts Options) *Planner {
+	if opts.MaxRecipients <= 0 {
+		opts.MaxRecipients = 1000
+	}
+	if opts.EnvelopeRecipients <= 0 {
+		opts.EnvelopeRecipients = 50
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Planner{cfg: cfg, supp: supp, health: health, opts: opts}
+}
+
+// Result is what a submission or a re-route turned into.
+type Result struct {
+	MessageID  string
+	Deliveries []*mailbusv1.Delivery
+	Events     []*mailbusv1.DeliveryEvent
+}
+
+// refusal is a submission's fault: it becomes a failed event.
+type refusal struct{ reason, detail string }
+
+func (r *refusal) Error() string { return r.reason + ": " + r.detail }
+
+func refuse(reason, format string, args ...any) error {
+	return &refusal{reason: reason, detail: fmt.Sprintf(format, args...)}
+}
+
+// Plan plans a submission. fallbackKey identifies the record when the
+// submission has no idempotency id (its Kafka position), so a redelivered
+// record still gets the same message id.
+func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackKey string) (Result, error) {
+	idem := sub.GetIdempotencyId()
+	if idem == "" {
+		idem = "record:" + fallbackKey
+	}
+	msgID := ids.MessageID(sub.GetTenantId(), idem)
+	res := Result{MessageID: msgID}
+	now := p.opts.Now()
+	rcpts := recipients(sub)
+	summary := &mailbusv1.MessageSummary{
+		From: sub.GetFrom().GetEmail(), Subject: sub.GetSubject(), Kind: sub.GetKind(),
+		CampaignId: sub.GetCampaignId(), Recipients: rcpts, IdempotencyId: sub.GetIdempotencyId(),
+	}
+	fail := func(err error) (Result, error) {
+		var r *refusal
+		if !errors.As(err, &r) {
+			return Result{}, err
+		}
+		e := events.ForMessage(sub.GetTenantId(), sub.GetUserId(), msgID, events.StageRouter,
+			mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, r.reason, r.detail, now, rcpts)
+		e.Summary = summary
+		e.Permanent = true
+		res.Events = append(res.Events, e)
+		return res, nil
+	}
+
+	tenant, err := p.checkSubmission(sub, rcpts)
+	if err != nil {
+		return fail(err)
+	}
+
+	// Suppressed recipients are dropped before anything else happens.
+	if p.supp != nil {
+		supp, err := p.supp.Suppressed(ctx, tenant.GetId(), rcpts)
+		if err != nil {
+			return Result{}, fmt.Errorf("check suppression list of %s: %w", tenant.GetId(), err)
+		}
+		if len(supp) > 0 {
+			var kept []string
+			for _, r := range rcpts {
+				if why, ok := supp[strings.ToLower(r)]; ok {
+					e := events.ForMessage(tenant.GetId(), sub.GetUserId(), msgID, events.StageRouter,
+						mailbusv1.DeliveryStatus_DELIVERY_STATUS_SUPPRESSED, ReasonSuppressed,
+						"recipient is on the tenant's suppression list: "+why, now, []string{r})
+					e.Summary = summary
+					res.Events = append(res.Events, e)
+					continue
+				}
+				kept = append(kept, r)
+			}
+			rcpts = kept
+			if len(rcpts) == 0 {
+				return res, nil
+			}
+		}
+	}
+
+	built, err := p.build(sub, msgID)
+	if err != nil {
+		return fail(err)
+	}
+	summary.HeaderMessageId = built.MessageID
+	summary.From = built.From.Email
+
+	d := &mailbusv1.Delivery{
+		MessageId: msgID, TenantId: tenant.GetId(), UserId: sub.GetUserId(), Kind: sub.GetKind(),
+		Message: built.Data, CampaignId: sub.GetCampaignId(), Metadata: sub.GetMetadata(), Attempt: 1,
+		QueueTime: timestamppb.New(now), HeaderMessageId: built.MessageID, IdempotencyId: sub.GetIdempotencyId(),
+		Subject: sub.GetSubject(),
+		Route:   &mailbusv1.Route{OriginalFrom: built.From.Email},
+	}
+	deliveries, err := p.route(ctx, tenant, d, rcpts, func(i int) string { return ids.DeliveryID(msgID, i, 0) })
+	if err != nil {
+		return fail(err)
+	}
+	queued := events.ForMessage(tenant.GetId(), sub.GetUserId(), msgID, events.StageRouter,
+		mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, "", deliveries[0].GetRoute().GetReason(), now, rcpts)
+	queued.Summary = summary
+	queued.RelayId = deliveries[0].GetRoute().GetRelayId()
+	queued.Attributes = routeAttributes(deliveries[0].GetRoute())
+	res.Deliveries = deliveries
+	res.Events = append(res.Events, queued)
+	return res, nil
+}
+
+// Reroute plans a delivery again after its relay failed or was exhausted
+// (the relay is in excluded_relay_ids). The message keeps its id; the new
+// delivery gets a new id so that quota counts it against the new route.
+func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, error) {
+	res := Result{MessageID: d.GetMessageId()}
+	now := p.opts.Now()
+	tenant, ok := p.cfg.Tenant(d.GetTenantId())
+	if !ok {
+		e := events.ForDelivery(d, events.StageRouter, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED,
+			ReasonUnknownTenant, fmt.Sprintf("tenant %q no longer exists", d.GetTenantId()), now)
+		e.Permanent = true
+		res.Events = append(res.Events, e)
+		return res, nil
+	}
+	nd := proto.Clone(d).(*mailbusv1.Delivery)
+	nd.DkimSignature = nil
+	nd.QuotaDay = ""
+	nd.NotBefore = nil
+	// The new id keeps the original envelope's and counts re-routes, so ids
+	// stay unique per message and a redelivered fallback record maps to the
+	// same new delivery.
+	base, _, _ := strings.Cut(d.GetDeliveryId(), ".r")
+	reroute := len(d.GetExcludedRelayIds())
+	idFor := func(i int) string {
+		id := fmt.Sprintf("%s.r%d", base, reroute)
+		if i > 0 {
+			id += fmt.Sprintf(".%d", i)
+		}
+		return id
+	}
+	deliveries, err := p.route(ctx, tenant, nd, d.GetEnvelope().GetRcptTo(), idFor)
+	if err != nil {
+		var r *refusal
+		if !errors.As(err, &r) {
+			return Result{}, err
+		}
+		e := events.ForDelivery(d, events.StageRouter, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, r.reason, r.detail, now)
+		e.Permanent = true
+		res.Events = append(res.Events, e)
+		return res, nil
+	}
+	for _, nd := range deliveries {
+		e := events.ForDelivery(nd, events.StageRouter, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED,
+			"rerouted", nd.GetRoute().GetReason(), now)
+		e.Attributes = routeAttributes(nd.GetRoute())
+		e.Attributes["previous_delivery_id"] = d.GetDeliveryId()
+		res.Events = append(res.Events, e)
+	}
+	res.Deliveries = deliveries
+	return res, nil
+}
+
+func (p *Planner) checkSubmission(sub *mailbusv1.Submission, rcpts []string) (*mailbusv1.Tenant, error) {
+	tenant, ok := p.cfg.Tenant(sub.GetTenantId())
+	if !ok {
+		return nil, refuse(ReasonUnknownTenant, "tenant %q is not configured; create it with ConfigService.CreateTenant or the seed file", sub.GetTenantId())
+	}
+	if !tenant.GetActive() {
+		return nil, refuse(ReasonInactiveTenant, "tenant %q is inactive", sub.GetTenantId())
+	}
+	if _, ok := mailbusv1.EmailKind_name[int32(sub.GetKind())]; !ok || sub.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_UNSPECIFIED {
+		return nil, refuse(ReasonInvalidKind, "kind must be one of workflow, mass, individual, transactional, system; got %v", sub.GetKind())
+	}
+	if len(rcpts) == 0 {
+		return nil, refuse(ReasonNoRecipients, "the submission has no recipients in to, cc or bcc")
+	}
+	if len(rcpts) > p.opts.MaxRecipients {
+		return nil, refuse(ReasonTooManyRcpts, "%d recipients; at most %d per submission", len(rcpts), p.opts.MaxRecipients)
+	}
+	for _, field := range []struct {
+		name  string
+		addrs []*mailbusv1.Address
+	}{{"to", sub.GetTo()}, {"cc", sub.GetCc()}, {"bcc", sub.GetBcc()}} {
+		for i, a := range field.addrs {
+			if err := mail.ValidateMailbox(a.GetEmail()); err != nil {
+				return nil, refuse(ReasonInvalidAddress, "%s[%d]: %v", field.name, i, err)
+			}
+		}
+	}
+	return tenant, nil
+}
+
+// build makes the MIME message. The Message-ID is derived from the
+// message id so that a redelivered submission builds the same message.
+func (p *Planner) build(sub *mailbusv1.Submission, msgID string) (mail.Message, error) {
+	opts := mail.Options{MaxSize: p.opts.MaxMessageBytes, Now: p.opts.Now}
+	s := sub
+	if len(sub.GetRawMessage()) == 0 && !hasHeader(sub, "Message-Id") {
+		if from := sub.GetFrom().GetEmail(); strings.Contains(from, "@") {
+			s = proto.Clone(sub).(*mailbusv1.Submission)
+			s.Headers = append(s.Headers, &mailbusv1.Header{Name: "Message-ID", Value: "<" + msgID + "@" + domainOf(from) + ">"})
+		}
+	}
+	m, err := mail.Build(s, opts)
+	if err != nil {
+		reason := ReasonInvalidMessage
+		var ae *mail.AddressError
+		var he *mail.HeaderError
+		switch {
+		case errors.Is(err, mail.ErrTooLarge):
+			reason = ReasonTooLarge
+		case errors.As(err, &ae):
+			reason = ReasonInvalidAddress
+		case errors.As(err, &he):
+			reason = ReasonInvalidHeader
+		}
+		return mail.Message{}, refuse(reason, "%v", err)
+	}
+	return m, nil
+}
+
+// route decides the route and makes the deliveries of one message.
+func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbusv1.Delivery, rcpts []string, idFor func(envelope int) string) ([]*mailbusv1.Delivery, error) {
+	domains := p.cfg.Domains(tenant.GetId())
+	names := make([]string, 0, len(domains))
+	for _, dom := range domains {
+		names = append(names, strings.ToLower(dom.GetName()))
+	}
+	req := route.Request{
+		Tenant: tenant, Kind: d.GetKind(), From: d.GetRoute().GetOriginalFrom(), TenantDomains: names,
+		Relays: p.cfg.Relays(tenant.GetId()), Excluded: d.GetExcludedRelayIds(), Default: p.cfg.DefaultServer(),
+	}
+	if p.health != nil {
+		req.Disabled = func(id string) bool { return p.health.Disabled(ctx, tenant, id) }
+	}
+	dec, ok := route.Decide(req)
+	if !ok {
+		return nil, refuse(ReasonNoRoute, "%s", dec.Reason)
+	}
+	msg := d.GetMessage()
+	if dec.Rewritten {
+		cur, err := mail.HeaderFrom(msg)
+		if err == nil && !strings.EqualFold(cur.Email, dec.HeaderFrom) {
+			msg, _, err = mail.RewriteFrom(msg, mail.Address{Email: dec.HeaderFrom}, tenant.GetName())
+		}
+		if err != nil {
+			return nil, refuse(ReasonInvalidMessage, "rewrite From to %s: %v", dec.HeaderFrom, err)
+		}
+	}
+	r := &mailbusv1.Route{
+		Kind: dec.Kind, RelayId: dec.Relay.GetId(), DkimDomain: dec.DKIMDomain, FromRewritten: dec.Rewritten,
+		OriginalFrom: d.GetRoute().GetOriginalFrom(), HeaderFrom: dec.HeaderFrom, Reason: dec.Reason,
+	}
+	if dec.Kind == mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY {
+		r.RelayId = ""
+	}
+	verp, returnPath := p.returnPath(tenant, domains, dec.HeaderFrom)
+	var envelopes [][]string
+	if verp {
+		for _, rc := range rcpts {
+			envelopes = append(envelopes, []string{rc})
+		}
+	} else {
+		for chunk := range slices.Chunk(rcpts, p.opts.EnvelopeRecipients) {
+			envelopes = append(envelopes, chunk)
+		}
+	}
+	out := make([]*mailbusv1.Delivery, 0, len(envelopes))
+	for i, env := range envelopes {
+		nd := proto.Clone(d).(*mailbusv1.Delivery)
+		nd.Message = msg
+		nd.Route = r
+		nd.DeliveryId = idFor(i)
+		mailFrom := returnPath
+		if verp {
+			var err error
+			mailFrom, err = mail.VERPEncode(p.opts.VERPKey, nd.GetDeliveryId(), env[0], tenant.GetBounceDomain())
+			if err != nil {
+				return nil, refuse(ReasonReturnPathError, "make VERP return path: %v", err)
+			}
+		}
+		nd.Envelope = &mailbusv1.Envelope{MailFrom: mailFrom, RcptTo: env, EnvelopeId: nd.GetDeliveryId()}
+		out = append(out, nd)
+	}
+	return out, nil
+}
+
+// returnPath applies the sender domain's return-path policy. A domain
+// without one uses VERP when the tenant has a bounce domain (so bounces
+// come back to mailbus), and the From address otherwise.
+func (p *Planner) returnPath(tenant *mailbusv1.Tenant, domains []*mailbusv1.Domain, headerFrom string) (verp bool, addr string) {
+	fromDomain := domainOf(headerFrom)
+	mode := mailbusv1.ReturnPathMode_RETURN_PATH_MODE_UNSPECIFIED
+	custom := ""
+	for _, d := range domains {
+		if strings.EqualFold(d.GetName(), fromDomain) {
+			mode, custom = d.GetReturnPathMode(), d.GetCustomReturnPath()
+		}
+	}
+	canVERP := tenant.GetBounceDomain() != "" && len(p.opts.VERPKey) > 0
+	switch mode {
+	case mailbusv1.ReturnPathMode_RETURN_PATH_MODE_CUSTOM:
+		if custom != "" {
+			return false, custom
+		}
+	case mailbusv1.ReturnPathMode_RETURN_PATH_MODE_FROM:
+		return false, headerFrom
+	}
+	if canVERP {
+		return true, ""
+	}
+	return false, headerFrom
+}
+
+func routeAttributes(r *mailbusv1.Route) map[string]string {
+	a := map[string]string{"route": strings.ToLower(strings.TrimPrefix(r.GetKind().String(), "ROUTE_KIND_")), "header_from": r.GetHeaderFrom()}
+	if r.GetFromRewritten() {
+		a["from_rewritten"] = "true"
+		a["original_from"] = r.GetOriginalFrom()
+	}
+	return a
+}
+
+func recipients(sub *mailbusv1.Submission) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, list := range [][]*mailbusv1.Address{sub.GetTo(), sub.GetCc(), sub.GetBcc()} {
+		for _, a := range list {
+			k := strings.ToLower(strings.TrimSpace(a.GetEmail()))
+			if k == "" || seen[k] {
+				continue
+			}
+			seen[k] = true
+			out = append(out, strings.TrimSpace(a.GetEmail()))
+		}
+	}
+	return out
+}
+
+func hasHeader(sub *mailbusv1.Submission, name string) bool {
+	for _, h := range sub.GetHeaders() {
+		if strings.EqualFold(h.GetName(), name) {
+			return true
+		}
+	}
+	return false
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return strings.ToLower(addr[i+1:])
+	}
+	return ""
+}
