@@ -63,12 +63,18 @@ func (e *SMTPError) Permanent() bool {
 	return false
 }
 
-// IsPermanent reports whether err is a permanent mail-domain failure.
-// Errors that are not SMTPErrors are temporary.
+// IsPermanent reports whether err is a permanent mail-domain failure: an
+// SMTPError with a 5xx reply, or a validation error of this package
+// (AddressError, HeaderError, MessageError), which any error type with a
+// Permanent() bool method can join. All other errors are temporary.
 func IsPermanent(err error) bool {
 	var se *SMTPError
 	if errors.As(err, &se) {
 		return se.Permanent()
+	}
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) {
+		return p.Permanent()
 	}
 	return false
 }

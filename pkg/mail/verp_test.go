@@ -1,0 +1,145 @@
+package mail_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/mailbus/mailbus/pkg/mail"
+)
+
+var verpKey = []byte("0123456789abcdef0123456789abcdef")
+
+func TestVERP_roundTripsDeliveryIDAndRecipient(t *testing.T) {
+	tests := []struct{ name, id string }{
+		{"ULID", ulid.Make().String()},
+		{"UUID", uuid.NewString()},
+		{"lowercase ULID kept as given", strings.ToLower(ulid.Make().String())},
+		{"uppercase UUID kept as given", strings.ToUpper(uuid.NewString())},
+		{"short id", "d-42"},
+		{"22-octet id", strings.Repeat("z", mail.MaxVERPRawIDLen)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := mail.VERPEncode(verpKey, tt.id, "Bob@Example.com", "bounce.acme.example")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := mail.ValidateMailbox(a); err != nil {
+				t.Fatalf("VERP address %q is not a valid mailbox: %v", a, err)
+			}
+			local := a[:strings.LastIndexByte(a, '@')]
+			if len(local) > mail.MaxLocalPartLen || local != strings.ToLower(local) {
+				t.Fatalf("local part %q: %d octets, must be lowercase and at most 64", local, len(local))
+			}
+			if !strings.HasSuffix(a, "@bounce.acme.example") {
+				t.Fatalf("domain of %q", a)
+			}
+			id, hash, err := mail.VERPDecode(verpKey, a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id != tt.id {
+				t.Fatalf("delivery id = %q, want %q", id, tt.id)
+			}
+			if hash != mail.RecipientHash("bob@example.com") || len(hash) != 10 {
+				t.Fatalf("recipient hash = %q, want %q", hash, mail.RecipientHash("bob@example.com"))
+			}
+		})
+	}
+}
+
+func TestVERPDecode_isCaseInsensitive(t *testing.T) {
+	id := ulid.Make().String()
+	a, err := mail.VERPEncode(verpKey, id, "bob@example.com", "Bounce.Acme.Example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, variant := range []string{a, strings.ToUpper(a), "<" + a + ">", "  " + strings.ToUpper(a[:10]) + a[10:]} {
+		got, _, err := mail.VERPDecode(verpKey, variant)
+		if err != nil || got != id {
+			t.Fatalf("VERPDecode(%q) = %q, %v", variant, got, err)
+		}
+	}
+}
+
+func TestVERPDecode_ignoresDomain(t *testing.T) {
+	a, _ := mail.VERPEncode(verpKey, "d-1", "bob@example.com", "bounce.acme.example")
+	moved := a[:strings.LastIndexByte(a, '@')] + "@BOUNCE.OTHER.example"
+	if id, _, err := mail.VERPDecode(verpKey, moved); err != nil || id != "d-1" {
+		t.Fatalf("VERPDecode on another domain = %q, %v", id, err)
+	}
+}
+
+func TestVERPDecode_rejectsTamperingAndWrongKey(t *testing.T) {
+	a, err := mail.VERPEncode(verpKey, ulid.Make().String(), "bob@example.com", "bounce.acme.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := a[:strings.LastIndexByte(a, '@')]
+	flip := func(s string, i int) string {
+		c := byte('a')
+		if s[i] == 'a' {
+			c = 'b'
+		}
+		return s[:i] + string(c) + s[i+1:]
+	}
+	tests := []struct {
+		name, addr string
+		key        []byte
+		want       error
+	}{
+		{"payload changed", flip(local, 5) + "@bounce.acme.example", verpKey, mail.ErrVERPForged},
+		{"mac changed", flip(local, len(local)-1) + "@bounce.acme.example", verpKey, mail.ErrVERPForged},
+		{"wrong key", a, []byte("another key of 32 octets length!"), mail.ErrVERPForged},
+		{"empty key", a, nil, mail.ErrVERPForged},
+		{"not VERP", "bob@example.com", verpKey, mail.ErrNotVERP},
+		{"no mac", "b-abcdef@bounce.acme.example", verpKey, mail.ErrNotVERP},
+		{"bad base32", "b-0189-abc@bounce.acme.example", verpKey, mail.ErrNotVERP},
+		{"truncated mac", local[:len(local)-2] + "@bounce.acme.example", verpKey, mail.ErrNotVERP},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := mail.VERPDecode(tt.key, tt.addr)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("VERPDecode(%q) = %v, want %v", tt.addr, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestVERPEncode_rejectsWhatCannotFit(t *testing.T) {
+	tests := []struct {
+		name string
+		key  []byte
+		id   string
+		dom  string
+		want string
+	}{
+		{"short key", []byte("short"), "d-1", "bounce.acme.example", "at least 16 octets"},
+		{"long id", verpKey, strings.Repeat("x", mail.MaxVERPRawIDLen+1), "bounce.acme.example", "a ULID, a UUID or at most 22 octets"},
+		{"mixed-case UUID", verpKey, "4F1b8c2e-0b7d-4c8e-9a8e-1d2c3b4a5f6e", "bounce.acme.example", "a ULID, a UUID or at most 22 octets"},
+		{"empty id", verpKey, "", "bounce.acme.example", "empty delivery id"},
+		{"bad domain", verpKey, "d-1", "bounce..example", "bounce domain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := mail.VERPEncode(tt.key, tt.id, "bob@example.com", tt.dom)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("VERPEncode error = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRecipientHash_ignoresCaseAndIDNForm(t *testing.T) {
+	if mail.RecipientHash("Bob@Bücher.de") != mail.RecipientHash("bob@xn--bcher-kva.de") {
+		t.Fatal("hash depends on case or IDN form")
+	}
+	if mail.RecipientHash("bob@example.com") == mail.RecipientHash("alice@example.com") {
+		t.Fatal("different recipients share a hash")
+	}
+}
