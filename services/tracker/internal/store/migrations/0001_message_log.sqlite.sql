@@ -34,12 +34,13 @@ CREATE TABLE tracker_messages (
 );
 
 -- ListMessages: newest first, keyset on (create_ns, id), narrowed by
--- tenant, by tenant and user, or by tenant and status; the last serves the
--- admin's unfiltered listing.
+-- tenant, by tenant and user, or by tenant and status; the last two serve
+-- the admin's listings across tenants (all, or by status: "failed mail").
 CREATE INDEX tracker_messages_tenant_time ON tracker_messages (tenant_id, create_ns, id);
 CREATE INDEX tracker_messages_user_time ON tracker_messages (tenant_id, user_id, create_ns, id);
 CREATE INDEX tracker_messages_status_time ON tracker_messages (tenant_id, status, create_ns, id);
 CREATE INDEX tracker_messages_time ON tracker_messages (create_ns, id);
+CREATE INDEX tracker_messages_any_tenant_status_time ON tracker_messages (status, create_ns, id);
 
 CREATE TABLE tracker_recipients (
     message_id      TEXT    NOT NULL,
