@@ -1,0 +1,366 @@
+// Package deliver decides what becomes of a signed delivery: it sends it
+// through the routed relay, the default system relay or the recipients' MX
+// hosts, and turns what the servers said into outcomes.
+//
+//   - Accepted recipients are sent, with the server's final reply.
+//   - A 5xx for a recipient bounces it (permanent, classified).
+//   - A 4xx defers it: the recipients that got one go on a delayed retry
+//     topic, waiting 1m, 5m, 30m, 2h, then 6h between attempts, until the
+//     queue lifetime (default 5 days) is over; then they fail "expired".
+//   - A relay failure on a tenant relay (connection refused, TLS or AUTH
+//     failure, 421, refusal of MAIL FROM, timeout) counts one failure of
+//     the relay, releases the delivery's quota charge, and sends the
+//     delivery back to the router through mail.fallback without that
+//     relay. The third consecutive failure in a day disables the relay
+//     until the tenant's next midnight. On the default server there is
+//     nothing to fall back to, so a relay failure defers.
+package deliver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/configclient"
+	"github.com/mailbus/mailbus/pkg/events"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/services/sender/internal/mx"
+	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
+)
+
+// Config is the configuration cache.
+type Config interface {
+	Tenant(id string) (*mailbusv1.Tenant, bool)
+	Relay(id string) (*configclient.RelayWithSecrets, bool)
+	DefaultServer() configclient.DefaultServer
+}
+
+// Classifier labels an SMTP refusal with a bounce reason, so that a 5xx at
+// send time and a bounce that comes back later read the same.
+type Classifier func(code int, enhanced, text string) (reason string, hard bool)
+
+// Options tune the deliverer.
+type Options struct {
+	// MaxQueueLifetime is how long a recipient may stay deferred; default
+	// 5 days, Postfix's maximal_queue_lifetime.
+	MaxQueueLifetime time.Duration
+	// HeloName is the EHLO name.
+	HeloName string
+	Now      func() time.Time
+}
+
+// Deliverer sends deliveries.
+type Deliverer struct {
+	cfg      Config
+	pool     *smtpclient.Pool
+	resolver *mx.Resolver
+	limits   *limits.Limits
+	classify Classifier
+	opts     Options
+	log      *slog.Logger
+}
+
+// New builds a deliverer. resolver may be nil when no tenant uses direct
+// MX delivery (the system resolver is used then); classify may be nil.
+func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.Limits, classify Classifier, opts Options, log *slog.Logger) *Deliverer {
+	if opts.MaxQueueLifetime <= 0 {
+		opts.MaxQueueLifetime = 5 * 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if resolver == nil {
+		resolver = &mx.Resolver{}
+	}
+	if classify == nil {
+		classify = func(code int, _, _ string) (string, bool) {
+			if code >= 500 {
+				return "rejected", false
+			}
+			return "undefined", false
+		}
+	}
+	return &Deliverer{cfg: cfg, pool: pool, resolver: resolver, limits: lim, classify: classify, opts: opts, log: log}
+}
+
+// Outcome is what to publish after a delivery attempt.
+type Outcome struct {
+	Events []*mailbusv1.DeliveryEvent
+	// Fallback is the delivery to send back to the router.
+	Fallback *mailbusv1.Delivery
+	// Retry is the delivery of the deferred recipients, due at RetryAt.
+	Retry   *mailbusv1.Delivery
+	RetryAt time.Time
+}
+
+// Deliver makes one attempt. Errors are returned only for what a retry of
+// the whole record can fix (Redis unreachable); SMTP outcomes are never
+// errors.
+func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcome, error) {
+	tenant, ok := d.cfg.Tenant(dl.GetTenantId())
+	if !ok {
+		return d.failAll(dl, "unknown_tenant", fmt.Sprintf("tenant %q is not configured", dl.GetTenantId())), nil
+	}
+	msg := &smtpclient.Message{
+		From: dl.GetEnvelope().GetMailFrom(), To: dl.GetEnvelope().GetRcptTo(),
+		Prefix: dl.GetDkimSignature(), Data: dl.GetMessage(),
+		DSN: smtpclient.DSN{EnvelopeID: dsnEnvID(dl.GetEnvelope().GetEnvelopeId()), Return: "HDRS"},
+	}
+	switch dl.GetRoute().GetKind() {
+	case mailbusv1.RouteKind_ROUTE_KIND_RELAY:
+		rs, ok := d.cfg.Relay(dl.GetRoute().GetRelayId())
+		if !ok || !rs.Relay.GetActive() {
+			return d.fallback(ctx, dl, tenant, "relay_gone", "relay "+dl.GetRoute().GetRelayId()+" is no longer configured or active", false)
+		}
+		relay, err := clientRelay(rs, d.opts.HeloName)
+		if err != nil {
+			return d.fallback(ctx, dl, tenant, "relay_misconfigured", err.Error(), false)
+		}
+		res, err := d.pool.Send(ctx, relay, msg)
+		if smtpclient.IsRelayFailure(err) {
+			return d.fallback(ctx, dl, tenant, "relay_failed", err.Error(), true)
+		}
+		if err := d.limits.RecordSuccess(ctx, tenant.GetId(), rs.Relay.GetId(), limits.Zone(tenant.GetTimeZone())); err != nil {
+			d.log.Warn("cannot reset relay failure count", "relay_id", rs.Relay.GetId(), "err", err)
+		}
+		return d.outcomes(dl, relayLabel(rs.Relay), res, err), nil
+	case mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY:
+		ds := d.cfg.DefaultServer()
+		if ds.Relay == nil {
+			return d.deferAll(dl, "no_default_relay", "the default server is not a relay any more"), nil
+		}
+		relay, err := clientRelay(ds.Relay, firstNonEmpty(ds.HeloName, d.opts.HeloName))
+		if err != nil {
+			return d.deferAll(dl, "default_relay_misconfigured", err.Error()), nil
+		}
+		res, err := d.pool.Send(ctx, relay, msg)
+		return d.outcomes(dl, "default relay "+relay.Addr(), res, err), nil
+	case mailbusv1.RouteKind_ROUTE_KIND_DIRECT_MX:
+		return d.direct(ctx, dl, msg, firstNonEmpty(d.cfg.DefaultServer().HeloName, d.opts.HeloName)), nil
+	}
+	return d.failAll(dl, "no_route", fmt.Sprintf("delivery has no route (%v)", dl.GetRoute().GetKind())), nil
+}
+
+// direct delivers to each recipient domain's MX hosts in preference order,
+// moving to the next host only on a failure of the host itself.
+func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smtpclient.Message, helo string) Outcome {
+	byDomain := map[string][]string{}
+	for _, r := range msg.To {
+		dom := strings.ToLower(r[strings.LastIndexByte(r, '@')+1:])
+		byDomain[dom] = append(byDomain[dom], r)
+	}
+	doms := make([]string, 0, len(byDomain))
+	for dom := range byDomain {
+		doms = append(doms, dom)
+	}
+	sort.Strings(doms)
+	var out Outcome
+	for _, dom := range doms {
+		m := *msg
+		m.To = byDomain[dom]
+		hosts, err := d.resolver.Lookup(ctx, dom)
+		if err != nil {
+			out.merge(d.outcomes(dl, "MX of "+dom, failedResult(m.To, err), err))
+			continue
+		}
+		var res *smtpclient.Result
+		var sendErr error
+		where := "MX of " + dom
+	hostLoop:
+		for _, h := range hosts {
+			for _, a := range h.Addrs {
+				relay := smtpclient.Relay{Host: a.String(), Port: 25, ServerName: h.Name, Security: smtpclient.SecurityOpportunistic,
+					PlaintextFallback: true, HeloName: helo, SkipVerify: true}
+				// MX certificates are rarely valid for the MX name (RFC
+				// 7672 needs DANE for that); opportunistic TLS encrypts
+				// without authenticating, as Postfix's "may" level does.
+				res, sendErr = d.pool.Send(ctx, relay, &m)
+				where = h.Name + " (" + a.String() + ")"
+				if !smtpclient.IsRelayFailure(sendErr) {
+					break hostLoop
+				}
+			}
+		}
+		if res == nil {
+			res = failedResult(m.To, sendErr)
+		}
+		if smtpclient.IsRelayFailure(sendErr) {
+			// Every MX host failed: the domain's mail waits, as an MTA's would.
+			var re *smtpclient.RelayError
+			errors.As(sendErr, &re)
+			tmp := *re.Err
+			if tmp.Permanent() {
+				tmp.Code, tmp.Enhanced = 451, "4.4.1"
+			}
+			sendErr = &tmp
+			res = failedResult(m.To, sendErr)
+		}
+		out.merge(d.outcomes(dl, where, res, sendErr))
+	}
+	return out
+}
+
+func failedResult(rcpts []string, err error) *smtpclient.Result {
+	se := &mail.SMTPError{Message: fmt.Sprint(err), Err: err}
+	var e *mail.SMTPError
+	if errors.As(err, &e) {
+		se = e
+	}
+	res := &smtpclient.Result{}
+	for _, r := range rcpts {
+		res.Recipients = append(res.Recipients, smtpclient.RecipientResult{Address: r, Err: se})
+	}
+	return res
+}
+
+func (o *Outcome) merge(p Outcome) {
+	o.Events = append(o.Events, p.Events...)
+	if p.Retry != nil {
+		if o.Retry == nil {
+			o.Retry, o.RetryAt = p.Retry, p.RetryAt
+		} else {
+			o.Retry.Envelope.RcptTo = append(o.Retry.Envelope.RcptTo, p.Retry.GetEnvelope().GetRcptTo()...)
+		}
+	}
+}
+
+// outcomes turns a transaction's result into events and a retry.
+func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclient.Result, sendErr error) Outcome {
+	now := d.opts.Now()
+	if res == nil {
+		return d.deferAll(dl, "send_error", fmt.Sprint(sendErr))
+	}
+	var out Outcome
+	var sent, deferred []string
+	var lastTemp *mail.SMTPError
+	for _, rc := range res.Recipients {
+		switch {
+		case rc.Err == nil:
+			sent = append(sent, rc.Address)
+		case rc.Err.Permanent():
+			reason, hard := d.classify(rc.Err.Code, rc.Err.Enhanced, rc.Err.Message)
+			e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, reason,
+				"refused by "+where+" at "+rc.Err.Stage, now, rc.Address)
+			events.WithReply(e, rc.Err.Code, rc.Err.Enhanced, rc.Err.Message)
+			e.Permanent = hard
+			out.Events = append(out.Events, e)
+		default:
+			deferred = append(deferred, rc.Address)
+			lastTemp = rc.Err
+		}
+	}
+	if len(sent) > 0 {
+		e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT, "", "accepted by "+where, now, sent...)
+		events.WithReply(e, res.Data.Code, res.Data.Enhanced, res.Data.Text)
+		out.Events = append(out.Events, e)
+	}
+	if len(deferred) > 0 {
+		out.merge(d.retry(dl, deferred, lastTemp, where, now))
+	}
+	return out
+}
+
+// retry schedules the deferred recipients, or fails them once the queue
+// lifetime is over.
+func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTPError, where string, now time.Time) Outcome {
+	var out Outcome
+	queued := dl.GetQueueTime().AsTime()
+	next := bus.RetryTopicFor(int(dl.GetAttempt())).Delay
+	detail := "deferred by " + where
+	if why != nil && why.Stage != "" {
+		detail += " at " + why.Stage
+	}
+	if dl.GetQueueTime() != nil && now.Add(next).Sub(queued) > d.opts.MaxQueueLifetime {
+		e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, "expired",
+			fmt.Sprintf("%s; still deferred after %d attempts over %s, the maximum queue lifetime", detail, dl.GetAttempt(), now.Sub(queued).Round(time.Minute)), now, rcpts...)
+		if why != nil {
+			events.WithReply(e, why.Code, why.Enhanced, why.Message)
+		}
+		e.Permanent = true
+		out.Events = append(out.Events, e)
+		return out
+	}
+	e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "",
+		fmt.Sprintf("%s; attempt %d, next in %s", detail, dl.GetAttempt(), next), now, rcpts...)
+	if why != nil {
+		e.Reason, _ = d.classify(why.Code, why.Enhanced, why.Message)
+		events.WithReply(e, why.Code, why.Enhanced, why.Message)
+	}
+	out.Events = append(out.Events, e)
+	r := cloneDelivery(dl)
+	r.Envelope.RcptTo = rcpts
+	r.Attempt = dl.GetAttempt() + 1
+	out.Retry, out.RetryAt = r, now.Add(next)
+	return out
+}
+
+// fallback sends the delivery back to the router without its relay.
+func (d *Deliverer) fallback(ctx context.Context, dl *mailbusv1.Delivery, tenant *mailbusv1.Tenant, reason, detail string, countFailure bool) (Outcome, error) {
+	now := d.opts.Now()
+	relayID := dl.GetRoute().GetRelayId()
+	var out Outcome
+	if countFailure {
+		n, disabled, err := d.limits.RecordFailure(ctx, tenant.GetId(), relayID, limits.Zone(tenant.GetTimeZone()))
+		if err != nil {
+			return Outcome{}, fmt.Errorf("record failure of relay %s: %w", relayID, err)
+		}
+		detail = fmt.Sprintf("%s (consecutive failure %d today)", detail, n)
+		if disabled {
+			w := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED, "relay_disabled",
+				fmt.Sprintf("relay %s failed %d times in a row today and is disabled until the next day in %s", relayID, n, tenant.GetTimeZone()), now)
+			w.Warning = "relay_disabled"
+			w.Recipients = nil
+			out.Events = append(out.Events, w)
+		}
+	}
+	if _, err := d.limits.Refund(ctx, tenant.GetId(), dl.GetDeliveryId()); err != nil {
+		return Outcome{}, fmt.Errorf("release quota of delivery %s: %w", dl.GetDeliveryId(), err)
+	}
+	e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail+"; falling back", now)
+	out.Events = append(out.Events, e)
+	f := cloneDelivery(dl)
+	f.ExcludedRelayIds = append(f.ExcludedRelayIds, relayID)
+	out.Fallback = f
+	return out, nil
+}
+
+func (d *Deliverer) failAll(dl *mailbusv1.Delivery, reason, detail string) Outcome {
+	e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, reason, detail, d.opts.Now())
+	e.Permanent = true
+	return Outcome{Events: []*mailbusv1.DeliveryEvent{e}}
+}
+
+func (d *Deliverer) deferAll(dl *mailbusv1.Delivery, reason, detail string) Outcome {
+	return d.retry(dl, dl.GetEnvelope().GetRcptTo(), &mail.SMTPError{Message: detail, Stage: reason}, "the default server", d.opts.Now())
+}
+
+func relayLabel(r *mailbusv1.Relay) string {
+	if r.GetName() != "" {
+		return "relay " + r.GetName()
+	}
+	return "relay " + r.GetId()
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// dsnEnvID keeps ENVID to the xtext-safe characters of our delivery ids.
+func dsnEnvID(id string) string {
+	return strings.Map(func(r rune) rune {
+		if r > ' ' && r < 127 && r != '+' && r != '=' {
+			return r
+		}
+		return -1
+	}, id)
+}

@@ -1,0 +1,50 @@
+package deliver
+
+import (
+	"fmt"
+
+	"github.com/mailbus/mailbus/pkg/configclient"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
+)
+
+// clientRelay turns a configured relay and its opened secrets into what the
+// SMTP client dials.
+func clientRelay(rs *configclient.RelayWithSecrets, helo string) (smtpclient.Relay, error) {
+	r := rs.Relay
+	out := smtpclient.Relay{
+		Host: r.GetHost(), Port: int(r.GetPort()), SkipVerify: r.GetSkipCertVerify(),
+		AllowPlaintextAuth: r.GetAllowPlaintextAuth(), HeloName: helo,
+	}
+	switch r.GetSecurity() {
+	case mailbusv1.RelaySecurity_RELAY_SECURITY_NONE:
+		out.Security = smtpclient.SecurityNone
+	case mailbusv1.RelaySecurity_RELAY_SECURITY_STARTTLS:
+		out.Security = smtpclient.SecurityStartTLS
+	case mailbusv1.RelaySecurity_RELAY_SECURITY_TLS:
+		out.Security = smtpclient.SecurityTLS
+	default:
+		return out, fmt.Errorf("relay %s has unknown security %v", r.GetId(), r.GetSecurity())
+	}
+	a := r.GetAuth()
+	out.Auth.Username = a.GetUsername()
+	switch a.GetMechanism() {
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_UNSPECIFIED, mailbusv1.AuthMechanism_AUTH_MECHANISM_NONE:
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_PLAIN:
+		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismPlain, rs.Password
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_LOGIN:
+		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismLogin, rs.Password
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_CRAM_MD5:
+		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismCRAMMD5, rs.Password
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_XOAUTH2:
+		out.Auth.Mechanism, out.Auth.Token = smtpclient.MechanismXOAUTH2, rs.OAuthToken
+	case mailbusv1.AuthMechanism_AUTH_MECHANISM_CLIENT_CERT:
+		// The certificate is presented in the TLS handshake; no AUTH.
+	default:
+		return out, fmt.Errorf("relay %s has unknown auth mechanism %v", r.GetId(), a.GetMechanism())
+	}
+	if rs.ClientCert != nil {
+		out.Auth.ClientCert = *rs.ClientCert
+	}
+	return out, nil
+}

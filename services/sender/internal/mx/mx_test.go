@@ -1,0 +1,220 @@
+package mx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/mailbus/mailbus/pkg/mail"
+)
+
+// zone is what the test DNS server knows: records by "name TYPE", plus names
+// that fail in special ways.
+type zone struct {
+	records  map[string][]dns.RR
+	servfail map[string]bool
+	silent   map[string]bool // never answered: the client times out
+	big      map[string]bool // truncated over UDP, answered over TCP
+}
+
+func rr(t *testing.T, s string) dns.RR {
+	t.Helper()
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatalf("bad record %q: %v", s, err)
+	}
+	return r
+}
+
+func newZone(t *testing.T, records ...string) *zone {
+	z := &zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}, silent: map[string]bool{}, big: map[string]bool{}}
+	for _, s := range records {
+		r := rr(t, s)
+		key := r.Header().Name + " " + dns.TypeToString[r.Header().Rrtype]
+		z.records[key] = append(z.records[key], r)
+	}
+	return z
+}
+
+func (z *zone) exists(name string) bool {
+	for key := range z.records {
+		if strings.HasPrefix(key, name+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func (z *zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	if z.silent[name] {
+		return
+	}
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	switch {
+	case z.servfail[name]:
+		resp.Rcode = dns.RcodeServerFailure
+	case z.big[name] && w.RemoteAddr().Network() == "udp":
+		resp.Truncated = true
+	case !z.exists(name):
+		resp.Rcode = dns.RcodeNameError
+	default:
+		resp.Answer = z.records[name+" "+dns.TypeToString[q.Qtype]]
+	}
+	_ = w.WriteMsg(resp)
+}
+
+// startDNS serves z over UDP and TCP on one loopback port.
+func startDNS(t *testing.T, z *zone) string {
+	t.Helper()
+	for range 5 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close() // the TCP port is taken; try another
+			continue
+		}
+		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: z}, {Listener: ln, Handler: z}} {
+			started := make(chan struct{})
+			srv.NotifyStartedFunc = func() { close(started) }
+			go func() { _ = srv.ActivateAndServe() }()
+			<-started
+			t.Cleanup(func() { _ = srv.Shutdown() })
+		}
+		return pc.LocalAddr().String()
+	}
+	t.Fatal("no free port for UDP and TCP")
+	return ""
+}
+
+func names(hosts []Host) []string {
+	var out []string
+	for _, h := range hosts {
+		out = append(out, h.Name)
+	}
+	return out
+}
+
+func TestLookup_ordersMXHostsByPreferenceWithTheirAddresses(t *testing.T) {
+	z := newZone(t,
+		"dest.test. 300 IN MX 20 backup.dest.test.",
+		"dest.test. 300 IN MX 10 mx1.dest.test.",
+		"dest.test. 300 IN MX 10 mx2.dest.test.",
+		"mx1.dest.test. 300 IN A 192.0.2.1",
+		"mx1.dest.test. 300 IN AAAA 2001:db8::1",
+		"mx2.dest.test. 300 IN A 192.0.2.2",
+		"backup.dest.test. 300 IN A 192.0.2.3",
+	)
+	r := NewResolver(startDNS(t, z))
+	seen := map[string]bool{}
+	for range 40 {
+		hosts, err := r.Lookup(context.Background(), "Dest.Test.")
+		if err != nil {
+			t.Fatalf("Lookup: %v", err)
+		}
+		got := names(hosts)
+		if len(got) != 3 || got[2] != "backup.dest.test" {
+			t.Fatalf("hosts = %v, want the two preference-10 hosts, then backup", got)
+		}
+		seen[strings.Join(got[:2], ",")] = true
+		for _, h := range hosts {
+			if h.Name == "mx1.dest.test" {
+				want := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}
+				if fmt.Sprint(h.Addrs) != fmt.Sprint(want) || h.Preference != 10 || h.Implicit {
+					t.Errorf("mx1 = %+v", h)
+				}
+			}
+		}
+	}
+	// Equal preferences come in random order: in 40 lookups both orders
+	// show up (the chance that one never does is 2^-39).
+	if !seen["mx1.dest.test,mx2.dest.test"] || !seen["mx2.dest.test,mx1.dest.test"] {
+		t.Errorf("orders of the equal-preference hosts seen: %v", seen)
+	}
+}
+
+func TestLookup_outcomes(t *testing.T) {
+	z := newZone(t,
+		"implicit.test. 300 IN A 192.0.2.10",
+		"implicit.test. 300 IN TXT \"no mx here\"",
+		"nullmx.test. 300 IN MX 0 .",
+		"bare.test. 300 IN TXT \"no mx, no address\"",
+		"noaddr.test. 300 IN MX 10 missing.noaddr.test.",
+		"skip.test. 300 IN MX 10 missing.skip.test.",
+		"skip.test. 300 IN MX 20 mx.skip.test.",
+		"mx.skip.test. 300 IN A 192.0.2.20",
+		"big.test. 300 IN MX 10 mx.big.test.",
+		"mx.big.test. 300 IN A 192.0.2.30",
+		"hostfail.test. 300 IN MX 10 mx.hostfail.test.",
+	)
+	z.servfail["servfail.test."] = true
+	z.servfail["mx.hostfail.test."] = true
+	z.silent["slow.test."] = true
+	z.big["big.test."] = true
+	r := &Resolver{Servers: []string{startDNS(t, z)}, Timeout: 200 * time.Millisecond}
+
+	tests := []struct {
+		domain    string
+		wantHosts string
+		implicit  bool
+		code      int
+		enhanced  string
+		permanent bool
+	}{
+		{domain: "implicit.test", wantHosts: "implicit.test", implicit: true},
+		{domain: "skip.test", wantHosts: "mx.skip.test"},
+		{domain: "big.test", wantHosts: "mx.big.test"},
+		{domain: "nullmx.test", code: 556, enhanced: "5.1.10", permanent: true},
+		{domain: "nowhere.test", code: 550, enhanced: "5.1.2", permanent: true},
+		{domain: "bare.test", code: 550, enhanced: "5.1.2", permanent: true},
+		{domain: "servfail.test", code: 451, enhanced: "4.4.3"},
+		{domain: "slow.test", code: 451, enhanced: "4.4.3"},
+		{domain: "noaddr.test", code: 451, enhanced: "4.4.4"},
+		{domain: "hostfail.test", code: 451, enhanced: "4.4.3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.domain, func(t *testing.T) {
+			hosts, err := r.Lookup(context.Background(), tt.domain)
+			if tt.code == 0 {
+				if err != nil {
+					t.Fatalf("Lookup: %v", err)
+				}
+				if got := strings.Join(names(hosts), " "); got != tt.wantHosts || hosts[0].Implicit != tt.implicit {
+					t.Errorf("hosts = %+v, want %s (implicit %v)", hosts, tt.wantHosts, tt.implicit)
+				}
+				return
+			}
+			var se *mail.SMTPError
+			if !errors.As(err, &se) {
+				t.Fatalf("error = %v (%T), want *mail.SMTPError", err, err)
+			}
+			if se.Code != tt.code || se.Enhanced != tt.enhanced || se.Permanent() != tt.permanent || se.Stage != "dns" {
+				t.Errorf("error = %+v (%s)", se, se)
+			}
+		})
+	}
+}
+
+func TestLookup_triesTheNextServerWhenOneFails(t *testing.T) {
+	good := startDNS(t, newZone(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 192.0.2.1"))
+	bad := newZone(t)
+	bad.servfail["dest.test."] = true
+	bad.servfail["mx.dest.test."] = true
+	r := &Resolver{Servers: []string{startDNS(t, bad), good}, Timeout: time.Second}
+	hosts, err := r.Lookup(context.Background(), "dest.test")
+	if err != nil || len(hosts) != 1 || hosts[0].Name != "mx.dest.test" {
+		t.Fatalf("Lookup = %+v, %v", hosts, err)
+	}
+}
