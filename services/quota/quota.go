@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -19,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -36,7 +36,7 @@ type Config struct {
 // ConfigSource is the configuration cache.
 type ConfigSource interface {
 	Tenant(id string) (*mailbusv1.Tenant, bool)
-	Relay(id string) (*mailbusv1.Relay, bool)
+	Relay(id string) (*configclient.RelayWithSecrets, bool)
 }
 
 // Deps are the quota stage's collaborators.
@@ -56,7 +56,6 @@ type Service struct {
 	limits   *limits.Limits
 	pub      message.Publisher
 	decision *prometheus.CounterVec
-	zones    sync.Map // time zone name → *time.Location
 }
 
 // New builds the quota stage.
@@ -97,23 +96,6 @@ func (s *Service) Run(ctx context.Context) error {
 	return r.Run(ctx)
 }
 
-func (s *Service) zone(name string) *time.Location {
-	if name == "" {
-		return time.UTC
-	}
-	if loc, ok := s.zones.Load(name); ok {
-		return loc.(*time.Location)
-	}
-	loc, err := time.LoadLocation(name)
-	if err != nil {
-		// Config validates zones; a bad one here must not stop mail.
-		s.log.Warn("unknown tenant time zone, counting in UTC", "zone", name, "err", err)
-		loc = time.UTC
-	}
-	s.zones.Store(name, loc)
-	return loc
-}
-
 func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
 	now := s.deps.Now()
 	meta := bus.MetaFrom(msg)
@@ -122,7 +104,7 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 		return s.emit(meta, events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED,
 			"unknown_tenant", fmt.Sprintf("tenant %q is not configured", d.GetTenantId()), now), "unknown_tenant")
 	}
-	loc := s.zone(tenant.GetTimeZone())
+	loc := limits.Zone(tenant.GetTimeZone())
 	req := limits.Request{
 		Tenant: d.GetTenantId(), DeliveryID: d.GetDeliveryId(), Recipients: len(d.GetEnvelope().GetRcptTo()),
 		TenantLimit: tenant.GetDailyLimit(), Zone: loc,
@@ -131,11 +113,12 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 	var res limits.Result
 	var err error
 	if d.GetRoute().GetKind() == mailbusv1.RouteKind_ROUTE_KIND_RELAY {
-		relay, ok = s.deps.Config.Relay(d.GetRoute().GetRelayId())
+		rs, ok := s.deps.Config.Relay(d.GetRoute().GetRelayId())
 		if !ok {
 			// The relay was deleted after routing: route again without it.
 			return s.fallback(meta, d, now, "relay_gone", "relay "+d.GetRoute().GetRelayId()+" no longer exists")
 		}
+		relay = rs.Relay
 		req.RelayID, req.RelayLimit = relay.GetId(), relay.GetDailyLimit()
 		res, err = s.limits.Admit(ctx, req)
 	} else {

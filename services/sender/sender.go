@@ -1,26 +1,175 @@
-// Package sender is the sender stage of mailbus. It is a placeholder until its issue
-// lands; cmd/mailbus and cmd/sender already wire it.
+// Package sender is the delivery stage of mailbus: it consumes signed
+// deliveries from mail.signed, speaks SMTP to the routed relay, the default
+// relay or the recipients' MX hosts with pooled connections, and publishes
+// each recipient's outcome to mail.events, relay failures to mail.fallback,
+// and deferred recipients to the delayed retry topics (which it also
+// consumes). The decisions live in internal/deliver, SMTP in
+// internal/smtpclient.
 package sender
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/delay"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/services/sender/internal/deliver"
+	"github.com/mailbus/mailbus/services/sender/internal/mx"
+	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
 )
 
-// Config configures the sender service.
-type Config struct{}
-
-// Service is the sender service.
-type Service struct {
-	cfg Config
-	log *slog.Logger
+// Config configures the sender.
+type Config struct {
+	Bus  bus.Config
+	Pool smtpclient.PoolConfig
+	// DNSServers are the resolvers for direct MX delivery ("host:port");
+	// empty means /etc/resolv.conf.
+	DNSServers []string
+	// MaxQueueLifetime bounds how long a recipient stays deferred; default
+	// 5 days.
+	MaxQueueLifetime time.Duration
+	// HeloName is the EHLO name.
+	HeloName string
+	// DoneTTL is how long the sender remembers an attempt it finished, so
+	// a redelivered record is not sent twice; default 7 days.
+	DoneTTL time.Duration
 }
 
-// New builds the service.
-func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+// Deps are the sender's collaborators.
+type Deps struct {
+	Log      *slog.Logger
+	Metrics  prometheus.Registerer
+	Config   deliver.Config
+	Redis    redis.UniversalClient
+	Classify deliver.Classifier
+	Now      func() time.Time
+}
 
-// Run serves until ctx is cancelled.
+// Service is the sender.
+type Service struct {
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	pool    *smtpclient.Pool
+	d       *deliver.Deliverer
+	pub     message.Publisher
+	results *prometheus.CounterVec
+}
+
+// New builds the sender.
+func New(cfg Config, deps Deps) *Service {
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if cfg.DoneTTL <= 0 {
+		cfg.DoneTTL = 7 * 24 * time.Hour
+	}
+	log := deps.Log.With("service", "sender")
+	pc := cfg.Pool
+	pc.Logger = log
+	pc.Registerer = deps.Metrics
+	if pc.HeloName == "" {
+		pc.HeloName = cfg.HeloName
+	}
+	pool := smtpclient.NewPool(pc)
+	var resolver *mx.Resolver
+	if len(cfg.DNSServers) > 0 {
+		resolver = mx.NewResolver(cfg.DNSServers...)
+	}
+	s := &Service{
+		cfg: cfg, deps: deps, log: log, pool: pool,
+		d: deliver.New(deps.Config, pool, resolver, limits.New(deps.Redis, limits.WithClock(deps.Now)), deps.Classify,
+			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now}, log),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
+			Help: "Recipient outcomes, by status.",
+		}, []string{"status"}),
+	}
+	if deps.Metrics != nil {
+		deps.Metrics.MustRegister(s.results)
+	}
+	return s
+}
+
+// Pool exposes the connection pool's statistics (for benchmarks).
+func (s *Service) Pool() *smtpclient.Pool { return s.pool }
+
+// Run consumes until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
+	defer s.pool.Close()
+	r, err := bus.NewRouter(s.cfg.Bus, "sender", s.log)
+	if err != nil {
+		return err
+	}
+	s.pub = r.Publisher()
+	if err := r.Handle("deliver", bus.TopicSigned, bus.Handle(s.handle)); err != nil {
+		return err
+	}
+	if err := delay.Register(r, s.deps.Now); err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+func doneKey(d *mailbusv1.Delivery) string {
+	return fmt.Sprintf("mb:sent:{%s}:%s:%d", d.GetTenantId(), d.GetDeliveryId(), d.GetAttempt())
+}
+
+// handle makes one delivery attempt. An attempt that finished is
+// remembered in Redis, so a redelivered record (a crash after SMTP but
+// before the offset commit) is not sent again; the window between the
+// server's 250 and that mark is the one duplicate at-least-once allows.
+func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+	key := doneKey(d)
+	if n, err := s.deps.Redis.Exists(ctx, key).Result(); err != nil {
+		return fmt.Errorf("check whether delivery %s was sent: %w", d.GetDeliveryId(), err)
+	} else if n > 0 {
+		s.log.Debug("delivery attempt already made, skipping redelivered record", "delivery_id", d.GetDeliveryId(), "attempt", d.GetAttempt())
+		return nil
+	}
+	out, err := s.d.Deliver(ctx, d)
+	if err != nil {
+		return err
+	}
+	meta := bus.MetaFrom(msg)
+	if out.Fallback != nil {
+		if err := bus.Publish(s.pub, bus.TopicFallback, out.Fallback, meta); err != nil {
+			return err
+		}
+	}
+	if out.Retry != nil {
+		if err := delay.Enqueue(s.pub, meta, out.Retry, bus.TopicSigned, out.RetryAt, s.deps.Now()); err != nil {
+			return err
+		}
+	}
+	if len(out.Events) > 0 {
+		msgs := make([]*message.Message, 0, len(out.Events))
+		for _, e := range out.Events {
+			m, err := bus.Encode(e, meta)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, m)
+			s.results.WithLabelValues(e.GetStatus().String()).Add(float64(max(len(e.GetRecipients()), 1)))
+		}
+		if err := s.pub.Publish(bus.TopicEvents, msgs...); err != nil {
+			return fmt.Errorf("publish outcomes of delivery %s: %w", d.GetDeliveryId(), err)
+		}
+	}
+	if err := s.deps.Redis.Set(ctx, key, "1", s.cfg.DoneTTL).Err(); err != nil {
+		// The outcome is published; failing here would only resend.
+		s.log.Warn("cannot remember finished delivery attempt", "delivery_id", d.GetDeliveryId(), "err", err)
+	}
 	return nil
 }

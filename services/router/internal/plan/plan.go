@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
@@ -49,9 +50,9 @@ const (
 // The pipeline reads it from a local cache (configclient), never per call.
 type Config interface {
 	Tenant(id string) (*mailbusv1.Tenant, bool)
-	Domains(tenantID string) []*mailbusv1.Domain
+	Domain(tenantID, name string) (*mailbusv1.Domain, bool)
 	Relays(tenantID string) []*mailbusv1.Relay
-	DefaultServer() *mailbusv1.DefaultServer
+	DefaultServer() configclient.DefaultServer
 }
 
 // Suppressions reports which recipients are on the tenant's suppression
@@ -318,14 +319,10 @@ func (p *Planner) build(sub *mailbusv1.Submission, msgID string) (mail.Message, 
 
 // route decides the route and makes the deliveries of one message.
 func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbusv1.Delivery, rcpts []string, idFor func(envelope int) string) ([]*mailbusv1.Delivery, error) {
-	domains := p.cfg.Domains(tenant.GetId())
-	names := make([]string, 0, len(domains))
-	for _, dom := range domains {
-		names = append(names, strings.ToLower(dom.GetName()))
-	}
+	isTenantDomain := func(name string) bool { _, ok := p.cfg.Domain(tenant.GetId(), name); return ok }
 	req := route.Request{
-		Tenant: tenant, Kind: d.GetKind(), From: d.GetRoute().GetOriginalFrom(), TenantDomains: names,
-		Relays: p.cfg.Relays(tenant.GetId()), Excluded: d.GetExcludedRelayIds(), Default: p.cfg.DefaultServer(),
+		Tenant: tenant, Kind: d.GetKind(), From: d.GetRoute().GetOriginalFrom(), TenantDomain: isTenantDomain,
+		Relays: p.cfg.Relays(tenant.GetId()), Excluded: d.GetExcludedRelayIds(), Default: defaultServer(p.cfg.DefaultServer()),
 	}
 	if p.health != nil {
 		req.Disabled = func(id string) bool { return p.health.Disabled(ctx, tenant, id) }
@@ -351,7 +348,7 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	if dec.Kind == mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY {
 		r.RelayId = ""
 	}
-	verp, returnPath := p.returnPath(tenant, domains, dec.HeaderFrom)
+	verp, returnPath := p.returnPath(tenant, dec.HeaderFrom)
 	var envelopes [][]string
 	if verp {
 		for _, rc := range rcpts {
@@ -385,14 +382,11 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 // returnPath applies the sender domain's return-path policy. A domain
 // without one uses VERP when the tenant has a bounce domain (so bounces
 // come back to mailbus), and the From address otherwise.
-func (p *Planner) returnPath(tenant *mailbusv1.Tenant, domains []*mailbusv1.Domain, headerFrom string) (verp bool, addr string) {
-	fromDomain := domainOf(headerFrom)
+func (p *Planner) returnPath(tenant *mailbusv1.Tenant, headerFrom string) (verp bool, addr string) {
 	mode := mailbusv1.ReturnPathMode_RETURN_PATH_MODE_UNSPECIFIED
 	custom := ""
-	for _, d := range domains {
-		if strings.EqualFold(d.GetName(), fromDomain) {
-			mode, custom = d.GetReturnPathMode(), d.GetCustomReturnPath()
-		}
+	if d, ok := p.cfg.Domain(tenant.GetId(), domainOf(headerFrom)); ok {
+		mode, custom = d.GetReturnPathMode(), d.GetCustomReturnPath()
 	}
 	canVERP := tenant.GetBounceDomain() != "" && len(p.opts.VERPKey) > 0
 	switch mode {
@@ -407,6 +401,19 @@ func (p *Planner) returnPath(tenant *mailbusv1.Tenant, domains []*mailbusv1.Doma
 		return true, ""
 	}
 	return false, headerFrom
+}
+
+// defaultServer is the route package's view of the default server; nil when
+// none is configured.
+func defaultServer(ds configclient.DefaultServer) *mailbusv1.DefaultServer {
+	if ds.Mode == mailbusv1.DefaultServerMode_DEFAULT_SERVER_MODE_UNSPECIFIED {
+		return nil
+	}
+	out := &mailbusv1.DefaultServer{Mode: ds.Mode, HeloName: ds.HeloName}
+	if ds.Relay != nil {
+		out.Relay = ds.Relay.Relay
+	}
+	return out
 }
 
 func routeAttributes(r *mailbusv1.Route) map[string]string {

@@ -42,8 +42,9 @@ type Request struct {
 	Kind   mailbusv1.EmailKind
 	// From is the addr-spec the producer asked for.
 	From string
-	// TenantDomains are the tenant's configured sender domains (lower case).
-	TenantDomains []string
+	// TenantDomain reports whether a (lower-case) domain is one of the
+	// tenant's configured sender domains.
+	TenantDomain func(domain string) bool
 	// Relays are the tenant's relays.
 	Relays []*mailbusv1.Relay
 	// Excluded relays failed or were exhausted for this delivery.
@@ -108,7 +109,7 @@ func Decide(req Request) (Decision, bool) {
 		return Decision{Reason: "no eligible relay for " + req.From + " and no default server configured"}, false
 	}
 	d := Decision{HeaderFrom: req.From, DKIMDomain: fromDomain}
-	if !slices.Contains(req.TenantDomains, fromDomain) && alias != "" {
+	if !req.isTenantDomain(fromDomain) && alias != "" {
 		d.HeaderFrom, d.Rewritten, d.DKIMDomain = alias, true, domainOf(alias)
 	}
 	why := "no eligible relay"
@@ -129,6 +130,10 @@ func Decide(req Request) (Decision, bool) {
 	return d, true
 }
 
+func (req Request) isTenantDomain(d string) bool {
+	return req.TenantDomain != nil && req.TenantDomain(d)
+}
+
 // eligible returns the relays that may carry mail from domain, best
 // priority first.
 func eligible(req Request, domain string) []*mailbusv1.Relay {
@@ -139,7 +144,7 @@ func eligible(req Request, domain string) []*mailbusv1.Relay {
 		case req.Tenant != nil && r.GetTenantId() != req.Tenant.GetId():
 		case len(r.GetKinds()) > 0 && !slices.Contains(r.GetKinds(), req.Kind):
 		case len(r.GetDomains()) > 0 && !containsFold(r.GetDomains(), domain):
-		case len(r.GetDomains()) == 0 && !slices.Contains(req.TenantDomains, domain):
+		case len(r.GetDomains()) == 0 && !req.isTenantDomain(domain):
 		case slices.Contains(req.Excluded, r.GetId()):
 		case req.Disabled != nil && req.Disabled(r.GetId()):
 		default:

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,7 +84,7 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "relay configured for another domain is skipped",
-			req: Request{From: "bob@acme.example", TenantDomains: []string{"acme.example", "other.example"},
+			req: Request{From: "bob@acme.example", TenantDomain: domainsOf("acme.example", "other.example"),
 				Relays: []*mailbusv1.Relay{relay("other", 1, "", domains("other.example")), relay("mine", 2, "", domains("acme.example"))}},
 			wantKind: mailbusv1.RouteKind_ROUTE_KIND_RELAY, wantRelay: "mine", wantFrom: "bob@acme.example", wantDKIM: "acme.example",
 		},
@@ -113,7 +114,7 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "a relay of the alias domain carries a From outside the tenant's domains",
-			req: Request{From: "bob@gmail.example", Default: directMX, TenantDomains: []string{"acme.example", "mail.platform.test"},
+			req: Request{From: "bob@gmail.example", Default: directMX, TenantDomain: domainsOf("acme.example", "mail.platform.test"),
 				Relays: []*mailbusv1.Relay{relay("alias", 1, "", domains("mail.platform.test"))}},
 			wantKind: mailbusv1.RouteKind_ROUTE_KIND_RELAY, wantRelay: "alias", wantFrom: "noreply@mail.platform.test",
 			wantDKIM: "mail.platform.test", wantRewrite: true,
@@ -125,8 +126,8 @@ func TestDecide(t *testing.T) {
 			if tt.req.Kind == 0 {
 				tt.req.Kind = workflow
 			}
-			if tt.req.TenantDomains == nil {
-				tt.req.TenantDomains = []string{"acme.example"}
+			if tt.req.TenantDomain == nil {
+				tt.req.TenantDomain = domainsOf("acme.example")
 			}
 			d, ok := Decide(tt.req)
 			if !ok {
@@ -150,11 +151,15 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDecide_failsWithReasonWhenNothingCanCarryTheMessage(t *testing.T) {
-	d, ok := Decide(Request{Tenant: tenant, From: "bob@acme.example", Kind: workflow, TenantDomains: []string{"acme.example"}})
+	d, ok := Decide(Request{Tenant: tenant, From: "bob@acme.example", Kind: workflow, TenantDomain: domainsOf("acme.example")})
 	if ok {
 		t.Fatalf("expected no route, got %+v", d)
 	}
 	if !strings.Contains(d.Reason, "no default server") {
 		t.Fatalf("reason %q does not say what is missing", d.Reason)
 	}
+}
+
+func domainsOf(names ...string) func(string) bool {
+	return func(d string) bool { return slices.Contains(names, d) }
 }
