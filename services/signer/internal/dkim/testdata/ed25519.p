@@ -1,0 +1,1 @@
+MPukJkc4ZUSNcVH43S9Q227iPk9sm+xFLdtRNEEebWk=
