@@ -157,6 +157,25 @@ func NormalizeMailbox(email string) (string, error) {
 	return canon, nil
 }
 
+// NormalizeDomain validates a domain name as an address's domain (LDH
+// labels, at least two of them, at most 255 octets; internationalised names
+// allowed) and returns it in lowercase A-labels. Address literals are not
+// domains here: it is for configuration such as sender, bounce and DKIM
+// domains.
+func NormalizeDomain(domain string) (string, error) {
+	if reason := forbiddenControl(domain); reason != "" {
+		return "", &AddressError{Input: domain, Reason: reason}
+	}
+	if strings.HasPrefix(domain, "[") {
+		return "", &AddressError{Input: domain, Reason: "an address literal is not a domain name"}
+	}
+	d, reason := normalizeDomain(domain)
+	if reason != "" {
+		return "", &AddressError{Input: domain, Reason: reason}
+	}
+	return d, nil
+}
+
 // forbiddenControl rejects the characters that end a header line or a C
 // string, whatever the context.
 func forbiddenControl(s string) string {

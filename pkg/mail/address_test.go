@@ -254,3 +254,25 @@ func FuzzParseAddress(f *testing.F) {
 		}
 	})
 }
+
+func TestNormalizeDomain_returnsLowercaseALabels(t *testing.T) {
+	tests := []struct{ in, want, wantErr string }{
+		{"Acme.Example", "acme.example", ""},
+		{"bücher.de", "xn--bcher-kva.de", ""},
+		{"[192.0.2.1]", "", "not a domain name"},
+		{"localhost", "", "has no dot"},
+		{"a..b", "", "empty label"},
+	}
+	for _, tt := range tests {
+		got, err := mail.NormalizeDomain(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("NormalizeDomain(%q) = %q, %v; want error %q", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("NormalizeDomain(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
