@@ -197,18 +197,9 @@ func readSESNotification(m *mail) []finding {
 			if f.diag == "" {
 				f.diag = n.Bounce.BounceType + " " + n.Bounce.BounceSubType
 			}
-			switch n.Bounce.BounceSubType {
-			case "Suppressed", "OnAccountSuppressionList":
-				f.reason = "suppressed"
-			case "MailboxFull":
-				f.reason = "mailboxfull"
-			case "MessageTooLarge":
-				f.reason = "emailtoolarge"
-			case "ContentRejected":
-				f.reason = "contenterror"
-			case "AttachmentRejected":
-				f.reason = "securityerror"
-			}
+			// The bounce subtype is not used: the diagnostic code is
+			// more specific, and SES's "Suppressed" is an earlier hard
+			// bounce that the diagnostic still names.
 			f.command = findCommand(strings.ToLower(f.diag))
 			out = append(out, f)
 		}

@@ -28,6 +28,7 @@ import (
 	"bytes"
 	"fmt"
 	netmail "net/mail"
+	"runtime/debug"
 	"strings"
 	"time"
 )
@@ -103,7 +104,11 @@ func Parse(raw []byte) (recs []Record, err error) {
 		// message, not the consumer. The recovered panic becomes an
 		// error so that it is seen and fixed.
 		if r := recover(); r != nil {
-			recs, err = nil, fmt.Errorf("bounce: parsing panicked: %v", r)
+			stack := debug.Stack()
+			if len(stack) > 2048 {
+				stack = stack[:2048]
+			}
+			recs, err = nil, fmt.Errorf("bounce: parsing panicked: %v\n%s", r, stack)
 		}
 	}()
 	if len(raw) == 0 {

@@ -204,6 +204,11 @@ func probeUserUnknown(fx *facts, sn string) bool {
 }
 
 func probeFiltered(fx *facts, sn string) bool {
+	if sn == "rejected" {
+		// 5.1.7/5.1.8 are about the sender's address: words like "does
+		// not exist" then describe the sender, not the recipient.
+		return false
+	}
 	if sn == "filtered" {
 		return pUserUnknown.match(fx.text) || pFiltered.match(fx.text)
 	}

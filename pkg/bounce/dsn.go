@@ -158,8 +158,10 @@ func applyDSNField(f *finding, d dsnField) {
 	v := d.value
 	switch d.name {
 	case "action":
-		a := strings.ToLower(strings.Fields(v + " ")[0])
-		a = strings.TrimRight(a, ".;,")
+		a := ""
+		if w := strings.Fields(v); len(w) > 0 {
+			a = strings.TrimRight(strings.ToLower(w[0]), ".;,")
+		}
 		switch a {
 		case "failure", "fail":
 			a = "failed"

@@ -35,7 +35,7 @@ func (m *mail) report() string {
 
 // maxInput bounds the bytes examined: bounces are small, and a returned
 // copy of a huge message adds nothing to the diagnosis.
-const maxInput = 4 << 20
+const maxInput = 2 << 20
 
 // newMail parses raw into a mail view. It never fails: garbage gives a
 // mail with whatever could be recognised.

@@ -61,9 +61,9 @@ func lineAddr(line string) (addr, rest, alias string, ok bool) {
 			return a, strings.TrimSpace(t[i+4:]), "", true
 		}
 	}
-	// Bulleted address: "  * kijitora@example.com"
-	if strings.HasPrefix(t, "* ") || strings.HasPrefix(t, "- ") {
-		w := strings.TrimSpace(t[2:])
+	// Bulleted address: "  * kijitora@example.com", "-- kijitora@..."
+	if strings.HasPrefix(t, "* ") || strings.HasPrefix(t, "- ") || strings.HasPrefix(t, "-- ") {
+		w := strings.TrimSpace(strings.TrimLeft(t, "*- "))
 		if a := normalizeAddress(w); a != "" && !strings.Contains(w, " ") {
 			return a, "", "", true
 		}
