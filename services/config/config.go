@@ -130,6 +130,14 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 		s.ownStore = true
 	}
+	// After a key rotation, move every secret to the current key so that
+	// the old key can be retired.
+	if n, err := st.Reseal(ctx); err != nil {
+		s.closeOwnedStore(st)
+		return fmt.Errorf("config: re-sealing secrets with key %d: %w", st.Sealer().KeyID(), err)
+	} else if n > 0 {
+		s.log.InfoContext(ctx, "re-sealed secrets with the current key", "secrets", n, "key_id", st.Sealer().KeyID())
+	}
 	tokens := s.cfg.Tokens
 	if s.cfg.SeedFile != "" {
 		res, err := SeedFromFile(ctx, st, s.cfg.SeedFile)

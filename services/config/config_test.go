@@ -352,7 +352,7 @@ func selfSigned(t *testing.T) (certPEM, keyPEM string) {
 
 func TestConfigService_neverReturnsOrStoresSecretsInPlainText(t *testing.T) {
 	backends := map[string]func(t *testing.T) string{
-		"SQLite":   sqliteURL,
+		"SQLite":   func(t *testing.T) string { return sqliteURL(t) },
 		"Postgres": func(t *testing.T) string { return testkit.Postgres(t) },
 	}
 	for name, newURL := range backends {
@@ -784,7 +784,7 @@ func TestService_seedFileTokensAuthenticate(t *testing.T) {
 
 func TestSeed_replicasSeedingAtOnceAgree(t *testing.T) {
 	backends := map[string]func(t *testing.T) string{
-		"SQLite":   sqliteURL,
+		"SQLite":   func(t *testing.T) string { return sqliteURL(t) },
 		"Postgres": func(t *testing.T) string { return testkit.Postgres(t) },
 	}
 	for name, newURL := range backends {

@@ -42,7 +42,7 @@ func testTokens() map[string]auth.Identity {
 	}
 }
 
-func testSealer(t *testing.T) *seal.Sealer {
+func testSealer(t testing.TB) *seal.Sealer {
 	t.Helper()
 	s, err := seal.New(map[byte][]byte{3: bytes.Repeat([]byte{42}, 32)}, 3)
 	if err != nil {
@@ -51,7 +51,7 @@ func testSealer(t *testing.T) *seal.Sealer {
 	return s
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
@@ -63,12 +63,12 @@ type env struct {
 	stop  func()
 }
 
-func sqliteURL(t *testing.T) string {
+func sqliteURL(t testing.TB) string {
 	return "sqlite://" + filepath.Join(t.TempDir(), "config.db")
 }
 
 // start runs the config service on dbURL, on addr ("" for a free port).
-func start(t *testing.T, cfg config.Config, addr string) *env {
+func start(t testing.TB, cfg config.Config, addr string) *env {
 	t.Helper()
 	if cfg.Tokens == nil {
 		cfg.Tokens = testTokens()
@@ -108,7 +108,7 @@ func start(t *testing.T, cfg config.Config, addr string) *env {
 	return e
 }
 
-func dial(t *testing.T, addr, token string) *grpc.ClientConn {
+func dial(t testing.TB, addr, token string) *grpc.ClientConn {
 	t.Helper()
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if token != "" {
@@ -122,11 +122,11 @@ func dial(t *testing.T, addr, token string) *grpc.ClientConn {
 	return conn
 }
 
-func client(t *testing.T, e *env, token string) pb.ConfigServiceClient {
+func client(t testing.TB, e *env, token string) pb.ConfigServiceClient {
 	return pb.NewConfigServiceClient(dial(t, e.addr, token))
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx

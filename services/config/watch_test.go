@@ -15,7 +15,7 @@ import (
 
 func TestWatchChanges_streamsChangesAfterARevisionFromEveryReplica(t *testing.T) {
 	backends := map[string]func(t *testing.T) string{
-		"SQLite":   sqliteURL,
+		"SQLite":   func(t *testing.T) string { return sqliteURL(t) },
 		"Postgres": func(t *testing.T) string { return testkit.Postgres(t) },
 	}
 	for name, newURL := range backends {

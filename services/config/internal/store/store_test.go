@@ -364,6 +364,61 @@ func storeSuite(t *testing.T, newURL func(t *testing.T) string) {
 		}
 	})
 
+	t.Run("reseal moves every secret to the current key", func(t *testing.T) {
+		url := newURL(t)
+		oldKey := bytes.Repeat([]byte{7}, 32)
+		newKey := bytes.Repeat([]byte{8}, 32)
+		old, err := seal.New(map[byte][]byte{1: oldKey}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s1, err := store.Open(ctx, url, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustTenant(t, s1, "acme")
+		key, _ := dkim.Generate(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
+		der, _ := dkim.MarshalPKCS8(key)
+		pub, _ := dkim.PublicKeyValue(key)
+		if _, err := s1.CreateDomain(ctx, &pb.Domain{Id: "d1", TenantId: "acme", Name: "acme.example"},
+			[]store.NewDKIMKey{{Selector: "s1", Algorithm: pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256, PrivateKey: der, PublicKey: pub, Active: true}}); err != nil {
+			t.Fatal(err)
+		}
+		r := relay("r1", "acme", "acme.example")
+		r.Auth = &pb.RelayAuth{Mechanism: pb.AuthMechanism_AUTH_MECHANISM_PLAIN, Username: "u", Password: password}
+		if _, err := s1.CreateRelay(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		_ = s1.Close()
+
+		rotating, _ := seal.New(map[byte][]byte{2: newKey, 1: oldKey}, 2)
+		s2, err := store.Open(ctx, url, rotating)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := s2.Reseal(ctx)
+		if err != nil || n != 2 {
+			t.Fatalf("Reseal = %d, %v; want 2 secrets", n, err)
+		}
+		if n, err := s2.Reseal(ctx); err != nil || n != 0 {
+			t.Errorf("second Reseal = %d, %v; want nothing to do", n, err)
+		}
+		_ = s2.Close()
+
+		onlyNew, _ := seal.New(map[byte][]byte{2: newKey}, 2)
+		s3, err := store.Open(ctx, url, onlyNew)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s3.Close()
+		if sec, err := s3.GetRelaySecrets(ctx, "r1"); err != nil || sec.Password != password {
+			t.Errorf("relay secrets with only the new key: %+v, %v", sec, err)
+		}
+		if got, err := s3.DKIMPrivateKey(ctx, "d1", "s1"); err != nil || !bytes.Equal(got, der) {
+			t.Errorf("DKIM key with only the new key: %v", err)
+		}
+	})
+
 	t.Run("default server relay is kept, replaced and dropped", func(t *testing.T) {
 		s := open(t)
 		ids := 0
