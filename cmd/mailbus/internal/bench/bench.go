@@ -1,0 +1,366 @@
+// Package bench measures the whole pipeline in one process: the embedded
+// broker, a real redis-server (when installed), the config service, every
+// stage, and a local SMTP sink, with RSA-2048 DKIM. It prints messages per
+// second end to end, latency from publish to SMTP acceptance, CPU per
+// message per stage (from a CPU profile of the run), and, measured in the
+// same run, the raw RSA-2048 signing rate of this machine, so the
+// pipeline's rate reads as a fraction of that ceiling.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/services/sender"
+)
+
+// Options tune the run.
+type Options struct {
+	Messages    int
+	Size        int
+	Partitions  int
+	SinkLatency time.Duration
+	RedisAddr   string
+	Warmup      int
+	Timeout     time.Duration
+	Log         *slog.Logger
+}
+
+// Result is what a run measured.
+type Result struct {
+	Messages      int
+	Elapsed       time.Duration
+	Rate          float64
+	P50, P99      time.Duration
+	SignCeiling   float64
+	Stages        []stageCPU
+	TotalCPU      time.Duration
+	MsgsPerConn   float64
+	RedisKind     string
+	SinkConns     int
+	DeliveredLate int
+}
+
+// Run runs the benchmark and prints a report to w.
+func Run(ctx context.Context, w io.Writer, o Options) error {
+	res, err := Measure(ctx, o, w)
+	if err != nil {
+		return err
+	}
+	Report(w, res)
+	return nil
+}
+
+// Measure runs the benchmark; progress goes to progress.
+func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error) {
+	if o.Messages <= 0 {
+		o.Messages = 5000
+	}
+	if o.Size <= 0 {
+		o.Size = 10 * 1024
+	}
+	if o.Partitions <= 0 {
+		o.Partitions = 8
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = 200
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	var res Result
+	res.Messages = o.Messages
+	fmt.Fprintf(progress, "measuring the raw RSA-2048 signing ceiling on %d cores...\n", runtime.GOMAXPROCS(0))
+	res.SignCeiling = signingCeiling(2 * time.Second)
+
+	redisAddr, redisKind, stopRedis, err := startRedis(o.RedisAddr)
+	if err != nil {
+		return res, err
+	}
+	defer stopRedis()
+	res.RedisKind = redisKind
+
+	snk, err := startSink(o.SinkLatency, o.Warmup)
+	if err != nil {
+		return res, err
+	}
+	defer snk.Close()
+
+	dir, err := os.MkdirTemp("", "mailbus-bench-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	seed := filepath.Join(dir, "seed.yaml")
+	host, port, _ := net.SplitHostPort(snk.Addr())
+	if err := os.WriteFile(seed, []byte(fmt.Sprintf(seedYAML, host, port)), 0o600); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(progress, "starting the pipeline (embedded broker, %s, SQLite, SMTP sink at %s)...\n", redisKind, snk.Addr())
+	st, err := stack.Start(ctx, stack.Options{
+		DataDir: dir, SeedFile: seed, KafkaAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NoCatcher: true,
+		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log,
+		TuneSender: func(c *sender.Config) { c.Pool.MaxConnsPerRelay = o.Partitions * 2 },
+	})
+	if err != nil {
+		return res, err
+	}
+	defer st.Close()
+	pub, err := bus.NewPublisher(bus.Config{Brokers: st.Brokers, ClientID: "mailbus-bench"}, o.Log)
+	if err != nil {
+		return res, err
+	}
+	defer pub.Close()
+	body := strings.Repeat("The quick brown fox jumps over the lazy dog. 0123456789 mailbus bench.\r\n", max(o.Size/72, 1))
+
+	fmt.Fprintf(progress, "warming up with %d messages...\n", o.Warmup)
+	if err := publish(pub, o.Warmup, "warm", body); err != nil {
+		return res, err
+	}
+	if err := waitSink(ctx, snk, st, o.Timeout); err != nil {
+		return res, fmt.Errorf("warm-up: %w", err)
+	}
+	before := st.Sender.Pool().Stats()
+	snk.reset(o.Messages)
+
+	fmt.Fprintf(progress, "sending %d messages of ~%d KB...\n", o.Messages, o.Size/1024)
+	var prof bytes.Buffer
+	if err := pprof.StartCPUProfile(&prof); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	if err := publish(pub, o.Messages, "run", body); err != nil {
+		pprof.StopCPUProfile()
+		return res, err
+	}
+	err = waitSink(ctx, snk, st, o.Timeout)
+	pprof.StopCPUProfile()
+	if err != nil {
+		return res, err
+	}
+	snk.mu.Lock()
+	res.Elapsed = snk.last.Sub(start)
+	lat := slices.Clone(snk.latencies)
+	res.SinkConns = snk.conns
+	snk.mu.Unlock()
+	res.Rate = float64(o.Messages) / res.Elapsed.Seconds()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		res.P50, res.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	after := st.Sender.Pool().Stats()
+	if n := after.ConnectionsOpened - before.ConnectionsOpened; n > 0 {
+		res.MsgsPerConn = float64(after.Messages-before.Messages) / float64(n)
+	} else {
+		res.MsgsPerConn = float64(after.Messages - before.Messages)
+	}
+	res.Stages, res.TotalCPU, err = attribute(prof.Bytes())
+	return res, err
+}
+
+// Report prints a result.
+func Report(w io.Writer, r Result) {
+	fmt.Fprintf(w, "\nmailbus pipeline benchmark: %d messages, RSA-2048 DKIM, %s, embedded broker, SMTP sink\n", r.Messages, r.RedisKind)
+	fmt.Fprintf(w, "  end to end:        %.0f messages/s (%.1fs)\n", r.Rate, r.Elapsed.Seconds())
+	fmt.Fprintf(w, "  latency publish → SMTP accepted: p50 %s  p99 %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond))
+	fmt.Fprintf(w, "  RSA-2048 signing ceiling (raw, all cores): %.0f signatures/s\n", r.SignCeiling)
+	fmt.Fprintf(w, "  pipeline / ceiling: %.0f%%\n", 100*r.Rate/r.SignCeiling)
+	fmt.Fprintf(w, "  SMTP messages per connection: %.1f\n", r.MsgsPerConn)
+	fmt.Fprintf(w, "  CPU per message by stage (from a CPU profile of the run; %.0f µs/message in all):\n", float64(r.TotalCPU.Microseconds())/float64(r.Messages))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	for _, s := range r.Stages {
+		fmt.Fprintf(tw, "    %s\t%.0f µs\t%.0f%%\t\n", s.Stage, float64(s.CPU.Microseconds())/float64(r.Messages), 100*float64(s.CPU)/float64(r.TotalCPU))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "%.0f messages/s\n", r.Rate)
+}
+
+func publish(pub message.Publisher, n int, tag, body string) error {
+	const workers, batch = 4, 100
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				lo := int(next.Add(batch)) - batch
+				if lo >= n {
+					return
+				}
+				hi := min(lo+batch, n)
+				msgs := make([]*message.Message, 0, hi-lo)
+				for i := lo; i < hi; i++ {
+					sub := &mailbusv1.Submission{
+						IdempotencyId: fmt.Sprintf("%s-%d-%d", tag, time.Now().UnixNano(), i), TenantId: "bench",
+						Kind: mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+						From: &mailbusv1.Address{Name: "Bench", Email: "bench@bench.example"},
+						To:   []*mailbusv1.Address{{Email: "rcpt" + strconv.Itoa(i) + "@sink.example"}},
+						Subject: "bench " + strconv.Itoa(i), TextBody: body,
+						Headers:    []*mailbusv1.Header{{Name: "X-Bench-Published", Value: strconv.FormatInt(time.Now().UnixNano(), 10)}},
+						SubmitTime: timestamppb.Now(),
+					}
+					m, err := bus.Encode(sub, nil)
+					if err != nil {
+						errc <- err
+						return
+					}
+					msgs = append(msgs, m)
+				}
+				if err := pub.Publish(bus.TopicSubmit, msgs...); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+func waitSink(ctx context.Context, s *sink, st *stack.Stack, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-s.done:
+		return nil
+	case <-st.Done():
+		return st.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("only %d of %d messages reached the sink in %s", s.received(), s.want, timeout)
+	}
+}
+
+func (s *sink) reset(want int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count, s.want, s.latencies, s.done = 0, want, nil, make(chan struct{})
+}
+
+// signingCeiling is the raw RSA-2048 PKCS#1 v1.5 signing rate with one
+// signer per core, the upper bound of a DKIM pipeline on this machine.
+func signingCeiling(d time.Duration) float64 {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	digest := sha256.Sum256([]byte("mailbus"))
+	var n atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				_, _ = rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, digest[:])
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / d.Seconds()
+}
+
+// startRedis uses addr, or starts a real redis-server on a free port, or
+// falls back to the in-process server (the stack's default) when
+// redis-server is not installed.
+func startRedis(addr string) (string, string, func(), error) {
+	if addr != "" {
+		return addr, "redis at " + addr, func() {}, nil
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", "in-process Redis (redis-server not installed)", func() {}, nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		return "", "", nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	addr = "127.0.0.1:" + strconv.Itoa(port)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	for i := 0; ; i++ {
+		if rdb.Ping(context.Background()).Err() == nil {
+			break
+		}
+		if i > 100 {
+			stop()
+			return "", "", nil, fmt.Errorf("redis-server on %s did not answer", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return addr, "redis-server " + addr, stop, nil
+}
+
+const seedYAML = `tenants:
+  - id: bench
+    name: Bench
+    time_zone: UTC
+    default_from: noreply
+    domain_alias: bench.example
+    domains:
+      - id: bench-example
+        name: bench.example
+        return_path: from
+        dkim_keys:
+          - selector: bench
+            algorithm: rsa
+            generate: true
+    relays:
+      - id: bench-sink
+        name: sink
+        host: %s
+        port: %s
+        security: none
+        auth:
+          mechanism: none
+        priority: 1
+        domains: [bench.example]
+default_server:
+  mode: relay
+  relay:
+    id: default-sink
+    name: sink
+    host: 127.0.0.1
+    port: 1
+    security: none
+`

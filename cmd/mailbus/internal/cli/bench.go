@@ -1,0 +1,25 @@
+package cli
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/bench"
+)
+
+func benchCmd() *cobra.Command {
+	var o bench.Options
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "measure the whole pipeline: messages per second end to end, latency, CPU per stage, and the RSA-2048 signing ceiling",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return bench.Run(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Messages, "messages", 5000, "messages to send")
+	f.IntVar(&o.Size, "size", 10*1024, "approximate message size in bytes")
+	f.IntVar(&o.Partitions, "partitions", 8, "partitions per topic")
+	f.DurationVar(&o.SinkLatency, "sink-latency", 0, "artificial reply latency of the SMTP sink")
+	f.StringVar(&o.RedisAddr, "redis", "", "Redis address (default: start a redis-server, else in-process)")
+	return cmd
+}

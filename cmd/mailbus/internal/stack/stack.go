@@ -1,0 +1,341 @@
+// Package stack assembles the whole mailbus pipeline in one process: the
+// embedded Kafka-protocol broker, Redis (in-process or REDIS_ADDR), the
+// config service and MessageService on one gRPC server, every pipeline
+// stage, and the mail catcher. `mailbus dev`, the end-to-end tests and
+// `mailbus bench` all run this same assembly, so what the tests check is
+// what a newcomer runs.
+package stack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/catcher"
+	"github.com/mailbus/mailbus/pkg/auth"
+	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/configclient"
+	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/obs"
+	"github.com/mailbus/mailbus/pkg/redisembed"
+	"github.com/mailbus/mailbus/pkg/seal"
+	"github.com/mailbus/mailbus/pkg/sqlstore"
+	"github.com/mailbus/mailbus/services/config"
+	"github.com/mailbus/mailbus/services/quota"
+	"github.com/mailbus/mailbus/services/router"
+	"github.com/mailbus/mailbus/services/sender"
+	"github.com/mailbus/mailbus/services/signer"
+	"github.com/mailbus/mailbus/services/tracker"
+)
+
+// Options configure the stack. Empty addresses pick the defaults of
+// `mailbus dev`; tests pass "127.0.0.1:0" everywhere.
+type Options struct {
+	DataDir  string
+	SeedFile string
+	// KafkaBrokers uses an external Kafka instead of the embedded broker.
+	KafkaBrokers []string
+	KafkaAddr    string // embedded broker, default 127.0.0.1:9092
+	Partitions   int    // default 8
+	// RedisAddr uses an external Redis; empty starts an in-process one.
+	RedisAddr string
+	GRPCAddr  string // default 127.0.0.1:7070
+	SMTPAddr  string // mail catcher SMTP, default 127.0.0.1:1025
+	WebAddr   string // mail catcher web page, default 127.0.0.1:8025
+	// AdminAddr serves /metrics, /healthz, /readyz; empty disables it.
+	AdminAddr string
+	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
+	NoCatcher bool
+	// ConfigDatabaseURL and TrackerDatabaseURL default to SQLite files in
+	// DataDir.
+	ConfigDatabaseURL  string
+	TrackerDatabaseURL string
+	// TuneBus adjusts the bus configuration (tests shorten timeouts).
+	TuneBus func(*bus.Config)
+	// TuneSender adjusts the sender configuration.
+	TuneSender func(*sender.Config)
+	Log        *slog.Logger
+	Metrics    *prometheus.Registry
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	Brokers   []string
+	GRPCAddr  string
+	RedisAddr string
+	Catcher   *catcher.Catcher
+	Config    *configclient.Client
+	Sender    *sender.Service
+	Redis     redis.UniversalClient
+	// AdminToken is an admin API token (also written to DataDir/admin.token).
+	AdminToken string
+	// VERPKey signs the VERP return paths.
+	VERPKey []byte
+
+	log     *slog.Logger
+	runCtx  context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errOnce sync.Once
+	err     error
+	done    chan struct{}
+	closers []func()
+}
+
+// Start starts everything and returns once it is serving.
+func Start(ctx context.Context, o Options) (*Stack, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = obs.NewRegistry()
+	}
+	if o.Partitions <= 0 {
+		o.Partitions = 8
+	}
+	if o.DataDir == "" {
+		o.DataDir = "./.mailbus"
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Stack{log: o.Log, runCtx: ctx, cancel: cancel, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+
+	sealer, err := seal.LoadOrCreateKeyFile(filepath.Join(o.DataDir, "secret.key"))
+	if err != nil {
+		return nil, err
+	}
+	if s.VERPKey, err = loadOrCreateKey(filepath.Join(o.DataDir, "verp.key")); err != nil {
+		return nil, err
+	}
+	adminTok, err := loadOrCreateToken(filepath.Join(o.DataDir, "admin.token"))
+	if err != nil {
+		return nil, err
+	}
+	pipelineTok, err := loadOrCreateToken(filepath.Join(o.DataDir, "pipeline.token"))
+	if err != nil {
+		return nil, err
+	}
+	s.AdminToken = adminTok
+
+	// Kafka.
+	s.Brokers = o.KafkaBrokers
+	if len(s.Brokers) == 0 {
+		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedConfig{
+			Addr: orDefault(o.KafkaAddr, "127.0.0.1:9092"), DataDir: filepath.Join(o.DataDir, "kafka"),
+			Partitions: o.Partitions, Log: o.Log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("start embedded Kafka broker: %w", err)
+		}
+		s.closers = append(s.closers, emb.Close)
+		s.Brokers = emb.Addrs()
+	}
+	busCfg := bus.Config{Brokers: s.Brokers, ClientID: "mailbus-dev"}
+	if o.TuneBus != nil {
+		o.TuneBus(&busCfg)
+	}
+	if err := bus.EnsureTopics(ctx, busCfg, bus.AllTopics(), o.Partitions); err != nil {
+		return nil, err
+	}
+
+	// Redis.
+	s.RedisAddr = o.RedisAddr
+	if s.RedisAddr == "" {
+		addr, stop, err := redisembed.Start("127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("start in-process Redis: %w", err)
+		}
+		s.closers = append(s.closers, stop)
+		s.RedisAddr = addr
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	s.Redis = rdb
+	s.closers = append(s.closers, func() { _ = rdb.Close() })
+
+	// Config service and MessageService on one gRPC server.
+	cfgSvc := config.New(config.Config{
+		DatabaseURL: orDefault(o.ConfigDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "config.db")),
+		SeedFile:    o.SeedFile,
+		Tokens: map[string]auth.Identity{
+			adminTok:    {Role: auth.RoleAdmin, Name: "dev-admin"},
+			pipelineTok: {Role: auth.RolePipeline, Name: "dev-pipeline"},
+		},
+	}, config.Deps{Log: o.Log, Sealer: sealer, Metrics: o.Metrics})
+	if err := cfgSvc.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start config service: %w", err)
+	}
+	s.closers = append(s.closers, func() { _ = cfgSvc.Close() })
+	trackerDB, err := sqlstore.Open(ctx, orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")))
+	if err != nil {
+		return nil, fmt.Errorf("open message log: %w", err)
+	}
+	s.closers = append(s.closers, func() { _ = trackerDB.Close() })
+	trk, err := tracker.New(ctx, tracker.Config{Bus: busCfg}, tracker.Deps{Log: o.Log, Metrics: o.Metrics, DB: trackerDB})
+	if err != nil {
+		return nil, err
+	}
+	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
+	cfgSvc.Register(gsrv)
+	trk.Register(gsrv)
+	lis, err := net.Listen("tcp", orDefault(o.GRPCAddr, "127.0.0.1:7070"))
+	if err != nil {
+		return nil, fmt.Errorf("listen for gRPC: %w", err)
+	}
+	s.GRPCAddr = lis.Addr().String()
+	s.closers = append(s.closers, gsrv.Stop)
+	s.goRun("grpc", func(context.Context) error { return gsrv.Serve(lis) })
+
+	// The pipeline reads configuration from a local cache fed by the
+	// change stream, like any replica in production.
+	conn, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(auth.StaticToken{Token: pipelineTok, AllowInsecure: true}))
+	if err != nil {
+		return nil, fmt.Errorf("connect to config service: %w", err)
+	}
+	s.closers = append(s.closers, func() { _ = conn.Close() })
+	cc, err := configclient.New(ctx, conn, sealer, configclient.WithLogger(o.Log))
+	if err != nil {
+		return nil, fmt.Errorf("load configuration: %w", err)
+	}
+	s.Config = cc
+	s.closers = append(s.closers, func() { _ = cc.Close() })
+
+	if !o.NoCatcher {
+		c, err := catcher.New(catcher.Config{SMTPAddr: orDefault(o.SMTPAddr, "127.0.0.1:1025"), HTTPAddr: orDefault(o.WebAddr, "127.0.0.1:8025")}, o.Log)
+		if err != nil {
+			return nil, err
+		}
+		s.Catcher = c
+		s.goRun("catcher", c.Run)
+	}
+
+	lim := limits.New(rdb)
+	senderCfg := sender.Config{Bus: busCfg, HeloName: "mailbus.local"}
+	if o.TuneSender != nil {
+		o.TuneSender(&senderCfg)
+	}
+	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb})
+	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey}, router.Deps{
+		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log},
+	}).Run)
+	s.goRun("quota", quota.New(quota.Config{Bus: busCfg}, quota.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb}).Run)
+	s.goRun("signer", signer.New(signer.Config{Bus: busCfg}, signer.Deps{Log: o.Log, Metrics: o.Metrics, Keys: cc}).Run)
+	s.goRun("sender", s.Sender.Run)
+	s.goRun("tracker", trk.Run)
+	if o.AdminAddr != "" {
+		var h obs.Health
+		h.SetReady(true)
+		s.goRun("admin", func(ctx context.Context) error { return obs.ServeAdmin(ctx, o.AdminAddr, o.Metrics, &h) })
+	}
+	ok = true
+	return s, nil
+}
+
+func (s *Stack) goRun(name string, run func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := run(s.runCtx)
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, grpc.ErrServerStopped) && s.runCtx.Err() == nil {
+			s.fail(fmt.Errorf("%s: %w", name, err))
+		}
+	}()
+}
+
+func (s *Stack) fail(err error) {
+	s.errOnce.Do(func() {
+		s.err = err
+		close(s.done)
+		s.cancel()
+	})
+}
+
+// Done is closed when a component failed; Err says which and why.
+func (s *Stack) Done() <-chan struct{} { return s.done }
+
+// Err is the first component failure.
+func (s *Stack) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+// Close stops every component and waits for them.
+func (s *Stack) Close() {
+	s.cancel()
+	s.wg.Wait()
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
+
+func loadOrCreateKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return hex.DecodeString(strings.TrimSpace(string(b)))
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(k)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write %s: %w", path, err)
+	}
+	return k, nil
+}
+
+func loadOrCreateToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	tok, err := auth.NewToken()
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// WaitTimeout is how long Start's callers typically wait for a message to
+// go through in tests; exported so tests agree.
+const WaitTimeout = 60 * time.Second
