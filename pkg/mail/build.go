@@ -30,9 +30,29 @@ type Options struct {
 	// submission does not give (submit_time); nil means time.Now.
 	Now func() time.Time
 	// MessageIDDomain is the right-hand side of a generated Message-ID.
-	// Empty means the From address's domain, which keeps the id unique per
-	// sender and looks right to spam filters.
+	// Empty means the From address's domain (in lowercase A-labels), which
+	// keeps the id unique per sender and looks right to spam filters.
 	MessageIDDomain string
+	// MessageIDLeft is the left-hand side of a generated Message-ID, for a
+	// caller that derives it from its own id so that building the same
+	// submission twice gives the same message. Empty means a new ULID. It
+	// must be a dot-atom (letters, digits, ".", "-", "_" and the like).
+	MessageIDLeft string
+}
+
+// newMessageID returns the id of a generated Message-ID.
+func (o Options) newMessageID(from Address) (string, error) {
+	left := o.MessageIDLeft
+	if left == "" {
+		left = ulid.Make().String()
+	} else if reason := checkDotAtom(left); reason != "" {
+		return "", messageErrorf("Options.MessageIDLeft %q: %s", left, strings.Replace(reason, "local part", "id", 1))
+	}
+	domain := o.MessageIDDomain
+	if domain == "" {
+		domain = from.Domain()
+	}
+	return left + "@" + domain, nil
 }
 
 func (o Options) limit() int64 {
@@ -178,15 +198,12 @@ func (b *builder) build() (Message, error) {
 	}
 	b.buf.Grow(int(estimate))
 
-	id := ulid.Make().String()
-	b.token = id
+	b.token = ulid.Make().String()
 	msgID := hs.messageID
 	if msgID == "" {
-		domain := b.opts.MessageIDDomain
-		if domain == "" {
-			domain = from.Domain()
+		if msgID, err = b.opts.newMessageID(from); err != nil {
+			return Message{}, err
 		}
-		msgID = id + "@" + domain
 	}
 	date := hs.date
 	if date == "" {

@@ -180,6 +180,26 @@ func TestBuild_usesMessageIDDomainOption(t *testing.T) {
 	}
 }
 
+func TestBuild_usesMessageIDLeftForRepeatableIDs(t *testing.T) {
+	sub := baseSubmission()
+	sub.From.Email = "alice@Bücher.example"
+	opts := mbmail.Options{MessageIDLeft: "m0123abc.0"}
+	m, err := mbmail.Build(sub, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MessageID != "m0123abc.0@xn--bcher-kva.example" {
+		t.Fatalf("MessageID = %q", m.MessageID)
+	}
+	raw, err := mbmail.PrepareRaw([]byte("From: a@acme.example\r\n\r\nx\r\n"), opts)
+	if err != nil || raw.MessageID != "m0123abc.0@acme.example" {
+		t.Fatalf("PrepareRaw MessageID = %q, %v", raw.MessageID, err)
+	}
+	if _, err := mbmail.Build(sub, mbmail.Options{MessageIDLeft: "a b"}); err == nil || !strings.Contains(err.Error(), "MessageIDLeft") {
+		t.Fatalf("bad MessageIDLeft: %v", err)
+	}
+}
+
 func TestBuild_encodesNonASCIISubjectAsEncodedWord(t *testing.T) {
 	sub := baseSubmission()
 	sub.Subject = "Grüße aus Köln — ünïcödé " + strings.Repeat("très long sujet ", 10)

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/oklog/ulid/v2"
 )
 
 // PrepareRaw checks a complete RFC 5322 message given by a producer and
@@ -103,11 +101,9 @@ func PrepareRaw(raw []byte, opts Options) (Message, error) {
 		out.WriteString("\r\n")
 	}
 	if msgIDField == nil {
-		domain := opts.MessageIDDomain
-		if domain == "" {
-			domain = from.Domain()
+		if messageID, err = opts.newMessageID(from); err != nil {
+			return Message{}, err
 		}
-		messageID = ulid.Make().String() + "@" + domain
 		out.WriteString("Message-ID: <")
 		out.WriteString(messageID)
 		out.WriteString(">\r\n")

@@ -17,19 +17,23 @@ import (
 //
 // A VERP address carries, in its local part, which delivery and which
 // recipient a bounce is about, and a MAC so that nobody can forge one to
-// make mailbus suppress an address or mark a message bounced:
+// make mailbus suppress an address or mark a message bounced. It has one
+// of two forms:
 //
-//	b-<payload>-<mac>@<bounce domain>
+//	b-<delivery id>-<tail>@<bounce domain>     ids of [a-z0-9.], as pkg/ids makes
+//	bx-<payload>-<tail>@<bounce domain>        any other id, encoded
 //
-// payload is lowercase unpadded base32 (RFC 4648 alphabet in lowercase) of
-// a tag byte, the delivery id, and the recipient hash; mac is the first 10
-// octets (80 bits) of HMAC-SHA256(key, "mailbus verp v1" || 0 || payload
-// bytes), in the same base32. Lowercase base32 and "-" survive MTAs that
-// change the case of local parts: decoding lowercases first.
-//
-// The delivery id is stored compactly (16 octets) when it is a ULID or a
-// UUID, all in uppercase or all in lowercase, and as its bytes otherwise (at most MaxVERPRawIDLen octets), so that the local
-// part stays within 64 octets: a ULID gives 55.
+// tail is the lowercase unpadded base32 (RFC 4648 alphabet in lowercase) of
+// the 5-octet recipient hash and the first 10 octets (80 bits) of
+// HMAC-SHA256(key, "mailbus verp v1" || 0 || form || 0 || id bytes ||
+// recipient hash). payload is the same base32 of a tag octet and the id:
+// 16 octets for a ULID or a UUID (all uppercase or all lowercase, so that
+// decoding gives the id back exactly), the id's own octets otherwise.
+// Only lowercase letters, digits, "-" and "." are used, and decoding
+// lowercases first, so MTAs that change the case of local parts do no
+// harm. The local part stays within 64 octets: an id in the first form may
+// have MaxVERPIDLen octets; a ULID or UUID always fits; any other id may
+// have MaxVERPRawIDLen octets.
 //
 // The recipient is identified by RecipientHash: the first 5 octets of
 // SHA-256 over the lowercased canonical address. A hash, not an index, so
@@ -42,14 +46,22 @@ import (
 // must not invalidate mail in flight, and the bounce service only reads
 // mail for its own domains anyway.
 
-// MaxVERPRawIDLen is the longest delivery id, in octets, that VERPEncode
-// accepts when it is neither a canonical ULID nor a canonical UUID.
-const MaxVERPRawIDLen = 22
+const (
+	// MaxVERPIDLen is the longest delivery id, in octets, made of
+	// lowercase letters, digits and inner dots, that VERPEncode accepts.
+	MaxVERPIDLen = MaxLocalPartLen - len(verpPlain) - 1 - verpTailLen
+	// MaxVERPRawIDLen is the longest other delivery id (neither such an id
+	// nor a ULID or UUID), in octets, that VERPEncode accepts.
+	MaxVERPRawIDLen = (MaxLocalPartLen-len(verpEncoded)-1-verpTailLen)*5/8 - 1
+)
 
 const (
-	verpPrefix  = "b-"
+	verpPlain   = "b-"
+	verpEncoded = "bx-"
 	verpMACLen  = 10
 	verpHashLen = 5
+	// verpTailLen is the base32 length of the hash and the MAC.
+	verpTailLen = ((verpHashLen+verpMACLen)*8 + 4) / 5
 
 	verpTagULID      = 'u' // canonical (uppercase) ULID
 	verpTagULIDLower = 'l' // the same in lowercase
@@ -91,8 +103,9 @@ func recipientHash(recipient string) [verpHashLen]byte {
 
 // VERPEncode returns the VERP return path for one recipient of one
 // delivery, on bounceDomain. key is the HMAC key (at least 16 octets of
-// secret). deliveryID is a ULID, a UUID, or any id of at most
-// MaxVERPRawIDLen octets.
+// secret). deliveryID is an id of lowercase letters, digits and inner dots
+// (at most MaxVERPIDLen octets), a ULID, a UUID, or any other id of at
+// most MaxVERPRawIDLen octets.
 func VERPEncode(key []byte, deliveryID, recipient, bounceDomain string) (string, error) {
 	if len(key) < 16 {
 		return "", fmt.Errorf("encode VERP address: key is %d octets; use at least 16 octets of secret", len(key))
@@ -101,99 +114,143 @@ func VERPEncode(key []byte, deliveryID, recipient, bounceDomain string) (string,
 	if reason != "" {
 		return "", fmt.Errorf("encode VERP address: bounce domain: %w", &AddressError{Input: bounceDomain, Reason: reason})
 	}
-	payload := make([]byte, 0, 1+MaxVERPRawIDLen+verpHashLen)
-	switch {
-	case isCanonicalULID(deliveryID):
-		id := ulid.MustParseStrict(deliveryID)
-		payload = append(append(payload, verpTagULID), id[:]...)
-	case deliveryID == strings.ToLower(deliveryID) && isCanonicalULID(strings.ToUpper(deliveryID)):
-		id := ulid.MustParseStrict(strings.ToUpper(deliveryID))
-		payload = append(append(payload, verpTagULIDLower), id[:]...)
-	case isCanonicalUUID(deliveryID):
-		id := uuid.MustParse(deliveryID)
-		payload = append(append(payload, verpTagUUID), id[:]...)
-	case deliveryID == strings.ToUpper(deliveryID) && isCanonicalUUID(strings.ToLower(deliveryID)):
-		id := uuid.MustParse(deliveryID)
-		payload = append(append(payload, verpTagUUIDUpper), id[:]...)
-	case deliveryID == "":
+	if deliveryID == "" {
 		return "", errors.New("encode VERP address: empty delivery id")
-	case len(deliveryID) > MaxVERPRawIDLen:
-		return "", fmt.Errorf("encode VERP address: delivery id %q is %d octets; a ULID, a UUID or at most %d octets fit in a 64-octet local part", clip(deliveryID), len(deliveryID), MaxVERPRawIDLen)
-	default:
-		payload = append(append(payload, verpTagRaw), deliveryID...)
 	}
-	h := recipientHash(recipient)
-	payload = append(payload, h[:]...)
+	hash := recipientHash(recipient)
+	var form, idPart string
+	var idBytes []byte
+	if isPlainVERPID(deliveryID) {
+		form, idPart, idBytes = verpPlain, deliveryID, []byte(deliveryID)
+	} else {
+		payload := make([]byte, 0, 1+MaxVERPRawIDLen)
+		switch {
+		case isCanonicalULID(deliveryID):
+			id := ulid.MustParseStrict(deliveryID)
+			payload = append(append(payload, verpTagULID), id[:]...)
+		case deliveryID == strings.ToLower(deliveryID) && isCanonicalULID(strings.ToUpper(deliveryID)):
+			id := ulid.MustParseStrict(strings.ToUpper(deliveryID))
+			payload = append(append(payload, verpTagULIDLower), id[:]...)
+		case isCanonicalUUID(deliveryID):
+			id := uuid.MustParse(deliveryID)
+			payload = append(append(payload, verpTagUUID), id[:]...)
+		case deliveryID == strings.ToUpper(deliveryID) && isCanonicalUUID(strings.ToLower(deliveryID)):
+			id := uuid.MustParse(deliveryID)
+			payload = append(append(payload, verpTagUUIDUpper), id[:]...)
+		case len(deliveryID) > MaxVERPRawIDLen:
+			return "", fmt.Errorf("encode VERP address: delivery id %q does not fit in a 64-octet local part: use lowercase letters, digits and dots (at most %d octets), a ULID, a UUID, or at most %d octets",
+				clip(deliveryID), MaxVERPIDLen, MaxVERPRawIDLen)
+		default:
+			payload = append(append(payload, verpTagRaw), deliveryID...)
+		}
+		form, idPart, idBytes = verpEncoded, verpEncoding.EncodeToString(payload), payload
+	}
+	tail := make([]byte, 0, verpHashLen+verpMACLen)
+	tail = append(tail, hash[:]...)
+	tail = append(tail, verpMAC(key, form, idBytes, hash[:])...)
+	return form + idPart + "-" + verpEncoding.EncodeToString(tail) + "@" + domain, nil
+}
 
-	mac := verpMAC(key, payload)
-	local := verpPrefix + verpEncoding.EncodeToString(payload) + "-" + verpEncoding.EncodeToString(mac)
-	return local + "@" + domain, nil
+// isPlainVERPID reports an id that can stand in the local part as it is:
+// lowercase letters, digits and single inner dots, short enough.
+func isPlainVERPID(id string) bool {
+	if len(id) > MaxVERPIDLen || id[0] == '.' || id[len(id)-1] == '.' || strings.Contains(id, "..") {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // VERPDecode checks a VERP address made by VERPEncode with key and returns
 // the delivery id and the recipient hash (as RecipientHash gives it). The
 // address may be in any case, with or without angle brackets; its domain
-// is not checked (see the package notes above). The MAC comparison takes
-// constant time. Errors: ErrNotVERP for other addresses, ErrVERPForged for
-// a bad MAC; to rotate keys, try the new key and then the old one while
-// mail signed with it may still bounce.
+// is not checked (see the notes above VERPEncode). The MAC comparison
+// takes constant time. Errors: ErrNotVERP for other addresses,
+// ErrVERPForged for a bad MAC; to rotate keys, try the new key and then
+// the old one while mail signed with it may still bounce.
 func VERPDecode(key []byte, address string) (deliveryID, recipientHash string, err error) {
 	a := strings.ToLower(strings.TrimSpace(address))
 	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
 	if at := strings.LastIndexByte(a, '@'); at >= 0 {
 		a = a[:at]
 	}
-	rest, ok := strings.CutPrefix(a, verpPrefix)
-	if !ok {
+	var form string
+	switch {
+	case strings.HasPrefix(a, verpEncoded):
+		form = verpEncoded
+	case strings.HasPrefix(a, verpPlain):
+		form = verpPlain
+	default:
 		return "", "", ErrNotVERP
 	}
-	enc, encMAC, ok := strings.Cut(rest, "-")
-	if !ok {
+	rest := a[len(form):]
+	dash := strings.LastIndexByte(rest, '-')
+	if dash <= 0 {
 		return "", "", ErrNotVERP
 	}
-	payload, err := verpEncoding.DecodeString(enc)
-	if err != nil || len(payload) < 1+1+verpHashLen {
+	idPart := rest[:dash]
+	tail, err := verpEncoding.DecodeString(rest[dash+1:])
+	if err != nil || len(tail) != verpHashLen+verpMACLen {
 		return "", "", ErrNotVERP
 	}
-	mac, err := verpEncoding.DecodeString(encMAC)
-	if err != nil || len(mac) != verpMACLen {
-		return "", "", ErrNotVERP
+	var idBytes []byte
+	if form == verpPlain {
+		if !isPlainVERPID(idPart) {
+			return "", "", ErrNotVERP
+		}
+		idBytes = []byte(idPart)
+	} else {
+		idBytes, err = verpEncoding.DecodeString(idPart)
+		if err != nil || len(idBytes) < 2 {
+			return "", "", ErrNotVERP
+		}
 	}
-	if len(key) == 0 || !hmac.Equal(mac, verpMAC(key, payload)) {
+	hash, mac := tail[:verpHashLen], tail[verpHashLen:]
+	if len(key) == 0 || !hmac.Equal(mac, verpMAC(key, form, idBytes, hash)) {
 		return "", "", ErrVERPForged
 	}
-	id := payload[1 : len(payload)-verpHashLen]
-	hash := hex.EncodeToString(payload[len(payload)-verpHashLen:])
-	switch payload[0] {
+	hashHex := hex.EncodeToString(hash)
+	if form == verpPlain {
+		return idPart, hashHex, nil
+	}
+	id := idBytes[1:]
+	switch idBytes[0] {
 	case verpTagULID, verpTagULIDLower:
 		var u ulid.ULID
 		if len(id) != len(u) {
 			return "", "", ErrNotVERP
 		}
 		copy(u[:], id)
-		if payload[0] == verpTagULIDLower {
-			return strings.ToLower(u.String()), hash, nil
+		if idBytes[0] == verpTagULIDLower {
+			return strings.ToLower(u.String()), hashHex, nil
 		}
-		return u.String(), hash, nil
+		return u.String(), hashHex, nil
 	case verpTagUUID, verpTagUUIDUpper:
 		u, err := uuid.FromBytes(id)
 		if err != nil {
 			return "", "", ErrNotVERP
 		}
-		if payload[0] == verpTagUUIDUpper {
-			return strings.ToUpper(u.String()), hash, nil
+		if idBytes[0] == verpTagUUIDUpper {
+			return strings.ToUpper(u.String()), hashHex, nil
 		}
-		return u.String(), hash, nil
+		return u.String(), hashHex, nil
 	case verpTagRaw:
-		return string(id), hash, nil
+		return string(id), hashHex, nil
 	}
 	return "", "", ErrNotVERP
 }
 
-func verpMAC(key, payload []byte) []byte {
+func verpMAC(key []byte, form string, id, hash []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("mailbus verp v1\x00"))
-	m.Write(payload)
+	m.Write([]byte(form))
+	m.Write([]byte{0})
+	m.Write(id)
+	m.Write(hash)
 	return m.Sum(nil)[:verpMACLen]
 }
 

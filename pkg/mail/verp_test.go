@@ -19,8 +19,11 @@ func TestVERP_roundTripsDeliveryIDAndRecipient(t *testing.T) {
 		{"UUID", uuid.NewString()},
 		{"lowercase ULID kept as given", strings.ToLower(ulid.Make().String())},
 		{"uppercase UUID kept as given", strings.ToUpper(uuid.NewString())},
-		{"short id", "d-42"},
-		{"22-octet id", strings.Repeat("z", mail.MaxVERPRawIDLen)},
+		{"pkg/ids delivery id", "m0123456789abcdefghjkmnpq.0"},
+		{"pkg/ids re-routed delivery id", "m0123456789abcdefghjkmnpq.10.r2.15"},
+		{"longest plain id", strings.Repeat("z", mail.MaxVERPIDLen)},
+		{"short id with a hyphen", "d-42"},
+		{"longest other id", strings.Repeat("Z", mail.MaxVERPRawIDLen)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,6 +66,17 @@ func TestVERPDecode_isCaseInsensitive(t *testing.T) {
 		if err != nil || got != id {
 			t.Fatalf("VERPDecode(%q) = %q, %v", variant, got, err)
 		}
+	}
+}
+
+func TestVERPDecode_rejectsIDSwappedBetweenForms(t *testing.T) {
+	// The same id bytes in the other form must not verify.
+	a, _ := mail.VERPEncode(verpKey, "abc", "bob@example.com", "bounce.acme.example")
+	local := a[:strings.LastIndexByte(a, '@')]
+	tail := local[strings.LastIndexByte(local, '-'):]
+	swapped := "bx-" + "ofrwg" + tail // base32 of "sabc" would be the encoded form
+	if _, _, err := mail.VERPDecode(verpKey, swapped); err == nil {
+		t.Fatal("swapped form accepted")
 	}
 }
 
@@ -120,8 +134,9 @@ func TestVERPEncode_rejectsWhatCannotFit(t *testing.T) {
 		want string
 	}{
 		{"short key", []byte("short"), "d-1", "bounce.acme.example", "at least 16 octets"},
-		{"long id", verpKey, strings.Repeat("x", mail.MaxVERPRawIDLen+1), "bounce.acme.example", "a ULID, a UUID or at most 22 octets"},
-		{"mixed-case UUID", verpKey, "4F1b8c2e-0b7d-4c8e-9a8e-1d2c3b4a5f6e", "bounce.acme.example", "a ULID, a UUID or at most 22 octets"},
+		{"long plain id", verpKey, strings.Repeat("x", mail.MaxVERPIDLen+1), "bounce.acme.example", "does not fit in a 64-octet local part"},
+		{"long other id", verpKey, strings.Repeat("X", mail.MaxVERPRawIDLen+1), "bounce.acme.example", "at most 21 octets"},
+		{"mixed-case UUID", verpKey, "4F1b8c2e-0b7d-4c8e-9a8e-1d2c3b4a5f6e", "bounce.acme.example", "does not fit"},
 		{"empty id", verpKey, "", "bounce.acme.example", "empty delivery id"},
 		{"bad domain", verpKey, "d-1", "bounce..example", "bounce domain"},
 	}
@@ -142,4 +157,23 @@ func TestRecipientHash_ignoresCaseAndIDNForm(t *testing.T) {
 	if mail.RecipientHash("bob@example.com") == mail.RecipientHash("alice@example.com") {
 		t.Fatal("different recipients share a hash")
 	}
+}
+
+func FuzzVERP(f *testing.F) {
+	f.Add("m0123456789abcdefghjkmnpq.0", "bob@example.com")
+	f.Add(ulid.Make().String(), "x@y.example")
+	f.Add("d-42", "")
+	f.Fuzz(func(t *testing.T, id, rcpt string) {
+		a, err := mail.VERPEncode(verpKey, id, rcpt, "bounce.acme.example")
+		if err != nil {
+			return
+		}
+		if err := mail.ValidateMailbox(a); err != nil {
+			t.Fatalf("VERPEncode(%q) = %q, not a valid mailbox: %v", id, a, err)
+		}
+		got, hash, err := mail.VERPDecode(verpKey, strings.ToUpper(a))
+		if err != nil || got != id || hash != mail.RecipientHash(rcpt) {
+			t.Fatalf("VERPDecode(%q) = %q, %q, %v; want %q", a, got, hash, err, id)
+		}
+	})
 }
