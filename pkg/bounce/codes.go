@@ -8,26 +8,31 @@ import (
 // Helpers that find SMTP reply codes, RFC 3463 enhanced status codes, SMTP
 // commands and addresses in free text.
 
-// validReply reports whether n is a plausible SMTP reply code for a
-// failure or success report (RFC 5321, 3463, 4954, 7504).
-func validReply(n int) bool {
-	switch {
-	case n >= 211 && n <= 253:
-		return n <= 221 || n >= 250 || n == 235
-	case n == 334 || n == 354:
-		return true
-	case n >= 400 && n <= 559:
-		return n%100 <= 59
-	}
-	return false
+// replyCodes are the SMTP reply codes a failure report can carry (RFC
+// 5321, 1985, 2645, 3207, 4954, 5248, 7504). Numbers outside this list are
+// more likely queue ids, ports or years than replies.
+var replyCodes = map[int]bool{
+	211: true, 214: true, 220: true, 221: true, 235: true, 250: true, 251: true, 252: true, 253: true,
+	334: true, 354: true,
+	421: true, 422: true, 430: true, 432: true, 450: true, 451: true, 452: true, 453: true, 454: true,
+	455: true, 458: true, 459: true,
+	500: true, 501: true, 502: true, 503: true, 504: true, 521: true, 523: true, 524: true, 525: true,
+	530: true, 533: true, 534: true, 535: true, 538: true, 550: true, 551: true, 552: true, 553: true,
+	554: true, 555: true, 556: true,
 }
+
+// validReply reports whether n is a known SMTP reply code.
+func validReply(n int) bool { return replyCodes[n] }
 
 // isDigit reports whether c is an ASCII digit.
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
+// isLetter reports whether c is an ASCII letter.
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
 // findReply returns the first SMTP reply code (4xx/5xx, or 2xx when
-// allowed) standing alone in s: "550 ", "550-", "550," but not part of a
-// longer number, an IP address or an enhanced code.
+// asked for with class '2') standing alone in s: "550 ", "550-", "550:",
+// but not part of a longer number, an IP address or an enhanced code.
 func findReply(s string, class byte) int {
 	for i := 0; i+3 <= len(s); i++ {
 		c := s[i]
@@ -42,15 +47,13 @@ func findReply(s string, class byte) int {
 		}
 		if i > 0 {
 			p := s[i-1]
-			if isDigit(p) || p == '.' || p == '-' || p == '#' || p == ':' || p == '/' || p == '=' ||
-				(p >= 'a' && p <= 'z') || (p >= 'A' && p <= 'Z') {
+			if isDigit(p) || p == '.' || p == '/' || p == '=' || isLetter(p) || p == '-' && i > 1 && isDigit(s[i-2]) {
 				continue
 			}
 		}
 		if i+3 < len(s) {
 			n := s[i+3]
-			if isDigit(n) || n == '.' || n == '@' || n == ':' || n == '/' || n == '%' ||
-				(n >= 'a' && n <= 'z') || (n >= 'A' && n <= 'Z') {
+			if isDigit(n) || n == '.' || n == '@' || n == '/' || n == '%' || isLetter(n) {
 				continue
 			}
 		}

@@ -61,6 +61,14 @@ func lineAddr(line string) (addr, rest, alias string, ok bool) {
 			return a, strings.TrimSpace(t[i+4:]), "", true
 		}
 	}
+	// Exim hides the address it was given behind an alias:
+	//   an undisclosed address
+	//     (generated from kijitora@example.jp)
+	if strings.HasPrefix(lower, "(generated from ") {
+		if as := findAddresses(t); len(as) > 0 {
+			return as[0], "", "", true
+		}
+	}
 	// Bulleted address: "  * kijitora@example.com", "-- kijitora@..."
 	if strings.HasPrefix(t, "* ") || strings.HasPrefix(t, "- ") || strings.HasPrefix(t, "-- ") {
 		w := strings.TrimSpace(strings.TrimLeft(t, "*- "))
@@ -237,6 +245,13 @@ func enrichFromText(m *mail, fs []finding) {
 			}
 		} else if len(fs) == 1 {
 			f.ctx = mergeText(f.ctx, errorLines(report))
+			if f.diag == "" || onlyCodes(f.diag) {
+				// No Diagnostic-Code: the report's own error lines (a
+				// Sendmail transcript, say) are the diagnosis.
+				if cl := codeLines(report); cl != "" {
+					f.diag = cl
+				}
+			}
 		}
 		if f.command == "" {
 			f.command = findCommand(strings.ToLower(f.diag + " " + f.ctx))
@@ -360,12 +375,14 @@ func readText(m *mail) []finding {
 	if len(out) == 0 {
 		return nil
 	}
-	if len(out) == 1 && out[0].diag == "" {
-		out[0].diag = errorLines(report)
-	}
 	for i := range out {
 		if out[i].diag == "" {
+			// The report names the recipient apart from the error:
+			// classify on the whole text, show the lines with codes.
 			out[i].ctx = errorLines(report)
+			if len(out) == 1 {
+				out[i].diag = codeLines(report)
+			}
 		}
 	}
 	return out
@@ -522,4 +539,20 @@ func isIPv4(s string) bool {
 		n++
 	}
 	return n == 4
+}
+
+// codeLines returns the report lines that carry an SMTP reply code or an
+// enhanced status, joined into one line.
+func codeLines(report string) string {
+	var keep []string
+	for _, line := range strings.Split(report, "\n") {
+		t := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "<<<"))
+		if t == "" || strings.HasPrefix(t, ">>>") {
+			continue
+		}
+		if findReply(t, 0) != 0 || findStatus(t) != "" {
+			keep = append(keep, t)
+		}
+	}
+	return oneLine(strings.Join(keep, " "))
 }

@@ -39,7 +39,7 @@ func (m *mail) anyReceived(s string) bool {
 
 // vendors are tried in order; the first whose detect matches is used.
 var vendors = []vendor{
-	vExchange2003, vOpenSMTPD, vIMailServer, vInterScanMSS, vMFilter, vActivehunter, vMailFoundry,
+	vPostfixErrors, vExchange2003, vOpenSMTPD, vIMailServer, vInterScanMSS, vMFilter, vActivehunter, vMailFoundry,
 	vDragonFly, vGoogleGroups, vGoogleWorkspace, vGmail, vDomino, vNotes, vEZweb, vKDDI, vBiglobe, vFML, vVerizon,
 	vZoho, vGMX, vEinsUndEins, vX3, vExchange2007, vMessagingServer, vCourier, vQmail, vExim, vSendmail, vV5Sendmail,
 	vApacheJames,
@@ -1527,4 +1527,41 @@ var vMessagingServer = vendor{
 		return out
 	},
 	hints: []rule{{"hostunknown", "illegal host/domain name found"}},
+}
+
+// --- Postfix "SMTP server: errors from" notices ------------------------
+
+// vPostfixErrors reads the postmaster notice Postfix's smtpd writes about
+// a failed inbound session: an In:/Out: transcript of the SMTP dialogue.
+var vPostfixErrors = vendor{
+	name:   "Postfix",
+	detect: func(m *mail) bool { return strings.Contains(m.subject, "SMTP server: errors from ") },
+	read: func(m *mail) []finding {
+		var out []finding
+		var cur *finding
+		cmd := ""
+		for _, line := range strings.Split(m.report(), "\n") {
+			t := strings.TrimSpace(line)
+			switch {
+			case strings.HasPrefix(t, "In:"):
+				arg := strings.TrimSpace(t[3:])
+				cmd = commandWord(arg)
+				if cmd == "RCPT" {
+					if as := findAddresses(arg); len(as) > 0 {
+						out = append(out, finding{recipient: as[0], command: "RCPT"})
+						cur = &out[len(out)-1]
+					}
+				}
+			case strings.HasPrefix(t, "Out:"):
+				resp := strings.TrimSpace(t[4:])
+				code := findReply(resp, 0)
+				if code < 400 || cur == nil || cur.diag != "" {
+					continue
+				}
+				cur.diag = resp
+				cur.command = cmd
+			}
+		}
+		return out
+	},
 }
