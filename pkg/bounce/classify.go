@@ -20,12 +20,18 @@ var Reasons = []string{
 // status ("" when unknown) and the server's text. The sender calls it for
 // synchronous rejections so that a 5xx at send time and a later bounce for
 // the same cause read the same.
+//
+// The SMTP step matters (an unknown-user text at RCPT is a bad address,
+// after DATA it is a content filter), so the diagnostic may start with the
+// step as mail.SMTPError writes it: "rcpt: 550 5.1.1 no such user".
 func Classify(replyCode int, enhanced, diagnostic string) (reason string, hard bool) {
+	stage, text := splitStage(diagnostic)
 	f := finding{
 		reply:    replyCode,
 		status:   strings.TrimSpace(enhanced),
-		diag:     oneLine(diagnostic),
+		diag:     oneLine(text),
 		diagType: "SMTP",
+		command:  stage,
 	}
 	if f.status == "" {
 		f.status = findStatus(f.diag)
@@ -33,8 +39,27 @@ func Classify(replyCode int, enhanced, diagnostic string) (reason string, hard b
 	if f.reply == 0 {
 		f.reply = findReply(f.diag, 0)
 	}
-	f.command = findCommand(strings.ToLower(f.diag))
+	if f.command == "" {
+		f.command = findCommand(strings.ToLower(f.diag))
+	}
 	return decide(&f)
+}
+
+// stageCommands maps mail.SMTPError stages to SMTP commands.
+var stageCommands = map[string]string{
+	"connect": "CONN", "greeting": "CONN", "ehlo": "EHLO", "helo": "HELO", "starttls": "STARTTLS",
+	"auth": "AUTH", "mail": "MAIL", "rcpt": "RCPT", "data": "DATA", "dot": "DATA", "bdat": "DATA",
+}
+
+// splitStage removes a leading "rcpt: " style SMTP stage from s.
+func splitStage(s string) (command, rest string) {
+	t := strings.TrimSpace(s)
+	if i := strings.IndexByte(t, ':'); i > 0 && i < 10 {
+		if c, ok := stageCommands[strings.ToLower(t[:i])]; ok {
+			return c, strings.TrimSpace(t[i+1:])
+		}
+	}
+	return "", s
 }
 
 // retryable are reasons a reader may set tentatively; the classifier still
@@ -391,7 +416,7 @@ func isHard(reason string, fx facts, soft bool) bool {
 	return false
 }
 
-// replyString renders a reply code for messages; "" for 0.
+// replyString renders a reply code; "" for 0.
 func replyString(n int) string {
 	if n == 0 {
 		return ""

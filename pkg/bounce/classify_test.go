@@ -39,6 +39,9 @@ func TestClassify_readsSMTPReplies(t *testing.T) {
 		{"nothing at all is undefined", 0, "", "", "undefined", false},
 		{"STARTTLS required", 530, "5.7.0", "Must issue a STARTTLS command first", "failedstarttls", false},
 		{"content error from 5.6.x", 554, "5.6.0", "Message contains invalid header", "contenterror", false},
+		{"no such user at RCPT is a bad address", 550, "", "rcpt: 550 No such user here", "userunknown", true},
+		{"no such user after DATA is a filter", 550, "", "data: 550 No such user here", "filtered", false},
+		{"rejected at the greeting is blocked", 554, "", "greeting: 554 mx.example.jp ESMTP not accepting messages", "blocked", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -229,12 +229,31 @@ var commandMarkers = []struct{ text, cmd string }{
 	{"mail from: <", "MAIL"},
 }
 
+// commandKeys are words one of which every command marker contains; a
+// text without any of them names no command, which saves scanning it
+// once per marker.
+var commandKeys = []string{"rcpt", "mail", "data", "ehlo", "helo", "starttls", "auth", ">>>", "recipient", "sender",
+	"name was", "greeting", "initial connection", "talk to me", "sent the message", "quit"}
+
 // findCommand returns the SMTP command the error text says it answered.
 func findCommand(lower string) string {
+	found := false
+	for _, k := range commandKeys {
+		if strings.Contains(lower, k) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return ""
+	}
 	best, at := "", -1
 	for _, m := range commandMarkers {
+		// Index rejects absent markers much faster than LastIndex.
+		if !strings.Contains(lower, m.text) {
+			continue
+		}
 		if p := strings.LastIndex(lower, m.text); p > at {
-			// Prefer the more specific "in reply to" forms on ties.
 			best, at = m.cmd, p
 		}
 	}

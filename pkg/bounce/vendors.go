@@ -24,9 +24,6 @@ type vendor struct {
 	post func(m *mail, f *finding)
 }
 
-// hdr returns the lower-cased first value of a top-level field.
-func (m *mail) hdr(key string) string { return strings.ToLower(m.header.get(key)) }
-
 // anyReceived reports whether a Received: header contains s.
 func (m *mail) anyReceived(s string) bool {
 	for _, v := range m.header.values("received") {
