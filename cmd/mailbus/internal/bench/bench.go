@@ -224,9 +224,9 @@ func publish(pub message.Publisher, n int, tag, body string) error {
 				for i := lo; i < hi; i++ {
 					sub := &mailbusv1.Submission{
 						IdempotencyId: fmt.Sprintf("%s-%d-%d", tag, time.Now().UnixNano(), i), TenantId: "bench",
-						Kind: mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
-						From: &mailbusv1.Address{Name: "Bench", Email: "bench@bench.example"},
-						To:   []*mailbusv1.Address{{Email: "rcpt" + strconv.Itoa(i) + "@sink.example"}},
+						Kind:    mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+						From:    &mailbusv1.Address{Name: "Bench", Email: "bench@bench.example"},
+						To:      []*mailbusv1.Address{{Email: "rcpt" + strconv.Itoa(i) + "@sink.example"}},
 						Subject: "bench " + strconv.Itoa(i), TextBody: body,
 						Headers:    []*mailbusv1.Header{{Name: "X-Bench-Published", Value: strconv.FormatInt(time.Now().UnixNano(), 10)}},
 						SubmitTime: timestamppb.Now(),

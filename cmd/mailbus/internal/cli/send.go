@@ -11,8 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mailbus/mailbus/pkg/bus"
-	"github.com/mailbus/mailbus/pkg/ids"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/pkg/obs"
 )
 

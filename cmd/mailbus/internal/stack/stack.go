@@ -204,8 +204,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("listen for gRPC: %w", err)
 	}
 	s.GRPCAddr = lis.Addr().String()
-	s.closers = append(s.closers, gsrv.Stop)
-	s.goRun("grpc", func(context.Context) error { return gsrv.Serve(lis) })
+	s.goRun("grpc", func(ctx context.Context) error {
+		stop := context.AfterFunc(ctx, gsrv.Stop)
+		defer stop()
+		return gsrv.Serve(lis)
+	})
 
 	// The pipeline reads configuration from a local cache fed by the
 	// change stream, like any replica in production.

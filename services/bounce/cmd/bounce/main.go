@@ -1,27 +1,17 @@
-// Command bounce runs the mailbus bounce service.
+// Command bounce runs the mailbus bounce service. Until the bounce listener
+// lands it only serves its admin endpoints.
 package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/bounce"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "bounce:", err)
-		os.Exit(1)
-	}
-}
+func main() { svcenv.Main("bounce", run) }
 
-func run(ctx context.Context) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	return bounce.New(bounce.Config{}, log).Run(ctx)
+func run(ctx context.Context, env *svcenv.Env) error {
+	env.Health.SetReady(true)
+	return bounce.New(bounce.Config{}, env.Log).Run(ctx)
 }

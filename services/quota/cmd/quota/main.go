@@ -1,27 +1,26 @@
-// Command quota runs the mailbus quota service.
+// Command quota runs the mailbus quota stage. Environment: see pkg/svcenv.
 package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/quota"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "quota:", err)
-		os.Exit(1)
-	}
-}
+func main() { svcenv.Main("quota", run) }
 
-func run(ctx context.Context) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	return quota.New(quota.Config{}, log).Run(ctx)
+func run(ctx context.Context, env *svcenv.Env) error {
+	cc, closeCC, err := env.ConfigClient(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer closeCC()
+	rdb, err := env.Redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	env.Health.SetReady(true)
+	return quota.New(quota.Config{Bus: env.Bus}, quota.Deps{Log: env.Log, Metrics: env.Metrics, Config: cc, Redis: rdb}).Run(ctx)
 }

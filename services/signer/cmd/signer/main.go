@@ -1,27 +1,22 @@
-// Command signer runs the mailbus signer service.
+// Command signer runs the mailbus DKIM signing stage. Environment: see
+// pkg/svcenv; MAILBUS_SECRET_KEY opens the sealed private keys.
 package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/signer"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "signer:", err)
-		os.Exit(1)
-	}
-}
+func main() { svcenv.Main("signer", run) }
 
-func run(ctx context.Context) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	return signer.New(signer.Config{}, log).Run(ctx)
+func run(ctx context.Context, env *svcenv.Env) error {
+	cc, closeCC, err := env.ConfigClient(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer closeCC()
+	env.Health.SetReady(true)
+	return signer.New(signer.Config{Bus: env.Bus}, signer.Deps{Log: env.Log, Metrics: env.Metrics, Keys: cc}).Run(ctx)
 }
