@@ -27,6 +27,7 @@ import (
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/catcher"
 	"github.com/mailbus/mailbus/pkg/auth"
+	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/limits"
@@ -64,6 +65,8 @@ type Options struct {
 	// DataDir.
 	ConfigDatabaseURL  string
 	TrackerDatabaseURL string
+	// MaxMessageBytes bounds a built message; 0 means 25 MiB.
+	MaxMessageBytes int64
 	// TuneBus adjusts the bus configuration (tests shorten timeouts).
 	TuneBus func(*bus.Config)
 	// TuneSender adjusts the sender configuration.
@@ -86,14 +89,18 @@ type Stack struct {
 	// VERPKey signs the VERP return paths.
 	VERPKey []byte
 
-	log     *slog.Logger
-	runCtx  context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	errOnce sync.Once
-	err     error
-	done    chan struct{}
-	closers []func()
+	log    *slog.Logger
+	runCtx context.Context
+
+	newSender    func() *sender.Service
+	senderCancel context.CancelFunc
+	senderDone   chan struct{}
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	errOnce      sync.Once
+	err          error
+	done         chan struct{}
+	closers      []func()
 }
 
 // Start starts everything and returns once it is serving.
@@ -239,13 +246,16 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.TuneSender != nil {
 		o.TuneSender(&senderCfg)
 	}
-	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb})
-	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey}, router.Deps{
+	s.newSender = func() *sender.Service {
+		return sender.New(senderCfg, sender.Deps{Log: o.Log, Config: cc, Redis: rdb, Classify: bounce.Classify})
+	}
+	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb, Classify: bounce.Classify})
+	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, router.Deps{
 		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log},
 	}).Run)
 	s.goRun("quota", quota.New(quota.Config{Bus: busCfg}, quota.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb}).Run)
 	s.goRun("signer", signer.New(signer.Config{Bus: busCfg}, signer.Deps{Log: o.Log, Metrics: o.Metrics, Keys: cc}).Run)
-	s.goRun("sender", s.Sender.Run)
+	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
@@ -254,6 +264,35 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+func (s *Stack) startSender(svc *sender.Service) {
+	ctx, cancel := context.WithCancel(s.runCtx)
+	done := make(chan struct{})
+	s.senderCancel, s.senderDone = cancel, done
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(done)
+		if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
+			s.fail(fmt.Errorf("sender: %w", err))
+		}
+	}()
+}
+
+// KillSender stops the sender abruptly, as a crash would: in-flight SMTP
+// transactions are cut, and their records are neither acknowledged nor
+// committed, so they are consumed again after RestartSender.
+func (s *Stack) KillSender() {
+	s.senderCancel()
+	<-s.senderDone
+}
+
+// RestartSender starts a new sender after KillSender, as a new replica
+// would start.
+func (s *Stack) RestartSender() {
+	s.Sender = s.newSender()
+	s.startSender(s.Sender)
 }
 
 func (s *Stack) goRun(name string, run func(context.Context) error) {

@@ -38,6 +38,7 @@ const (
 	ReasonNoRecipients    = "no_recipients"
 	ReasonInvalidAddress  = "invalid_address"
 	ReasonInvalidHeader   = "invalid_header"
+	ReasonHeaderInjection = "header_injection"
 	ReasonInvalidMessage  = "invalid_message"
 	ReasonTooLarge        = "message_too_large"
 	ReasonTooManyRcpts    = "too_many_recipients"
@@ -275,6 +276,9 @@ func (p *Planner) checkSubmission(sub *mailbusv1.Submission, rcpts []string) (*m
 	if len(rcpts) > p.opts.MaxRecipients {
 		return nil, refuse(ReasonTooManyRcpts, "%d recipients; at most %d per submission", len(rcpts), p.opts.MaxRecipients)
 	}
+	if err := checkInjection(sub); err != nil {
+		return nil, err
+	}
 	for _, field := range []struct {
 		name  string
 		addrs []*mailbusv1.Address
@@ -286,6 +290,31 @@ func (p *Planner) checkSubmission(sub *mailbusv1.Submission, rcpts []string) (*m
 		}
 	}
 	return tenant, nil
+}
+
+// checkInjection refuses CR or LF in any field that becomes a header: the
+// classic header injection (a Bcc smuggled in through a subject). The
+// builder would refuse it too; naming it here tells the producer exactly
+// what was wrong and where.
+func checkInjection(sub *mailbusv1.Submission) error {
+	bad := func(s string) bool { return strings.ContainsAny(s, "\r\n") }
+	if bad(sub.GetSubject()) {
+		return refuse(ReasonHeaderInjection, "subject contains CR or LF (a line break would start a new header): %q", sub.GetSubject())
+	}
+	for i, h := range sub.GetHeaders() {
+		if bad(h.GetName()) || bad(h.GetValue()) {
+			return refuse(ReasonHeaderInjection, "headers[%d] %s contains CR or LF (a line break would start a new header)", i, strings.TrimSpace(h.GetName()))
+		}
+	}
+	addrs := map[string][]*mailbusv1.Address{"from": {sub.GetFrom()}, "reply_to": sub.GetReplyTo(), "to": sub.GetTo(), "cc": sub.GetCc(), "bcc": sub.GetBcc()}
+	for _, field := range []string{"from", "reply_to", "to", "cc", "bcc"} {
+		for i, a := range addrs[field] {
+			if bad(a.GetName()) || bad(a.GetEmail()) {
+				return refuse(ReasonHeaderInjection, "%s[%d] contains CR or LF (a line break would start a new header)", field, i)
+			}
+		}
+	}
+	return nil
 }
 
 // build makes the MIME message. The Message-ID is derived from the
