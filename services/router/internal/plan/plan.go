@@ -317,18 +317,11 @@ func checkInjection(sub *mailbusv1.Submission) error {
 	return nil
 }
 
-// build makes the MIME message. The Message-ID is derived from the
-// message id so that a redelivered submission builds the same message.
+// build makes the MIME message. The Message-ID's left part is the message
+// id, so a redelivered submission builds the same message.
 func (p *Planner) build(sub *mailbusv1.Submission, msgID string) (mail.Message, error) {
-	opts := mail.Options{MaxSize: p.opts.MaxMessageBytes, Now: p.opts.Now}
-	s := sub
-	if len(sub.GetRawMessage()) == 0 && !hasHeader(sub, "Message-Id") {
-		if from := sub.GetFrom().GetEmail(); strings.Contains(from, "@") {
-			s = proto.Clone(sub).(*mailbusv1.Submission)
-			s.Headers = append(s.Headers, &mailbusv1.Header{Name: "Message-ID", Value: "<" + msgID + "@" + domainOf(from) + ">"})
-		}
-	}
-	m, err := mail.Build(s, opts)
+	opts := mail.Options{MaxSize: p.opts.MaxMessageBytes, Now: p.opts.Now, MessageIDLeft: msgID}
+	m, err := mail.Build(sub, opts)
 	if err != nil {
 		reason := ReasonInvalidMessage
 		var ae *mail.AddressError
@@ -468,15 +461,6 @@ func recipients(sub *mailbusv1.Submission) []string {
 		}
 	}
 	return out
-}
-
-func hasHeader(sub *mailbusv1.Submission, name string) bool {
-	for _, h := range sub.GetHeaders() {
-		if strings.EqualFold(h.GetName(), name) {
-			return true
-		}
-	}
-	return false
 }
 
 func domainOf(addr string) string {
