@@ -4,7 +4,7 @@
 // each recipient's outcome to mail.events, relay failures to mail.fallback,
 // and deferred recipients to the delayed retry topics (which it also
 // consumes). The decisions live in internal/deliver, SMTP in
-// internal/smtpclient.
+// pkg/smtpclient.
 package sender
 
 import (
@@ -21,9 +21,9 @@ import (
 	"github.com/mailbus/mailbus/pkg/delay"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/deliver"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
-	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
 )
 
 // Config configures the sender.

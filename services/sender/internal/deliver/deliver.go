@@ -31,8 +31,8 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
-	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
 )
 
 // Config is the configuration cache.
@@ -119,7 +119,7 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if !ok || !rs.Relay.GetActive() {
 			return d.fallback(ctx, dl, tenant, "relay_gone", "relay "+dl.GetRoute().GetRelayId()+" is no longer configured or active", false)
 		}
-		relay, err := clientRelay(rs, d.opts.HeloName)
+		relay, err := smtpclient.FromConfig(rs, d.opts.HeloName)
 		if err != nil {
 			return d.fallback(ctx, dl, tenant, "relay_misconfigured", err.Error(), false)
 		}
@@ -136,7 +136,7 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if ds.Relay == nil {
 			return d.deferAll(dl, "no_default_relay", "the default server is not a relay any more"), nil
 		}
-		relay, err := clientRelay(ds.Relay, firstNonEmpty(ds.HeloName, d.opts.HeloName))
+		relay, err := smtpclient.FromConfig(ds.Relay, firstNonEmpty(ds.HeloName, d.opts.HeloName))
 		if err != nil {
 			return d.deferAll(dl, "default_relay_misconfigured", err.Error()), nil
 		}

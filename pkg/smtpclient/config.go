@@ -1,28 +1,29 @@
-package deliver
+package smtpclient
 
 import (
 	"fmt"
 
 	"github.com/mailbus/mailbus/pkg/configclient"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/services/sender/internal/smtpclient"
 )
 
-// clientRelay turns a configured relay and its opened secrets into what the
-// SMTP client dials.
-func clientRelay(rs *configclient.RelayWithSecrets, helo string) (smtpclient.Relay, error) {
+// FromConfig turns a configured relay and its opened secrets into what the
+// client dials, with helo as its EHLO name. The sender uses it for every
+// delivery and the config service for relay tests, so that a test dials
+// exactly what a send would.
+func FromConfig(rs *configclient.RelayWithSecrets, helo string) (Relay, error) {
 	r := rs.Relay
-	out := smtpclient.Relay{
+	out := Relay{
 		Host: r.GetHost(), Port: int(r.GetPort()), SkipVerify: r.GetSkipCertVerify(),
 		AllowPlaintextAuth: r.GetAllowPlaintextAuth(), HeloName: helo,
 	}
 	switch r.GetSecurity() {
 	case mailbusv1.RelaySecurity_RELAY_SECURITY_NONE:
-		out.Security = smtpclient.SecurityNone
+		out.Security = SecurityNone
 	case mailbusv1.RelaySecurity_RELAY_SECURITY_STARTTLS:
-		out.Security = smtpclient.SecurityStartTLS
+		out.Security = SecurityStartTLS
 	case mailbusv1.RelaySecurity_RELAY_SECURITY_TLS:
-		out.Security = smtpclient.SecurityTLS
+		out.Security = SecurityTLS
 	default:
 		return out, fmt.Errorf("relay %s has unknown security %v", r.GetId(), r.GetSecurity())
 	}
@@ -31,13 +32,13 @@ func clientRelay(rs *configclient.RelayWithSecrets, helo string) (smtpclient.Rel
 	switch a.GetMechanism() {
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_UNSPECIFIED, mailbusv1.AuthMechanism_AUTH_MECHANISM_NONE:
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_PLAIN:
-		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismPlain, rs.Password
+		out.Auth.Mechanism, out.Auth.Password = MechanismPlain, rs.Password
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_LOGIN:
-		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismLogin, rs.Password
+		out.Auth.Mechanism, out.Auth.Password = MechanismLogin, rs.Password
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_CRAM_MD5:
-		out.Auth.Mechanism, out.Auth.Password = smtpclient.MechanismCRAMMD5, rs.Password
+		out.Auth.Mechanism, out.Auth.Password = MechanismCRAMMD5, rs.Password
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_XOAUTH2:
-		out.Auth.Mechanism, out.Auth.Token = smtpclient.MechanismXOAUTH2, rs.OAuthToken
+		out.Auth.Mechanism, out.Auth.Token = MechanismXOAUTH2, rs.OAuthToken
 	case mailbusv1.AuthMechanism_AUTH_MECHANISM_CLIENT_CERT:
 		// The certificate is presented in the TLS handshake; no AUTH.
 	default:

@@ -1,4 +1,5 @@
-// Package smtpclient is the sender's SMTP client: it delivers one envelope
+// Package smtpclient is mailbus's SMTP client (the sender delivers with it and
+// the config service tests relays with it): it delivers one envelope
 // to a relay or MX host over go-smtp's client and reports what the server
 // said to MAIL FROM, to each RCPT TO and after the final dot.
 //
