@@ -225,10 +225,14 @@ func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, e
 	nd.DkimSignature = nil
 	nd.QuotaDay = ""
 	nd.NotBefore = nil
-	// The new id keeps the original envelope's and counts re-routes, so ids
-	// stay unique per message and a redelivered fallback record maps to the
-	// same new delivery.
-	base, _, _ := strings.Cut(d.GetDeliveryId(), ".r")
+	// The new id is <base>.rN: base is the delivery's id without a trailing
+	// re-route marker, N counts the relays excluded so far. A redelivered
+	// fallback record therefore maps to the same new delivery, and ids stay
+	// unique per message: a re-route that split an envelope (onto a VERP
+	// domain) gave ids such as <base>.r1.2, whose envelope index must stay
+	// in the base, or all of that split's next re-routes would share one id
+	// and quota and the sender, idempotent on it, would drop all but one.
+	base := rerouteBase(d.GetDeliveryId())
 	reroute := len(d.GetExcludedRelayIds())
 	idFor := func(i int) string {
 		id := fmt.Sprintf("%s.r%d", base, reroute)
@@ -257,6 +261,21 @@ func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, e
 	}
 	res.Deliveries = deliveries
 	return res, nil
+}
+
+// rerouteBase strips a trailing ".r<digits>" re-route marker from a
+// delivery id.
+func rerouteBase(id string) string {
+	i := strings.LastIndex(id, ".r")
+	if i < 0 || i+2 == len(id) {
+		return id
+	}
+	for _, c := range id[i+2:] {
+		if c < '0' || c > '9' {
+			return id
+		}
+	}
+	return id[:i]
 }
 
 func (p *Planner) checkSubmission(sub *mailbusv1.Submission, rcpts []string) (*mailbusv1.Tenant, error) {
