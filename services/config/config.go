@@ -21,6 +21,7 @@ package config
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +66,11 @@ type Config struct {
 	PollInterval time.Duration
 	// ShutdownTimeout bounds the graceful stop (default 10s).
 	ShutdownTimeout time.Duration
+	// RelayTestRootCAs verifies relays' certificates in TestRelay; nil
+	// means the system roots, as the sender uses. Tests add their own CA.
+	RelayTestRootCAs *x509.CertPool
+	// RelayTestTimeout bounds one TestRelay call (default 60s).
+	RelayTestTimeout time.Duration
 }
 
 // Deps are the service's collaborators.
@@ -103,6 +109,9 @@ func New(cfg Config, deps Deps) *Service {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.RelayTestTimeout <= 0 {
+		cfg.RelayTestTimeout = time.Minute
 	}
 	log := deps.Log
 	if log == nil {
@@ -224,6 +233,7 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 		log:          s.log,
 		pollInterval: s.cfg.PollInterval,
 		stopping:     s.stopping,
+		tester:       relayTester{rootCAs: s.cfg.RelayTestRootCAs, timeout: s.cfg.RelayTestTimeout},
 	})
 }
 

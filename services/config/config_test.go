@@ -263,10 +263,10 @@ func TestConfigService_authenticatesAndAuthorisesEveryCall(t *testing.T) {
 			_, err := c.SetDefaultServer(ctx, &pb.SetDefaultServerRequest{Server: &pb.DefaultServer{Mode: pb.DefaultServerMode_DEFAULT_SERVER_MODE_DIRECT_MX}})
 			return err
 		}), codes.PermissionDenied},
-		{"testing a relay is not built yet", call(admin, func(c pb.ConfigServiceClient) error {
+		{"tenant admin cannot test another tenant's relay", call(otherAdmin, func(c pb.ConfigServiceClient) error {
 			_, err := c.TestRelay(ctx, &pb.TestRelayRequest{RelayId: relay.Relay.Id})
 			return err
-		}), codes.Unimplemented},
+		}), codes.PermissionDenied},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
