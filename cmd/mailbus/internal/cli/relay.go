@@ -49,7 +49,10 @@ func printSteps(w io.Writer, resp *mailbusv1.TestRelayResponse) {
 		if !s.GetOk() {
 			mark = "FAIL"
 		}
-		fmt.Fprintf(w, "%s %-9s %5dms  %s\n", mark, s.GetName(), s.GetDurationMs(), strings.TrimSpace(s.GetDetail()))
+		// A multi-line reply (EHLO's extensions) continues under the
+		// first line's text.
+		detail := strings.ReplaceAll(strings.TrimSpace(s.GetDetail()), "\n", "\n"+strings.Repeat(" ", 24))
+		fmt.Fprintf(w, "%s %-9s %5dms  %s\n", mark, s.GetName(), s.GetDurationMs(), detail)
 	}
 	if resp.GetOk() {
 		fmt.Fprintln(w, "relay test passed")
