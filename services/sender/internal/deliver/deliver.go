@@ -268,16 +268,25 @@ func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclie
 }
 
 // retry schedules the deferred recipients, or fails them once the queue
-// lifetime is over.
+// lifetime is over. As Postfix's maximal_queue_lifetime, the lifetime is
+// checked when an attempt fails: a recipient still deferred at or after it
+// fails "expired". A retry that would come after the lifetime is brought
+// forward to it, so that the last attempt is made at the lifetime rather
+// than skipped (up to 6 hours too early) or made up to 6 hours late.
 func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTPError, where string, now time.Time) Outcome {
 	var out Outcome
 	queued := dl.GetQueueTime().AsTime()
 	next := bus.RetryTopicFor(int(dl.GetAttempt())).Delay
+	if dl.GetQueueTime() != nil {
+		if left := queued.Add(d.opts.MaxQueueLifetime).Sub(now); left < next {
+			next = left
+		}
+	}
 	detail := "deferred by " + where
 	if why != nil && why.Stage != "" {
 		detail += " at " + why.Stage
 	}
-	if dl.GetQueueTime() != nil && now.Add(next).Sub(queued) > d.opts.MaxQueueLifetime {
+	if dl.GetQueueTime() != nil && next <= 0 {
 		e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, "expired",
 			fmt.Sprintf("%s; still deferred after %d attempts over %s, the maximum queue lifetime", detail, dl.GetAttempt(), now.Sub(queued).Round(time.Minute)), now, rcpts...)
 		if why != nil {
