@@ -11,11 +11,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
@@ -150,7 +152,12 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 var errDelayed = fmt.Errorf("delivery delayed for rate")
 
 // pace waits briefly for the relay's shared rate limit; a longer wait
-// goes to a retry topic so the partition keeps moving.
+// goes to a retry topic so the partition keeps moving. The delayed delivery
+// comes back through mail.routed, not mail.admitted: a refused GCRA check
+// reserves no slot, so every delivery refused in the same instant gets the
+// same retry-after, and sending them on unchecked would let them all out in
+// one burst. Back in quota, the daily admission replays (it counts nothing
+// again) and the rate is checked afresh.
 func (s *Service) pace(ctx context.Context, meta message.Metadata, d *mailbusv1.Delivery, relay *mailbusv1.Relay) error {
 	deadline := s.deps.Now().Add(s.cfg.MaxRateWait)
 	for {
@@ -164,7 +171,7 @@ func (s *Service) pace(ctx context.Context, meta message.Metadata, d *mailbusv1.
 		now := s.deps.Now()
 		if now.Add(rr.RetryAfter).After(deadline) {
 			s.decision.WithLabelValues("rate_delayed").Inc()
-			if err := delay.Enqueue(s.pub, meta, d, bus.TopicAdmitted, now.Add(rr.RetryAfter), now); err != nil {
+			if err := delay.Enqueue(s.pub, meta, d, bus.TopicRouted, now.Add(rr.RetryAfter), now); err != nil {
 				return err
 			}
 			return errDelayed
@@ -201,12 +208,33 @@ func (s *Service) tenantExhausted(meta message.Metadata, d *mailbusv1.Delivery, 
 	}
 	s.decision.WithLabelValues("tenant_deferred").Inc()
 	next := limits.NextMidnight(now, loc)
+	nd := deferredDelivery(d, limits.DayKey(next, loc))
 	e := events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "tenant_daily_limit",
-		detail+"; deferred to "+next.Format(time.RFC3339), now)
-	if err := delay.Enqueue(s.pub, meta, d, bus.TopicRouted, next, now); err != nil {
+		detail+"; deferred to "+next.Format(time.RFC3339)+" as delivery "+nd.GetDeliveryId(), now)
+	if err := delay.Enqueue(s.pub, meta, nd, bus.TopicRouted, next, now); err != nil {
 		return err
 	}
 	return bus.Publish(s.pub, bus.TopicEvents, e, meta)
+}
+
+// deferredDelivery is d deferred to day: the same delivery under the id
+// <base>.d<YYYYMMDD>, where base is d's id without an earlier deferral's
+// suffix. It needs a new id because limits replays the decision it made
+// for a delivery id on a route, and that decision was "tenant exhausted":
+// under its old id the delivery would be deferred again every day until
+// the marker expired. The id is derived from the day, so a redelivered
+// record defers to the same new delivery and counts once.
+func deferredDelivery(d *mailbusv1.Delivery, day string) *mailbusv1.Delivery {
+	nd := proto.Clone(d).(*mailbusv1.Delivery)
+	base := d.GetDeliveryId()
+	if i := strings.LastIndex(base, ".d"); i >= 0 && len(base)-i == 10 && strings.Trim(base[i+2:], "0123456789") == "" {
+		base = base[:i]
+	}
+	nd.DeliveryId = base + ".d" + strings.ReplaceAll(day, "-", "")
+	if nd.GetEnvelope() != nil && nd.GetEnvelope().GetEnvelopeId() == d.GetDeliveryId() {
+		nd.Envelope.EnvelopeId = nd.DeliveryId
+	}
+	return nd
 }
 
 func (s *Service) emit(meta message.Metadata, e *mailbusv1.DeliveryEvent, decision string) error {
