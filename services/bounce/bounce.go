@@ -1,26 +1,257 @@
-// Package bounce is the bounce stage of mailbus. It is a placeholder until its issue
-// lands; cmd/mailbus and cmd/bounce already wire it.
+// Package bounce is the bounce stage of mailbus. It receives the mail that
+// comes back to the tenants' VERP return paths (and to configured
+// feedback-loop addresses) over SMTP, reads it with pkg/bounce, matches
+// every record to the message and recipient it is about, publishes the
+// outcome to mail.events (bounced, hard or soft, or complained), and keeps
+// each tenant's suppression list (pkg/suppress): hard bounces and
+// complaints suppress the address at once, soft bounces once the tenant's
+// threshold is reached within its window. It also serves SuppressionService
+// (see NewSuppressionServer).
+//
+// The listener never relays. It accepts RCPT only for well-formed VERP
+// addresses whose MAC verifies and whose domain is a tenant's bounce
+// domain, and for the configured feedback-loop addresses; everything else
+// is refused with 550 5.1.1 before any data is sent, so forged or stale
+// addresses cost nothing and nobody can make mailbus suppress an address
+// by sending it mail.
 package bounce
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/suppress"
 )
 
 // Config configures the bounce service.
-type Config struct{}
+type Config struct {
+	Bus bus.Config
+	// Addr is the SMTP listen address; default 127.0.0.1:2525.
+	Addr string
+	// Hostname is the name in the greeting; default "mailbus-bounce".
+	Hostname string
+	// VERPKeys verify VERP addresses: the router's current key first, then
+	// retired keys whose mail may still bounce.
+	VERPKeys [][]byte
+	// FeedbackAddresses maps feedback-loop addresses (where providers send
+	// ARF complaint reports) to the tenant they belong to.
+	FeedbackAddresses map[string]string
+	// MaxMessageBytes bounds one message; default 10 MiB (a bounce may
+	// return the whole original).
+	MaxMessageBytes int64
+	// MaxRecipients bounds one transaction; default 20.
+	MaxRecipients int
+	// MaxConnsPerIP bounds concurrent connections from one address;
+	// default 10.
+	MaxConnsPerIP int
+	// ConnsPerMinute bounds new connections from one address per minute;
+	// default 120.
+	ConnsPerMinute int
+	// MessagesPerConn bounds the messages of one connection; default 100.
+	MessagesPerConn int
+	// Timeout bounds each read and write; default 2 minutes.
+	Timeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:2525"
+	}
+	if c.Hostname == "" {
+		c.Hostname = "mailbus-bounce"
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 10 << 20
+	}
+	if c.MaxRecipients <= 0 {
+		c.MaxRecipients = 20
+	}
+	if c.MaxConnsPerIP <= 0 {
+		c.MaxConnsPerIP = 10
+	}
+	if c.ConnsPerMinute <= 0 {
+		c.ConnsPerMinute = 120
+	}
+	if c.MessagesPerConn <= 0 {
+		c.MessagesPerConn = 100
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Minute
+	}
+	return c
+}
+
+// Suppressions is where hard bounces, complaints and soft bounces go
+// (pkg/suppress.Store).
+type Suppressions interface {
+	Add(ctx context.Context, tenantID string, e suppress.Entry) (suppress.Entry, error)
+	SoftBounce(ctx context.Context, tenantID, addr, id, reason string, rule suppress.SoftRule, at time.Time) (int, bool, error)
+}
+
+// Tenants looks tenants up by id (pkg/configclient).
+type Tenants interface {
+	Tenant(id string) (*mailbusv1.Tenant, bool)
+}
+
+// Deps are the service's collaborators.
+type Deps struct {
+	Log *slog.Logger
+	// Metrics registers the service's metrics; nil means none.
+	Metrics prometheus.Registerer
+	// Directory maps bounce domains to tenants.
+	Directory Directory
+	// Tenants resolves the tenants of feedback-loop addresses.
+	Tenants Tenants
+	// Suppressions may be nil: then nothing is suppressed.
+	Suppressions Suppressions
+	// Publisher publishes to mail.events; nil makes one from Config.Bus.
+	Publisher message.Publisher
+	Now       func() time.Time
+}
 
 // Service is the bounce service.
 type Service struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	dir     Directory
+	tenants Tenants
+	supp    Suppressions
+	pub     message.Publisher
+	ownPub  bool
+	now     func() time.Time
+	limiter *connLimiter
+	metrics metrics
+
+	mu  sync.Mutex
+	lis net.Listener
 }
 
-// New builds the service.
-func New(cfg Config, log *slog.Logger) *Service { return &Service{cfg: cfg, log: log} }
+type metrics struct {
+	messages   *prometheus.CounterVec
+	records    *prometheus.CounterVec
+	rcpts      *prometheus.CounterVec
+	suppressed *prometheus.CounterVec
+}
 
-// Run serves until ctx is cancelled.
+// New builds the service; Listen or Run opens the SMTP port.
+func New(cfg Config, deps Deps) *Service {
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	cfg = cfg.withDefaults()
+	s := &Service{
+		cfg: cfg, log: deps.Log.With("service", "bounce"), dir: deps.Directory, tenants: deps.Tenants,
+		supp: deps.Suppressions, pub: deps.Publisher, now: deps.Now,
+		limiter: newConnLimiter(cfg.MaxConnsPerIP, cfg.ConnsPerMinute, deps.Now),
+		metrics: metrics{
+			messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "messages_total",
+				Help: "Messages received on the bounce listener, by what they were (bounce, not_a_bounce, parse_error).",
+			}, []string{"kind"}),
+			records: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "records_total",
+				Help: "Bounce records, by outcome (hard, soft, delayed, complaint, ignored, unmatched).",
+			}, []string{"outcome"}),
+			rcpts: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "rcpt_total",
+				Help: "RCPT commands, by verdict (verp, feedback, refused, forged).",
+			}, []string{"verdict"}),
+			suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "suppressed_total",
+				Help: "Addresses put on a suppression list, by source.",
+			}, []string{"source"}),
+		},
+	}
+	if deps.Metrics != nil {
+		deps.Metrics.MustRegister(s.metrics.messages, s.metrics.records, s.metrics.rcpts, s.metrics.suppressed)
+	}
+	return s
+}
+
+// Listen opens the SMTP port and returns its address, so that a caller
+// that asked for port 0 learns which one it got. Run calls it when it has
+// not been called.
+func (s *Service) Listen() (net.Addr, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lis != nil {
+		return s.lis.Addr(), nil
+	}
+	lis, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("bounce: listen for SMTP on %s: %w", s.cfg.Addr, err)
+	}
+	s.lis = lis
+	return lis.Addr(), nil
+}
+
+// Run serves SMTP until ctx is cancelled, then stops accepting and waits
+// (briefly) for transactions in progress.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
+	if _, err := s.Listen(); err != nil {
+		return err
+	}
+	if s.pub == nil {
+		pub, err := bus.NewPublisher(s.cfg.Bus, s.log)
+		if err != nil {
+			_ = s.lis.Close()
+			return err
+		}
+		s.pub, s.ownPub = pub, true
+	}
+	srv := smtp.NewServer(&backend{s: s})
+	srv.Domain = s.cfg.Hostname
+	srv.MaxMessageBytes = s.cfg.MaxMessageBytes
+	srv.MaxRecipients = s.cfg.MaxRecipients
+	srv.ReadTimeout, srv.WriteTimeout = s.cfg.Timeout, s.cfg.Timeout
+	srv.ErrorLog = slogAdapter{s.log}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(s.lis) }()
+	s.log.InfoContext(ctx, "bounce listener serving", "addr", s.lis.Addr().String())
+	var err error
+	select {
+	case <-ctx.Done():
+		shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if serr := srv.Shutdown(shCtx); serr != nil {
+			_ = srv.Close()
+		}
+		cancel()
+		<-errc
+	case err = <-errc:
+		if errors.Is(err, smtp.ErrServerClosed) {
+			err = nil
+		}
+	}
+	if s.ownPub {
+		_ = s.pub.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("bounce: serve SMTP: %w", err)
+	}
 	return nil
 }
+
+// publish sends one event to mail.events.
+func (s *Service) publish(_ context.Context, ev *mailbusv1.DeliveryEvent) error {
+	return bus.Publish(s.pub, bus.TopicEvents, ev, message.Metadata{})
+}
+
+// slogAdapter gives go-smtp's logger interface to slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Printf(format string, v ...any) { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Println(v ...any)               { a.l.Warn(fmt.Sprint(v...)) }

@@ -30,11 +30,14 @@ import (
 	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/obs"
 	"github.com/mailbus/mailbus/pkg/redisembed"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
+	"github.com/mailbus/mailbus/pkg/suppress"
+	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/config"
 	"github.com/mailbus/mailbus/services/quota"
 	"github.com/mailbus/mailbus/services/router"
@@ -57,6 +60,10 @@ type Options struct {
 	GRPCAddr  string // default 127.0.0.1:7070
 	SMTPAddr  string // mail catcher SMTP, default 127.0.0.1:1025
 	WebAddr   string // mail catcher web page, default 127.0.0.1:8025
+	// BounceAddr is the bounce listener (SMTP for the tenants' bounce
+	// domains). Empty picks a free loopback port, so that tests and the
+	// benchmark never collide; mailbus dev passes 127.0.0.1:2525.
+	BounceAddr string
 	// AdminAddr serves /metrics, /healthz, /readyz; empty disables it.
 	AdminAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
@@ -84,6 +91,10 @@ type Stack struct {
 	Config    *configclient.Client
 	Sender    *sender.Service
 	Redis     redis.UniversalClient
+	// BounceAddr is where the bounce listener accepts SMTP.
+	BounceAddr string
+	// Suppressions is the tenants' suppression lists.
+	Suppressions *suppress.Store
 	// AdminToken is an admin API token (also written to DataDir/admin.token).
 	AdminToken string
 	// VERPKey signs the VERP return paths.
@@ -206,6 +217,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
 	cfgSvc.Register(gsrv)
 	trk.Register(gsrv)
+	// SuppressionService shares the config server's authentication.
+	s.Suppressions = suppress.New(rdb)
+	mailbusv1.RegisterSuppressionServiceServer(gsrv, bouncesvc.NewSuppressionServer(s.Suppressions, o.Log))
 	lis, err := net.Listen("tcp", orDefault(o.GRPCAddr, "127.0.0.1:7070"))
 	if err != nil {
 		return nil, fmt.Errorf("listen for gRPC: %w", err)
@@ -251,12 +265,22 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb, Classify: bounce.Classify})
 	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, router.Deps{
-		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log},
+		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log}, Suppressions: s.Suppressions,
 	}).Run)
 	s.goRun("quota", quota.New(quota.Config{Bus: busCfg}, quota.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb}).Run)
 	s.goRun("signer", signer.New(signer.Config{Bus: busCfg}, signer.Deps{Log: o.Log, Metrics: o.Metrics, Keys: cc}).Run)
 	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
+	bsvc := bouncesvc.New(bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}, bouncesvc.Deps{
+		Log: o.Log, Metrics: o.Metrics, Tenants: cc, Suppressions: s.Suppressions,
+		Directory: bouncesvc.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
+	})
+	baddr, err := bsvc.Listen()
+	if err != nil {
+		return nil, err
+	}
+	s.BounceAddr = baddr.String()
+	s.goRun("bounce", bsvc.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
 		h.SetReady(true)

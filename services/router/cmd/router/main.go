@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/router"
 )
@@ -36,5 +37,6 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	env.Health.SetReady(true)
 	return router.New(router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: maxBytes}, router.Deps{
 		Log: env.Log, Metrics: env.Metrics, Config: cc, Health: limits.Health{Limits: limits.New(rdb), Log: env.Log},
+		Suppressions: suppress.New(rdb),
 	}).Run(ctx)
 }

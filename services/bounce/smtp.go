@@ -1,0 +1,198 @@
+package bounce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/suppress"
+)
+
+var (
+	errNoSuchUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox here; this server only takes bounces for mail it sent"}
+	errTempFail   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, try again later"}
+	errTooMany    = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many connections from your address, try again later"}
+	errTooManyMsg = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many messages on one connection, reconnect"}
+	errNoRcpt     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
+)
+
+type backend struct{ s *Service }
+
+// NewSession admits a connection when its address is within the limits.
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ip := remoteIP(c.Conn().RemoteAddr())
+	release, ok := b.s.limiter.admit(ip)
+	if !ok {
+		b.s.log.Warn("refusing a connection over the per-address limit", "ip", ip)
+		return nil, errTooMany
+	}
+	return &session{s: b.s, ip: ip, release: release}, nil
+}
+
+func remoteIP(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// session is one SMTP connection.
+type session struct {
+	s        *Service
+	ip       string
+	release  func()
+	once     sync.Once
+	targets  []target
+	messages int
+}
+
+func (x *session) Reset() { x.targets = nil }
+
+func (x *session) Logout() error {
+	x.once.Do(x.release)
+	return nil
+}
+
+// Mail accepts any sender: bounces come from the null sender, complaint
+// reports from anyone.
+func (x *session) Mail(string, *smtp.MailOptions) error {
+	if x.messages >= x.s.cfg.MessagesPerConn {
+		return errTooManyMsg
+	}
+	x.targets = nil
+	return nil
+}
+
+// Rcpt accepts only what this server exists for; see the package comment.
+func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ctx := context.Background()
+	addr := suppress.Normalize(to)
+	if tenantID, ok := x.feedbackTenant(addr); ok {
+		t, found := x.s.tenants.Tenant(tenantID)
+		if !found {
+			x.s.log.Error("feedback-loop address configured for an unknown tenant", "address", addr, "tenant", tenantID)
+			x.s.metrics.rcpts.WithLabelValues("refused").Inc()
+			return errNoSuchUser
+		}
+		x.targets = append(x.targets, target{tenant: t})
+		x.s.metrics.rcpts.WithLabelValues("feedback").Inc()
+		return nil
+	}
+	id, hash, err := decodeVERP(x.s.cfg.VERPKeys, addr)
+	if err != nil {
+		verdict := "refused"
+		if errors.Is(err, mail.ErrVERPForged) {
+			verdict = "forged"
+			x.s.log.Warn("refusing a VERP address whose signature does not verify", "rcpt", addr, "ip", x.ip)
+		}
+		x.s.metrics.rcpts.WithLabelValues(verdict).Inc()
+		return errNoSuchUser
+	}
+	domain := addr[strings.LastIndexByte(addr, '@')+1:]
+	ts, err := x.s.dir.BounceTenants(ctx, domain)
+	if err != nil {
+		x.s.log.Error("cannot look up bounce domains", "err", err)
+		return errTempFail
+	}
+	if len(ts) != 1 {
+		if len(ts) > 1 {
+			x.s.log.Error("bounce domain is shared by several tenants; cannot tell whose bounce this is", "domain", domain)
+		}
+		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
+		return errNoSuchUser
+	}
+	x.targets = append(x.targets, target{tenant: ts[0], deliveryID: id, rcptHash: hash})
+	x.s.metrics.rcpts.WithLabelValues("verp").Inc()
+	return nil
+}
+
+func (x *session) feedbackTenant(addr string) (string, bool) {
+	for a, t := range x.s.cfg.FeedbackAddresses {
+		if suppress.Normalize(a) == addr {
+			return t, true
+		}
+	}
+	return "", false
+}
+
+// Data reads the message and processes it before answering, so that a 250
+// means the outcome is published: a failure answers 451 and the sending
+// MTA tries again later.
+func (x *session) Data(r io.Reader) error {
+	if len(x.targets) == 0 {
+		return errNoRcpt
+	}
+	x.messages++
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		// Too large or cut off: go-smtp already answers for
+		// ErrDataTooLarge; anything else is the connection's failure.
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return fmt.Errorf("reading message: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), x.s.cfg.Timeout)
+	defer cancel()
+	if _, err := x.s.Process(ctx, x.targets, raw); err != nil {
+		x.s.log.Error("could not act on a bounce; asking the sender to retry", "err", err)
+		return errTempFail
+	}
+	return nil
+}
+
+// connLimiter bounds connections per remote address: how many at once and
+// how many new ones per minute. It is written here because it is a few
+// lines over a map; a token-bucket library would still need the map, its
+// locking and its eviction.
+type connLimiter struct {
+	maxConc   int
+	perMinute int
+	now       func() time.Time
+
+	mu      sync.Mutex
+	active  map[string]int
+	window  time.Time
+	started map[string]int
+}
+
+func newConnLimiter(maxConc, perMinute int, now func() time.Time) *connLimiter {
+	return &connLimiter{maxConc: maxConc, perMinute: perMinute, now: now, active: map[string]int{}, started: map[string]int{}}
+}
+
+// admit counts a new connection from ip; release must be called when it
+// ends.
+func (l *connLimiter) admit(ip string) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// A fixed one-minute window: the map is dropped at each new window, so
+	// it never grows beyond one minute's addresses.
+	if w := l.now().Truncate(time.Minute); !w.Equal(l.window) {
+		l.window, l.started = w, map[string]int{}
+	}
+	if l.active[ip] >= l.maxConc || l.started[ip] >= l.perMinute {
+		return nil, false
+	}
+	l.active[ip]++
+	l.started[ip]++
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.active[ip]--; l.active[ip] <= 0 {
+			delete(l.active, ip)
+		}
+	}, true
+}
