@@ -70,5 +70,6 @@ test: vet checkproto ## vet, check generated code, and run every module's tests 
 	go test $(GOTEST_FLAGS) $(PKGS)
 
 .PHONY: bench
-bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling
+bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse)
 	go run ./cmd/mailbus bench
+	go run ./cmd/mailbus bench --sink-latency 20ms --messages 2000
