@@ -260,6 +260,9 @@ func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, e
 		res.Events = append(res.Events, e)
 	}
 	res.Deliveries = deliveries
+	if err := p.noticeRelayDisabled(ctx, tenant, d, &res); err != nil {
+		return Result{}, err
+	}
 	return res, nil
 }
 
@@ -364,6 +367,7 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	req := route.Request{
 		Tenant: tenant, Kind: d.GetKind(), From: d.GetRoute().GetOriginalFrom(), TenantDomain: isTenantDomain,
 		Relays: p.cfg.Relays(tenant.GetId()), Excluded: d.GetExcludedRelayIds(), Default: defaultServer(p.cfg.DefaultServer()),
+		DefaultOnly: isNotice(d),
 	}
 	if p.health != nil {
 		req.Disabled = func(id string) bool { return p.health.Disabled(ctx, tenant, id) }

@@ -388,3 +388,8 @@ func TestPlanner_dropsSuppressedRecipientsWithASuppressedEventBeforeRouting(t *t
 		t.Errorf("first event %v, want suppressed for Gone@example.net", e)
 	}
 }
+
+func mailHeaderFrom(d *mailbusv1.Delivery) (string, error) {
+	a, err := mail.HeaderFrom(d.GetMessage())
+	return a.Email, err
+}

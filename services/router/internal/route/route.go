@@ -18,6 +18,8 @@
 //     the platform's default server carries the message. The default server
 //     accepts any From of the tenant's own domains; a From outside them is
 //     rewritten so that DKIM can sign for the alias domain.
+//  5. A request marked DefaultOnly (mailbus's own notices) goes straight to
+//     the default server.
 package route
 
 import (
@@ -53,6 +55,9 @@ type Request struct {
 	Disabled func(relayID string) bool
 	// Default is the platform's default server; nil means none configured.
 	Default *mailbusv1.DefaultServer
+	// DefaultOnly skips the tenant's relays: mailbus's own notices (a relay
+	// was disabled) must not depend on the relays they warn about.
+	DefaultOnly bool
 }
 
 // Decision is the chosen route.
@@ -78,7 +83,10 @@ func Decide(req Request) (Decision, bool) {
 	fromDomain := domainOf(from)
 	alias := aliasAddress(req.Tenant)
 
-	candidates := eligible(req, fromDomain)
+	var candidates []*mailbusv1.Relay
+	if !req.DefaultOnly {
+		candidates = eligible(req, fromDomain)
+	}
 	if best, class := bestMatch(candidates, from); best != nil {
 		return Decision{
 			Kind: mailbusv1.RouteKind_ROUTE_KIND_RELAY, Relay: best, HeaderFrom: req.From,
@@ -94,7 +102,7 @@ func Decide(req Request) (Decision, bool) {
 				" carries it with From rewritten to " + alias,
 		}, true
 	}
-	if alias != "" && domainOf(alias) != fromDomain {
+	if alias != "" && domainOf(alias) != fromDomain && !req.DefaultOnly {
 		aliasCandidates := eligible(req, domainOf(alias))
 		if best, _ := bestMatch(aliasCandidates, alias); best != nil {
 			return Decision{
