@@ -15,7 +15,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/auth"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/services/config/internal/dkim"
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -348,7 +348,7 @@ func (s *server) GenerateDkimKey(ctx context.Context, req *pb.GenerateDkimKeyReq
 func generateKey(selector string, alg pb.DkimAlgorithm) (*store.NewDKIMKey, error) {
 	var v violations
 	sel := strings.ToLower(strings.TrimSpace(selector))
-	if !dkim.ValidSelector(sel) {
+	if !dkimkey.ValidSelector(sel) {
 		v.add("selector", "%q is not a valid selector (DNS labels: letters, digits, '-')", selector)
 	}
 	switch alg {
@@ -359,15 +359,15 @@ func generateKey(selector string, alg pb.DkimAlgorithm) (*store.NewDKIMKey, erro
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	signer, err := dkim.Generate(alg)
+	signer, err := dkimkey.Generate(alg)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	der, err := dkim.MarshalPKCS8(signer)
+	der, err := dkimkey.MarshalPKCS8(signer)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	pub, err := dkim.PublicKeyValue(signer)
+	pub, err := dkimkey.PublicKeyValue(signer)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/services/config/internal/dkim"
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -220,7 +220,7 @@ func validateDomain(d *pb.Domain, create bool) ([]store.KeyUpdate, error) {
 	for i, k := range d.DkimKeys {
 		field := fmt.Sprintf("domain.dkim_keys[%d]", i)
 		sel := strings.ToLower(strings.TrimSpace(k.Selector))
-		if !dkim.ValidSelector(sel) {
+		if !dkimkey.ValidSelector(sel) {
 			v.add(field+".selector", "%q is not a valid selector (DNS labels: letters, digits, '-')", k.Selector)
 			continue
 		}
@@ -255,15 +255,15 @@ func validateDomain(d *pb.Domain, create bool) ([]store.KeyUpdate, error) {
 }
 
 func importKey(selector, pemText string, active bool) (*store.NewDKIMKey, error) {
-	signer, alg, err := dkim.ParsePrivateKeyPEM(pemText)
+	signer, alg, err := dkimkey.ParsePrivateKeyPEM(pemText)
 	if err != nil {
 		return nil, err
 	}
-	der, err := dkim.MarshalPKCS8(signer)
+	der, err := dkimkey.MarshalPKCS8(signer)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := dkim.PublicKeyValue(signer)
+	pub, err := dkimkey.PublicKeyValue(signer)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/configclient"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
-	"github.com/mailbus/mailbus/services/config/internal/dkim"
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 )
 
 const domainColumns = `id, tenant_id, name, return_path_mode, custom_return_path, create_time, update_time`
@@ -95,8 +95,8 @@ func loadKeys(ctx context.Context, q sqlstore.Querier, domainNames map[string]st
 			return nil, fmt.Errorf("reading DKIM keys: %w", err)
 		}
 		key.Algorithm = pb.DkimAlgorithm(alg)
-		key.DnsName = dkim.DNSName(key.Selector, domainNames[k.domainID])
-		key.DnsTxtValue = dkim.TXTValue(key.Algorithm, pub)
+		key.DnsName = dkimkey.DNSName(key.Selector, domainNames[k.domainID])
+		key.DnsTxtValue = dkimkey.TXTValue(key.Algorithm, pub)
 		key.CreateTime = timestamp(created)
 		k.key = &key
 		out[k.domainID] = append(out[k.domainID], k)

@@ -15,7 +15,7 @@ import (
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/testkit"
-	"github.com/mailbus/mailbus/services/config/internal/dkim"
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -142,12 +142,12 @@ func storeSuite(t *testing.T, newURL func(t *testing.T) string) {
 	t.Run("DKIM keys are stored sealed and published", func(t *testing.T) {
 		s := open(t)
 		mustTenant(t, s, "acme")
-		key, err := dkim.Generate(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
+		key, err := dkimkey.Generate(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
 		if err != nil {
 			t.Fatal(err)
 		}
-		der, _ := dkim.MarshalPKCS8(key)
-		pub, _ := dkim.PublicKeyValue(key)
+		der, _ := dkimkey.MarshalPKCS8(key)
+		pub, _ := dkimkey.PublicKeyValue(key)
 		nk := store.NewDKIMKey{Selector: "mb1", Algorithm: pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256, PrivateKey: der, PublicKey: pub, Active: true}
 		d, err := s.CreateDomain(ctx, &pb.Domain{Id: "d1", TenantId: "acme", Name: "acme.example", ReturnPathMode: pb.ReturnPathMode_RETURN_PATH_MODE_VERP}, []store.NewDKIMKey{nk})
 		if err != nil {
@@ -377,9 +377,9 @@ func storeSuite(t *testing.T, newURL func(t *testing.T) string) {
 			t.Fatal(err)
 		}
 		mustTenant(t, s1, "acme")
-		key, _ := dkim.Generate(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
-		der, _ := dkim.MarshalPKCS8(key)
-		pub, _ := dkim.PublicKeyValue(key)
+		key, _ := dkimkey.Generate(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
+		der, _ := dkimkey.MarshalPKCS8(key)
+		pub, _ := dkimkey.PublicKeyValue(key)
 		if _, err := s1.CreateDomain(ctx, &pb.Domain{Id: "d1", TenantId: "acme", Name: "acme.example"},
 			[]store.NewDKIMKey{{Selector: "s1", Algorithm: pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256, PrivateKey: der, PublicKey: pub, Active: true}}); err != nil {
 			t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/services/signer/internal/dkim"
@@ -32,11 +33,11 @@ import (
 // testKeys are made once per test binary: RSA key generation is slow on a
 // shared machine.
 var testKeys = sync.OnceValues(func() (rsaKey, edKey crypto.Signer) {
-	r, err := dkim.GenerateKey(dkim.RSA2048)
+	r, err := dkimkey.Generate(mailbusv1.DkimAlgorithm_DKIM_ALGORITHM_RSA_SHA256)
 	if err != nil {
 		panic(err)
 	}
-	e, err := dkim.GenerateKey(dkim.Ed25519)
+	e, err := dkimkey.Generate(mailbusv1.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256)
 	if err != nil {
 		panic(err)
 	}
@@ -51,11 +52,11 @@ func publish(t testing.TB, keys []dkim.Key) zone {
 	t.Helper()
 	z := zone{}
 	for _, k := range keys {
-		rec, err := dkim.DNSRecord(k.Signer.Public())
+		rec, err := dkimkey.DNSRecord(k.Signer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		z[strings.ToLower(dkim.DNSName(k.Selector, k.Domain))] = rec
+		z[strings.ToLower(dkimkey.DNSName(k.Selector, k.Domain))] = rec
 	}
 	return z
 }

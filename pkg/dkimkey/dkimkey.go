@@ -1,6 +1,6 @@
-// Package dkim makes and reads DKIM signing keys and the DNS records that
+// Package dkimkey makes and reads DKIM signing keys and the DNS records that
 // publish them (RFC 6376 for RSA, RFC 8463 for Ed25519).
-package dkim
+package dkimkey
 
 import (
 	"crypto"
@@ -144,4 +144,32 @@ func TXTValue(alg pb.DkimAlgorithm, publicKeyValue string) string {
 // DNSName returns the name of the TXT record for selector in domain.
 func DNSName(selector, domain string) string {
 	return selector + "._domainkey." + strings.TrimSuffix(domain, ".")
+}
+
+// DNSRecord is the TXT record value that publishes key:
+// "v=DKIM1; k=rsa; p=<base64 SubjectPublicKeyInfo>" for RSA (RFC 6376
+// section 3.6.1), "v=DKIM1; k=ed25519; p=<base64 of the 32-octet key>" for
+// Ed25519 (RFC 8463 section 4).
+func DNSRecord(key crypto.Signer) (string, error) {
+	_, alg, err := checkKey(key)
+	if err != nil {
+		return "", err
+	}
+	p, err := PublicKeyValue(key)
+	if err != nil {
+		return "", err
+	}
+	return TXTValue(alg, p), nil
+}
+
+// SplitTXT cuts a TXT record value into the character-strings of at most
+// 255 octets that one DNS TXT record holds (an RSA-2048 record is longer);
+// resolvers join them back. Write them in a zone file as "part1" "part2".
+func SplitTXT(value string) []string {
+	var parts []string
+	for len(value) > 255 {
+		parts = append(parts, value[:255])
+		value = value[255:]
+	}
+	return append(parts, value)
 }

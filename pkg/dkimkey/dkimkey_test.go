@@ -1,4 +1,4 @@
-package dkim_test
+package dkimkey_test
 
 import (
 	"crypto/ecdsa"
@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/services/config/internal/dkim"
 )
 
 func pemOf(t *testing.T, typ string, der []byte) string {
@@ -41,7 +41,7 @@ func TestParsePrivateKeyPEM_acceptsWhatDKIMToolsWriteAndRefusesTheRest(t *testin
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, alg, err := dkim.ParsePrivateKeyPEM(tt.pem)
+			_, alg, err := dkimkey.ParsePrivateKeyPEM(tt.pem)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("err = %v, want %q", err, tt.wantErr)
@@ -57,32 +57,32 @@ func TestParsePrivateKeyPEM_acceptsWhatDKIMToolsWriteAndRefusesTheRest(t *testin
 
 func TestGenerate_roundTripsThroughStorage(t *testing.T) {
 	for _, alg := range []pb.DkimAlgorithm{pb.DkimAlgorithm_DKIM_ALGORITHM_RSA_SHA256, pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256} {
-		key, err := dkim.Generate(alg)
+		key, err := dkimkey.Generate(alg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		der, err := dkim.MarshalPKCS8(key)
+		der, err := dkimkey.MarshalPKCS8(key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, gotAlg, err := dkim.ParsePKCS8(der)
+		back, gotAlg, err := dkimkey.ParsePKCS8(der)
 		if err != nil || gotAlg != alg {
 			t.Fatalf("%v: ParsePKCS8 = %v, %v", alg, gotAlg, err)
 		}
-		p1, _ := dkim.PublicKeyValue(key)
-		p2, _ := dkim.PublicKeyValue(back)
+		p1, _ := dkimkey.PublicKeyValue(key)
+		p2, _ := dkimkey.PublicKeyValue(back)
 		if p1 != p2 {
 			t.Errorf("%v: public key changed through storage", alg)
 		}
 	}
-	if got := dkim.TXTValue(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256, "abc"); got != "v=DKIM1; k=ed25519; p=abc" {
+	if got := dkimkey.TXTValue(pb.DkimAlgorithm_DKIM_ALGORITHM_ED25519_SHA256, "abc"); got != "v=DKIM1; k=ed25519; p=abc" {
 		t.Errorf("TXTValue = %q", got)
 	}
-	if got := dkim.DNSName("s1", "acme.example."); got != "s1._domainkey.acme.example" {
+	if got := dkimkey.DNSName("s1", "acme.example."); got != "s1._domainkey.acme.example" {
 		t.Errorf("DNSName = %q", got)
 	}
 	for sel, ok := range map[string]bool{"mb2026r": true, "a.b-c": true, "a_b": false, "-a": false, "": false} {
-		if dkim.ValidSelector(sel) != ok {
+		if dkimkey.ValidSelector(sel) != ok {
 			t.Errorf("ValidSelector(%q) = %v", sel, !ok)
 		}
 	}
