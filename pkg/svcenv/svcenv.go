@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -98,26 +99,19 @@ func (e *Env) Redis(ctx context.Context) (redis.UniversalClient, error) {
 	return rdb, nil
 }
 
-// ConfigClient connects the configuration cache to MAILBUS_CONFIG_ADDR with
-// the pipeline token. withSecrets opens sealed secrets with
-// MAILBUS_SECRET_KEY (the sender and signer need them; the router does not).
-func (e *Env) ConfigClient(ctx context.Context, withSecrets bool) (*configclient.Client, func(), error) {
+// ConfigConn connects to the config service at MAILBUS_CONFIG_ADDR with the
+// pipeline token (MAILBUS_PIPELINE_TOKEN), over TLS when MAILBUS_CONFIG_TLS
+// is "true".
+func (e *Env) ConfigConn() (*grpc.ClientConn, error) {
 	addr := Get("MAILBUS_CONFIG_ADDR", "127.0.0.1:7070")
 	tok := os.Getenv("MAILBUS_PIPELINE_TOKEN")
 	if tok == "" {
-		return nil, nil, errors.New("MAILBUS_PIPELINE_TOKEN is not set: the pipeline authenticates to the config service with it")
+		return nil, errors.New("MAILBUS_PIPELINE_TOKEN is not set: the pipeline authenticates to the config service with it")
 	}
 	useTLS := Get("MAILBUS_CONFIG_TLS", "") == "true"
 	creds := insecure.NewCredentials()
 	if useTLS {
 		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
-	}
-	var sealer *seal.Sealer
-	if withSecrets {
-		var err error
-		if sealer, err = seal.Parse(os.Getenv(seal.EnvKey)); err != nil {
-			return nil, nil, err
-		}
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithPerRPCCredentials(auth.StaticToken{Token: tok, AllowInsecure: !useTLS}),
@@ -125,12 +119,56 @@ func (e *Env) ConfigClient(ctx context.Context, withSecrets bool) (*configclient
 		// stop following changes without anyone knowing.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to config service at %s: %w", addr, err)
+		return nil, fmt.Errorf("connect to config service at %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// ConfigClient connects the configuration cache (see ConfigConn).
+// withSecrets opens sealed secrets with MAILBUS_SECRET_KEY (the sender and
+// signer need them; the router does not).
+func (e *Env) ConfigClient(ctx context.Context, withSecrets bool) (*configclient.Client, func(), error) {
+	var sealer *seal.Sealer
+	if withSecrets {
+		var err error
+		if sealer, err = seal.Parse(os.Getenv(seal.EnvKey)); err != nil {
+			return nil, nil, err
+		}
+	}
+	conn, err := e.ConfigConn()
+	if err != nil {
+		return nil, nil, err
 	}
 	cc, err := configclient.New(ctx, conn, sealer, configclient.WithLogger(e.Log))
 	if err != nil {
 		_ = conn.Close()
-		return nil, nil, fmt.Errorf("load configuration from %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("load configuration: %w", err)
 	}
 	return cc, func() { _ = cc.Close(); _ = conn.Close() }, nil
+}
+
+// ServeGRPC serves the services register adds on addr, authenticating
+// every call with the API tokens of the environment (MAILBUS_ADMIN_TOKEN
+// for the admin role), until ctx ends; then it stops gracefully.
+func (e *Env) ServeGRPC(ctx context.Context, addr string, register func(grpc.ServiceRegistrar)) error {
+	table := map[string]auth.Identity{}
+	if t := os.Getenv("MAILBUS_ADMIN_TOKEN"); t != "" {
+		table[t] = auth.Identity{Role: auth.RoleAdmin, Name: "MAILBUS_ADMIN_TOKEN"}
+	}
+	tokens, err := auth.NewTokens(table)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(auth.NewInterceptor(tokens, auth.IsPublic).ServerOptions()...)
+	register(srv)
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for gRPC on %s: %w", addr, err)
+	}
+	stop := context.AfterFunc(ctx, srv.GracefulStop)
+	defer stop()
+	if err := srv.Serve(lis); err != nil {
+		return fmt.Errorf("serve gRPC on %s: %w", addr, err)
+	}
+	return nil
 }

@@ -7,15 +7,14 @@
 //	MAILBUS_VERP_OLD_KEYS         comma-separated hex keys retired from the router, still accepted
 //	MAILBUS_FEEDBACK_ADDRESSES    comma-separated address=tenant pairs for feedback-loop (ARF) mail
 //	MAILBUS_BOUNCE_MAX_BYTES      message size limit (default 10 MiB)
+//	MAILBUS_BOUNCE_GRPC_LISTEN    SuppressionService (default :7072), authenticated
+//	                              with MAILBUS_ADMIN_TOKEN
 //
-// SuppressionService is served by the process that serves ConfigService
-// (see cmd/mailbus/internal/stack), since it shares that server's
-// authentication.
+// mailbus dev serves SuppressionService on its one gRPC server instead.
 package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,11 +22,9 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/mailbus/mailbus/pkg/auth"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
@@ -53,7 +50,7 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	defer closeCC()
 	// The tenant index lists tenants over its own connection: the cache
 	// does not list them (see bounce.TenantIndex).
-	conn, err := configConn()
+	conn, err := env.ConfigConn()
 	if err != nil {
 		return err
 	}
@@ -63,19 +60,27 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		return err
 	}
 	defer rdb.Close()
+	supp := suppress.New(rdb)
 	svc := bounce.New(bounce.Config{
 		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
 		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes,
 	}, bounce.Deps{
 		Log: env.Log, Metrics: env.Metrics, Tenants: cc,
 		Directory:    bounce.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
-		Suppressions: suppress.New(rdb),
+		Suppressions: supp,
 	})
 	if _, err := svc.Listen(); err != nil {
 		return err
 	}
 	env.Health.SetReady(true)
-	return svc.Run(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_BOUNCE_GRPC_LISTEN", ":7072"), func(r grpc.ServiceRegistrar) {
+			mailbusv1.RegisterSuppressionServiceServer(r, bounce.NewSuppressionServer(supp, env.Log))
+		})
+	})
+	g.Go(func() error { return svc.Run(gctx) })
+	return g.Wait()
 }
 
 func verpKeys() ([][]byte, error) {
@@ -110,21 +115,4 @@ func feedbackAddresses(s string) (map[string]string, error) {
 		out[strings.ToLower(strings.TrimSpace(addr))] = strings.TrimSpace(tenant)
 	}
 	return out, nil
-}
-
-// configConn connects to the config service the way svcenv.ConfigClient
-// does.
-func configConn() (*grpc.ClientConn, error) {
-	addr := svcenv.Get("MAILBUS_CONFIG_ADDR", "127.0.0.1:7070")
-	useTLS := os.Getenv("MAILBUS_CONFIG_TLS") == "true"
-	creds := insecure.NewCredentials()
-	if useTLS {
-		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-		grpc.WithPerRPCCredentials(auth.StaticToken{Token: os.Getenv("MAILBUS_PIPELINE_TOKEN"), AllowInsecure: !useTLS}))
-	if err != nil {
-		return nil, fmt.Errorf("connect to config service at %s: %w", addr, err)
-	}
-	return conn, nil
 }

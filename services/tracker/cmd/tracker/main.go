@@ -6,14 +6,10 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"os"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 
-	"github.com/mailbus/mailbus/pkg/auth"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/tracker"
@@ -31,26 +27,9 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	if err != nil {
 		return err
 	}
-	table := map[string]auth.Identity{}
-	if t := os.Getenv("MAILBUS_ADMIN_TOKEN"); t != "" {
-		table[t] = auth.Identity{Role: auth.RoleAdmin, Name: "MAILBUS_ADMIN_TOKEN"}
-	}
-	tokens, err := auth.NewTokens(table)
-	if err != nil {
-		return err
-	}
-	srv := grpc.NewServer(auth.NewInterceptor(tokens, auth.IsPublic).ServerOptions()...)
-	trk.Register(srv)
-	lis, err := net.Listen("tcp", svcenv.Get("MAILBUS_TRACKER_LISTEN", ":7071"))
-	if err != nil {
-		return fmt.Errorf("listen for MessageService: %w", err)
-	}
 	env.Health.SetReady(true)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(lis) })
-	g.Go(func() error {
-		defer srv.GracefulStop()
-		return trk.Run(gctx)
-	})
+	g.Go(func() error { return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_TRACKER_LISTEN", ":7071"), trk.Register) })
+	g.Go(func() error { return trk.Run(gctx) })
 	return g.Wait()
 }
