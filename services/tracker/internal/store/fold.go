@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -216,9 +217,11 @@ func step(r *recipient, e *event) {
 	}
 }
 
-// set makes e's outcome the recipient's state. Relay and delivery ids are
-// kept when e has none (tracker events, bounce reports without them) so the
-// log still says which relay carried the message.
+// set makes e's outcome the recipient's state. An event of a pipeline stage
+// about a delivery says which relay carries it, and an empty relay id there
+// means the default server: a re-routed recipient must not keep naming the
+// relay that failed. Bounce and tracker events know no route; they keep the
+// ids, so the log still says which relay carried the message.
 func (r *recipient) set(e *event, status mailbusv1.DeliveryStatus) {
 	r.status = status
 	r.reason = e.pb.GetReason()
@@ -226,11 +229,11 @@ func (r *recipient) set(e *event, status mailbusv1.DeliveryStatus) {
 	r.replyCode = e.pb.GetReply().GetCode()
 	r.replyEnhanced = e.pb.GetReply().GetEnhancedCode()
 	r.replyText = e.pb.GetReply().GetText()
-	if id := e.pb.GetRelayId(); id != "" {
-		r.relayID = id
-	}
 	if id := e.pb.GetDeliveryId(); id != "" {
 		r.deliveryID = id
+		if stage := e.pb.GetStage(); stage != events.StageBounce && stage != events.StageTracker {
+			r.relayID = e.pb.GetRelayId()
+		}
 	}
 	r.statusAt = e.pos
 }

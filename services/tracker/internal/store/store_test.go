@@ -694,3 +694,32 @@ func TestStore_concurrentBatchesOnTheSameMessagesConverge(t *testing.T) {
 		}
 	})
 }
+
+func TestStore_relayFollowsTheRouteButNotBounceReports(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		const a = "a@example.net"
+		onRelay := with(ev("e1", "mr", mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, 1, a), func(e *mailbusv1.DeliveryEvent) {
+			e.Summary, e.DeliveryId, e.RelayId, e.Stage = summary(a), "mr.0", "relay-1", "router"
+		})
+		// The relay failed; the router sent the recipient on to the
+		// default server, whose events carry no relay id.
+		onDefault := with(ev("e2", "mr", mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT, 2, a), func(e *mailbusv1.DeliveryEvent) {
+			e.DeliveryId, e.RelayId, e.Stage = "mr.0.r1", "", "sender"
+		})
+		mustApply(t, s, onRelay, onDefault)
+		if got := recipientOf(t, mustMessage(t, s, "mr"), a); got.GetRelayId() != "" || got.GetDeliveryId() != "mr.0.r1" {
+			t.Fatalf("re-routed recipient names relay %q delivery %q; want the default server's route", got.GetRelayId(), got.GetDeliveryId())
+		}
+
+		sent := with(ev("e3", "mb", mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT, 1, a), func(e *mailbusv1.DeliveryEvent) {
+			e.Summary, e.DeliveryId, e.RelayId, e.Stage = summary(a), "mb.0", "relay-1", "sender"
+		})
+		bounced := with(ev("e4", "mb", mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, 2, a), func(e *mailbusv1.DeliveryEvent) {
+			e.DeliveryId, e.Stage, e.Permanent, e.Reason = "mb.0", "bounce", true, "userunknown"
+		})
+		mustApply(t, s, sent, bounced)
+		if got := recipientOf(t, mustMessage(t, s, "mb"), a); got.GetRelayId() != "relay-1" || got.GetStatus() != mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED {
+			t.Fatalf("bounced recipient: relay %q status %v; want relay-1 kept and bounced", got.GetRelayId(), got.GetStatus())
+		}
+	})
+}
