@@ -65,8 +65,13 @@ lint: tools vet ## gofmt, go vet and buf lint
 		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	buf lint
 
+.PHONY: fuzz
+fuzz: ## run the parsers' fuzz targets briefly (bounce parser, address parser)
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./pkg/bounce
+	go test -run '^$$' -fuzz '^FuzzParseAddress$$' -fuzztime 10s ./pkg/mail
+
 .PHONY: test
-test: vet checkproto ## vet, check generated code, and run every module's tests with -race
+test: vet checkproto fuzz ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race
 	go test $(GOTEST_FLAGS) $(PKGS)
 
 .PHONY: bench
