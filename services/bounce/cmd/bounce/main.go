@@ -10,6 +10,19 @@
 //	MAILBUS_BOUNCE_GRPC_LISTEN    SuppressionService (default :7072), authenticated
 //	                              with MAILBUS_ADMIN_TOKEN
 //
+// Bounces fetched over IMAP from a mailbox a tenant owns (for a tenant
+// whose return path is that mailbox), polled when MAILBUS_BOUNCE_IMAP_ADDR
+// is set:
+//
+//	MAILBUS_BOUNCE_IMAP_ADDR      host:port of the IMAP server
+//	MAILBUS_BOUNCE_IMAP_TENANT    tenant id the mailbox belongs to
+//	MAILBUS_BOUNCE_IMAP_USER      login name
+//	MAILBUS_BOUNCE_IMAP_PASSWORD  password
+//	MAILBUS_BOUNCE_IMAP_TLS       tls (default), starttls, or none
+//	MAILBUS_BOUNCE_IMAP_INSECURE_SKIP_VERIFY  true turns certificate verification off
+//	MAILBUS_BOUNCE_IMAP_FOLDERS   comma-separated folders (default INBOX and the spam folder)
+//	MAILBUS_BOUNCE_IMAP_INTERVAL  time between polls (default 1m)
+//
 // mailbus dev serves SuppressionService on its one gRPC server instead.
 package main
 
@@ -18,9 +31,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -29,6 +44,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/bounce"
+	"github.com/mailbus/mailbus/services/bounce/internal/imappoll"
 )
 
 func main() { svcenv.Main("bounce", run) }
@@ -69,6 +85,10 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		Directory:    bounce.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
 		Suppressions: supp,
 	})
+	poller, err := mailboxPoller(svc, env)
+	if err != nil {
+		return err
+	}
 	if _, err := svc.Listen(); err != nil {
 		return err
 	}
@@ -80,7 +100,47 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		})
 	})
 	g.Go(func() error { return svc.Run(gctx) })
+	if poller != nil {
+		g.Go(func() error { return poller.Run(gctx) })
+	}
 	return g.Wait()
+}
+
+// mailboxPoller configures IMAP polling from the environment; nil when
+// MAILBUS_BOUNCE_IMAP_ADDR is not set.
+func mailboxPoller(svc *bounce.Service, env *svcenv.Env) (*imappoll.Poller, error) {
+	addr := os.Getenv("MAILBUS_BOUNCE_IMAP_ADDR")
+	if addr == "" {
+		return nil, nil
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("MAILBUS_BOUNCE_IMAP_ADDR: want host:port: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("MAILBUS_BOUNCE_IMAP_ADDR: port %q: %w", portStr, err)
+	}
+	tenant := os.Getenv("MAILBUS_BOUNCE_IMAP_TENANT")
+	if tenant == "" {
+		return nil, errors.New("MAILBUS_BOUNCE_IMAP_TENANT: the tenant whose mailbox MAILBUS_BOUNCE_IMAP_ADDR is must be set")
+	}
+	interval, err := time.ParseDuration(svcenv.Get("MAILBUS_BOUNCE_IMAP_INTERVAL", "1m"))
+	if err != nil {
+		return nil, fmt.Errorf("MAILBUS_BOUNCE_IMAP_INTERVAL: %w", err)
+	}
+	var folders []string
+	for _, f := range strings.Split(os.Getenv("MAILBUS_BOUNCE_IMAP_FOLDERS"), ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			folders = append(folders, f)
+		}
+	}
+	skip, _ := strconv.ParseBool(os.Getenv("MAILBUS_BOUNCE_IMAP_INSECURE_SKIP_VERIFY"))
+	return imappoll.New(imappoll.Config{
+		Host: host, Port: port, TLS: imappoll.TLSMode(os.Getenv("MAILBUS_BOUNCE_IMAP_TLS")), InsecureSkipVerify: skip,
+		Username: os.Getenv("MAILBUS_BOUNCE_IMAP_USER"), Password: os.Getenv("MAILBUS_BOUNCE_IMAP_PASSWORD"),
+		Folders: folders, Interval: interval,
+	}, svc.MailboxHandler(tenant), env.Log.With("tenant", tenant))
 }
 
 func verpKeys() ([][]byte, error) {
