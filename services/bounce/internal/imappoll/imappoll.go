@@ -229,9 +229,11 @@ func (p *Poller) PollOnce(ctx context.Context) (processed int, err error) {
 		processed += n
 		if err != nil {
 			errs = append(errs, err)
-			// An IMAP failure (as opposed to a handler's) leaves the
-			// connection in an unknown state: stop here.
-			if !errors.Is(err, errHandler) {
+			// The handler's errors and the server's refusals (a folder
+			// that does not exist) leave the connection usable; anything
+			// else leaves it in an unknown state: stop here.
+			var refused *imap.Error
+			if !errors.Is(err, errHandler) && !errors.As(err, &refused) {
 				break
 			}
 		}

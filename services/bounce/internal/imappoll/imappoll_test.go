@@ -402,3 +402,17 @@ func TestPoller_runKeepsPollingUntilCancelled(t *testing.T) {
 		t.Errorf("the message was handed over %d more times", len(got))
 	}
 }
+
+func TestPoller_aMissingFolderDoesNotStopTheOthers(t *testing.T) {
+	d := testkit.StartDovecot(t, "bounces", "imap-s3cret")
+	d.Deliver(t, "INBOX", corpusFile(t, "samples/lhost-postfix-01.eml"))
+	rec := &recorder{}
+	p := newPoller(t, d, rec.handle, func(c *Config) { c.Folders = []string{"Bounces", "INBOX"} })
+	n, err := p.PollOnce(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "select Bounces") {
+		t.Errorf("err = %v, want one about the missing folder", err)
+	}
+	if n != 1 || len(rec.take()) != 1 {
+		t.Errorf("processed %d, want INBOX's message all the same", n)
+	}
+}
