@@ -9,9 +9,9 @@ import (
 	"sort"
 
 	"github.com/mailbus/mailbus/pkg/configclient"
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
-	"github.com/mailbus/mailbus/pkg/dkimkey"
 )
 
 const domainColumns = `id, tenant_id, name, return_path_mode, custom_return_path, create_time, update_time`

@@ -12,10 +12,10 @@ import (
 
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/testkit"
-	"github.com/mailbus/mailbus/pkg/dkimkey"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
