@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/mailbus/mailbus/pkg/sqlstore"
 )
 
 // DefaultDatabaseURL is the PostgreSQL that tests use when DATABASE_URL is
@@ -43,7 +44,7 @@ func Postgres(t testing.TB) string {
 
 	conn, err := pgx.Connect(ctx, base)
 	if err != nil {
-		msg := "PostgreSQL is not reachable at " + redact(base) + ": " + err.Error() +
+		msg := "PostgreSQL is not reachable at " + sqlstore.Redact(base) + ": " + err.Error() +
 			" (set DATABASE_URL, or start PostgreSQL; CI=1 turns this skip into a failure)"
 		if os.Getenv("CI") != "" {
 			t.Fatal(msg)
@@ -98,15 +99,4 @@ func withSearchPath(t testing.TB, dsn, schema string) string {
 		return u.String()
 	}
 	return dsn + " search_path=" + schema
-}
-
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }
