@@ -184,6 +184,9 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	} else {
 		res.MsgsPerConn = float64(after.Messages - before.Messages)
 	}
+	if path := os.Getenv("MAILBUS_BENCH_PROFILE"); path != "" {
+		_ = os.WriteFile(path, prof.Bytes(), 0o644)
+	}
 	res.Stages, res.TotalCPU, err = attribute(prof.Bytes())
 	return res, err
 }
