@@ -62,6 +62,10 @@ type Config struct {
 	MessagesPerConn int
 	// Timeout bounds each read and write; default 2 minutes.
 	Timeout time.Duration
+	// Mailboxes are tenants' own bounce mailboxes that NewApplication
+	// polls over IMAP, for return paths that are not VERP addresses on a
+	// bounce domain.
+	Mailboxes []Mailbox
 }
 
 func (c Config) withDefaults() Config {

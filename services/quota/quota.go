@@ -95,6 +95,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("admit", bus.TopicRouted, bus.Handle(s.handle)); err != nil {
 		return err
 	}
+	// Paced and deferred deliveries come back through the retry topics;
+	// quota releases its own, so it never depends on another stage running.
+	if err := delay.Register(r, bus.TopicRouted, s.deps.Now); err != nil {
+		return err
+	}
 	return r.Run(ctx)
 }
 

@@ -116,7 +116,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("deliver", bus.TopicSigned, bus.Handle(s.handle)); err != nil {
 		return err
 	}
-	if err := delay.Register(r, s.deps.Now); err != nil {
+	if err := delay.Register(r, bus.TopicSigned, s.deps.Now); err != nil {
 		return err
 	}
 	return r.Run(ctx)

@@ -27,15 +27,13 @@ import (
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/catcher"
 	"github.com/mailbus/mailbus/pkg/auth"
-	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/infra"
 	"github.com/mailbus/mailbus/pkg/obs"
 	"github.com/mailbus/mailbus/pkg/redisembed"
 	"github.com/mailbus/mailbus/pkg/seal"
-	"github.com/mailbus/mailbus/pkg/sqlstore"
 	"github.com/mailbus/mailbus/pkg/suppress"
 	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/config"
@@ -103,7 +101,7 @@ type Stack struct {
 	log    *slog.Logger
 	runCtx context.Context
 
-	newSender    func() *sender.Service
+	newSender    func() (*sender.Service, func(), error)
 	senderCancel context.CancelFunc
 	senderDone   chan struct{}
 	cancel       context.CancelFunc
@@ -205,15 +203,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("start config service: %w", err)
 	}
 	s.closers = append(s.closers, func() { _ = cfgSvc.Close() })
-	trackerDB, err := sqlstore.Open(ctx, orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")))
-	if err != nil {
-		return nil, fmt.Errorf("open message log: %w", err)
-	}
-	s.closers = append(s.closers, func() { _ = trackerDB.Close() })
-	trk, err := tracker.New(ctx, tracker.Config{Bus: busCfg}, tracker.Deps{Log: o.Log, Metrics: o.Metrics, DB: trackerDB})
+	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{
+		Bus: busCfg, DatabaseURL: orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")),
+	}, infra.Infra{Log: o.Log, Metrics: o.Metrics})
 	if err != nil {
 		return nil, err
 	}
+	s.closers = append(s.closers, closeTrk)
 	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
 	cfgSvc.Register(gsrv)
 	trk.Register(gsrv)
@@ -255,32 +251,61 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.goRun("catcher", c.Run)
 	}
 
-	lim := limits.New(rdb)
+	// Every stage is built by its own composition root, as its main builds
+	// it, from the embedded infrastructure; each keeps its own
+	// configuration cache, as a replica in production does.
+	in := infra.Infra{Log: o.Log, Metrics: o.Metrics, ConfigConn: conn, Sealer: sealer, Redis: rdb}
 	senderCfg := sender.Config{Bus: busCfg, HeloName: "mailbus.local"}
 	if o.TuneSender != nil {
 		o.TuneSender(&senderCfg)
 	}
-	s.newSender = func() *sender.Service {
-		return sender.New(senderCfg, sender.Deps{Log: o.Log, Config: cc, Redis: rdb, Classify: bounce.Classify})
+	// A restarted sender registers no metrics: the first one holds the
+	// names in the registry.
+	restartIn := in
+	restartIn.Metrics = nil
+	s.newSender = func() (*sender.Service, func(), error) {
+		return sender.NewApplication(s.runCtx, senderCfg, restartIn)
 	}
-	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb, Classify: bounce.Classify})
-	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, router.Deps{
-		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log}, Suppressions: s.Suppressions,
-	}).Run)
-	s.goRun("quota", quota.New(quota.Config{Bus: busCfg}, quota.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb}).Run)
-	s.goRun("signer", signer.New(signer.Config{Bus: busCfg}, signer.Deps{Log: o.Log, Metrics: o.Metrics, Keys: cc}).Run)
-	s.startSender(s.Sender)
-	s.goRun("tracker", trk.Run)
-	bsvc := bouncesvc.New(bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}, bouncesvc.Deps{
-		Log: o.Log, Metrics: o.Metrics, Tenants: cc, Suppressions: s.Suppressions,
-		Directory: bouncesvc.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
-	})
-	baddr, err := bsvc.Listen()
+	snd, closeSnd, err := sender.NewApplication(ctx, senderCfg, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeSnd)
+	s.Sender = snd
+	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeRtr)
+	qta, closeQta, err := quota.NewApplication(ctx, quota.Config{Bus: busCfg}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeQta)
+	sgn, closeSgn, err := signer.NewApplication(ctx, signer.Config{Bus: busCfg}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeSgn)
+	bnc, closeBnc, err := bouncesvc.NewApplication(ctx, bouncesvc.Config{
+		Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey},
+	}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeBnc)
+	baddr, err := bnc.Listen()
 	if err != nil {
 		return nil, err
 	}
 	s.BounceAddr = baddr.String()
-	s.goRun("bounce", bsvc.Run)
+
+	s.goRun("router", rtr.Run)
+	s.goRun("quota", qta.Run)
+	s.goRun("signer", sgn.Run)
+	s.startSender(s.Sender)
+	s.goRun("tracker", trk.Run)
+	s.goRun("bounce", bnc.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
 		h.SetReady(true)
@@ -315,7 +340,13 @@ func (s *Stack) KillSender() {
 // RestartSender starts a new sender after KillSender, as a new replica
 // would start.
 func (s *Stack) RestartSender() {
-	s.Sender = s.newSender()
+	snd, closeSnd, err := s.newSender()
+	if err != nil {
+		s.fail(fmt.Errorf("restart sender: %w", err))
+		return
+	}
+	s.closers = append(s.closers, closeSnd)
+	s.Sender = snd
 	s.startSender(s.Sender)
 }
 

@@ -38,10 +38,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 
-	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/bounce/internal/imappoll"
@@ -59,56 +56,38 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		return err
 	}
 	maxBytes, _ := strconv.ParseInt(os.Getenv("MAILBUS_BOUNCE_MAX_BYTES"), 10, 64)
-	cc, closeCC, err := env.ConfigClient(ctx, false)
+	mailboxes, err := mailboxes()
 	if err != nil {
 		return err
 	}
-	defer closeCC()
-	// The tenant index lists tenants over its own connection: the cache
-	// does not list them (see bounce.TenantIndex).
-	conn, err := env.ConfigConn()
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	rdb, err := env.Redis(ctx)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	supp := suppress.New(rdb)
-	svc := bounce.New(bounce.Config{
+	defer cleanup()
+	app, closeApp, err := bounce.NewApplication(ctx, bounce.Config{
 		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
-		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes,
-	}, bounce.Deps{
-		Log: env.Log, Metrics: env.Metrics, Tenants: cc,
-		Directory:    bounce.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
-		Suppressions: supp,
-	})
-	poller, err := mailboxPoller(svc, env)
+		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes, Mailboxes: mailboxes,
+	}, in)
 	if err != nil {
 		return err
 	}
-	if _, err := svc.Listen(); err != nil {
+	defer closeApp()
+	if _, err := app.Listen(); err != nil {
 		return err
 	}
 	env.Health.SetReady(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_BOUNCE_GRPC_LISTEN", ":7072"), func(r grpc.ServiceRegistrar) {
-			mailbusv1.RegisterSuppressionServiceServer(r, bounce.NewSuppressionServer(supp, env.Log))
-		})
+		return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_BOUNCE_GRPC_LISTEN", ":7072"), app.Register)
 	})
-	g.Go(func() error { return svc.Run(gctx) })
-	if poller != nil {
-		g.Go(func() error { return poller.Run(gctx) })
-	}
+	g.Go(func() error { return app.Run(gctx) })
 	return g.Wait()
 }
 
-// mailboxPoller configures IMAP polling from the environment; nil when
+// mailboxes configures IMAP polling from the environment; none when
 // MAILBUS_BOUNCE_IMAP_ADDR is not set.
-func mailboxPoller(svc *bounce.Service, env *svcenv.Env) (*imappoll.Poller, error) {
+func mailboxes() ([]bounce.Mailbox, error) {
 	addr := os.Getenv("MAILBUS_BOUNCE_IMAP_ADDR")
 	if addr == "" {
 		return nil, nil
@@ -136,11 +115,11 @@ func mailboxPoller(svc *bounce.Service, env *svcenv.Env) (*imappoll.Poller, erro
 		}
 	}
 	skip, _ := strconv.ParseBool(os.Getenv("MAILBUS_BOUNCE_IMAP_INSECURE_SKIP_VERIFY"))
-	return imappoll.New(imappoll.Config{
+	return []bounce.Mailbox{{Tenant: tenant, IMAP: imappoll.Config{
 		Host: host, Port: port, TLS: imappoll.TLSMode(os.Getenv("MAILBUS_BOUNCE_IMAP_TLS")), InsecureSkipVerify: skip,
 		Username: os.Getenv("MAILBUS_BOUNCE_IMAP_USER"), Password: os.Getenv("MAILBUS_BOUNCE_IMAP_PASSWORD"),
 		Folders: folders, Interval: interval,
-	}, svc.MailboxHandler(tenant), env.Log.With("tenant", tenant))
+	}}}, nil
 }
 
 func verpKeys() ([][]byte, error) {

@@ -10,8 +10,6 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/mailbus/mailbus/pkg/limits"
-	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/router"
 )
@@ -24,19 +22,16 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		return fmt.Errorf("MAILBUS_VERP_KEY: want hex: %w", err)
 	}
 	maxBytes, _ := strconv.ParseInt(os.Getenv("MAILBUS_MAX_MESSAGE_BYTES"), 10, 64)
-	cc, closeCC, err := env.ConfigClient(ctx, false)
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
-	defer closeCC()
-	rdb, err := env.Redis(ctx)
+	defer cleanup()
+	svc, closeSvc, err := router.NewApplication(ctx, router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: maxBytes}, in)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
+	defer closeSvc()
 	env.Health.SetReady(true)
-	return router.New(router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: maxBytes}, router.Deps{
-		Log: env.Log, Metrics: env.Metrics, Config: cc, Health: limits.Health{Limits: limits.New(rdb), Log: env.Log},
-		Suppressions: suppress.New(rdb),
-	}).Run(ctx)
+	return svc.Run(ctx)
 }
