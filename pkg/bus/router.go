@@ -174,6 +174,10 @@ func (r *Router) Handle(handler, topic string, h message.NoPublishHandlerFunc) e
 	return nil
 }
 
+// Service is the name of the service the router runs, as given to
+// NewRouter.
+func (r *Router) Service() string { return r.service }
+
 // Publisher returns the router's publisher, for handlers that publish with
 // message.Publisher directly. Run closes it.
 func (r *Router) Publisher() message.Publisher { return r.pub }

@@ -110,9 +110,9 @@ type RecordTooLargeError struct {
 
 func (e *RecordTooLargeError) Error() string {
 	if e.Limit > 0 {
-		return fmt.Sprintf("the record for %s is %s, over the %s limit of a Kafka record", e.Topic, formatBytes(e.Size), formatBytes(e.Limit))
+		return fmt.Sprintf("the record for %s is %s, over the %s limit of a Kafka record", e.Topic, FormatBytes(e.Size), FormatBytes(e.Limit))
 	}
-	return fmt.Sprintf("the broker refused the %s record for %s as too large (%v); raise the topic's max.message.bytes", formatBytes(e.Size), e.Topic, e.Err)
+	return fmt.Sprintf("the broker refused the %s record for %s as too large (%v); raise the topic's max.message.bytes", FormatBytes(e.Size), e.Topic, e.Err)
 }
 
 func (e *RecordTooLargeError) Unwrap() error { return e.Err }
@@ -143,9 +143,9 @@ func RecordSize(topic string, msg *message.Message) (int, error) {
 	return pm.ByteSize(2), nil
 }
 
-// formatBytes writes n in bytes and, when large, in KiB or MiB:
+// FormatBytes writes n in bytes and, when large, in KiB or MiB:
 // "21811476 bytes (20.8 MiB)".
-func formatBytes(n int) string {
+func FormatBytes(n int) string {
 	s := strconv.Itoa(n) + " bytes"
 	switch {
 	case n >= 1<<20:
