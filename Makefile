@@ -74,6 +74,14 @@ fuzz: ## run the parsers' fuzz targets briefly (bounce parser, address parser)
 test: vet checkproto fuzz ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race
 	go test $(GOTEST_FLAGS) $(PKGS)
 
+.PHONY: chaos
+chaos: ## fault scenarios on the multi-process cluster (kill -9 each stage, Kafka, Redis loss, added senders): prints sent/delivered/duplicates/lost per scenario
+	go test -tags chaos -count=1 -timeout 120m -v -run '^TestChaos$$' ./cmd/mailbus/internal/cluster
+
+.PHONY: scale
+scale: ## messages/s through a slow relay with 1, 2 and 4 sender processes (16 partitions)
+	go test -tags chaos -count=1 -timeout 60m -v -run '^TestScale$$' ./cmd/mailbus/internal/cluster
+
 .PHONY: bench
 bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse)
 	go run ./cmd/mailbus bench

@@ -391,8 +391,8 @@ func TestEnsureTopics_createsMissingTopicsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 1 || entries[0].Value != strconv.Itoa(16<<20) {
-		t.Errorf("test.ensure.a config = %+v, want max.message.bytes %d", entries, 16<<20)
+	if want := cfg.TopicMaxMessageBytes(); len(entries) != 1 || entries[0].Value != strconv.Itoa(want) {
+		t.Errorf("test.ensure.a config = %+v, want max.message.bytes %d", entries, want)
 	}
 }
 

@@ -63,11 +63,15 @@ type Config struct {
 	// ReplicationFactor is used by EnsureTopics; default -1, the broker's
 	// default.
 	ReplicationFactor int16
-	// MaxMessageBytes is the largest record batch the producer sends and
-	// the max.message.bytes EnsureTopics gives new topics; default 16 MiB.
-	// Kafka's own default is 1 MB, less than many emails with
-	// attachments; on a cluster whose topics were not made by EnsureTopics,
-	// raise the topics' max.message.bytes to match.
+	// MaxMessageBytes is the largest record the producer sends (checked
+	// before sending: see RecordTooLargeError) and the basis of the
+	// max.message.bytes EnsureTopics gives new topics
+	// (TopicMaxMessageBytes); default RecordLimit(mail.DefaultMaxSize),
+	// 34.3 MiB. Derive it from the mail limit with RecordLimit, the same in
+	// every service of a pipeline (see "Size budget" in size.go). Kafka's
+	// own default is 1 MB, less than many emails with attachments; on a
+	// cluster whose topics were not made by EnsureTopics, raise the topics'
+	// max.message.bytes to TopicMaxMessageBytes.
 	MaxMessageBytes int
 
 	// HandlerRetries is how many times the router retries a failing handler
@@ -108,7 +112,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RebalanceTimeout, 5*time.Minute)
 	def(&c.CommitInterval, time.Second)
 	if c.MaxMessageBytes <= 0 {
-		c.MaxMessageBytes = 16 << 20
+		c.MaxMessageBytes = RecordLimit(0)
 	}
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = -1
@@ -154,6 +158,11 @@ func ProducerConfig(cfg Config) (*sarama.Config, error) {
 	sc.Producer.Compression = sarama.CompressionLZ4
 	sc.Producer.Partitioner = sarama.NewMurmur2Partitioner
 	sc.Producer.MaxMessageBytes = cfg.MaxMessageBytes
+	// Sarama ignores a larger limit (with a log line) and would then send
+	// requests that it and Kafka (socket.request.max.bytes) refuse.
+	if cfg.MaxMessageBytes >= int(sarama.MaxRequestSize)-64<<10 {
+		return nil, fmt.Errorf("kafka record limit %d is not below sarama's request limit %d: lower the mail size limit", cfg.MaxMessageBytes, sarama.MaxRequestSize)
+	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("validate sarama producer config: %w", err)
 	}
@@ -255,8 +264,11 @@ func watermillLogger(log *slog.Logger) watermill.LoggerAdapter {
 }
 
 // NewPublisher returns a synchronous Kafka publisher: Publish returns once
-// every replica has the records. It is safe for concurrent use; the caller
-// closes it.
+// every replica has the records. A record over cfg.MaxMessageBytes, or one
+// the broker refuses as too large, is not published: Publish returns a
+// permanent *RecordTooLargeError, and publishes none of the records when
+// one is over the limit. It is safe for concurrent use; the caller closes
+// it.
 func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	sc, err := ProducerConfig(cfg)
 	if err != nil {
@@ -270,7 +282,7 @@ func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create kafka publisher for %v: %w", cfg.Brokers, err)
 	}
-	return pub, nil
+	return limitedPublisher{Publisher: pub, limit: sc.Producer.MaxMessageBytes}, nil
 }
 
 // NewSubscriber returns a Kafka subscriber in the consumer group group (see
@@ -336,7 +348,7 @@ func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int
 		return fmt.Errorf("list topics: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	maxBytes := strconv.Itoa(cfg.MaxMessageBytes)
+	maxBytes := strconv.Itoa(cfg.TopicMaxMessageBytes())
 	detail := &sarama.TopicDetail{
 		NumPartitions:     int32(partitions),
 		ReplicationFactor: cfg.ReplicationFactor,

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
@@ -59,7 +60,8 @@ func Enqueue(pub message.Publisher, meta message.Metadata, d *mailbusv1.Delivery
 // "<service>.retry-1m" ...). Each record reaches its handler only when its
 // topic's delay has passed (bus.Router.HandleDelayed); it then goes on to
 // its Delivery.retry_topic, or hops to a longer retry topic while its
-// not_before is still ahead.
+// not_before is still ahead. A delivery too large for the topic it goes
+// on to fails with a status reported by r's service (events.FailTooLarge).
 //
 // Every stage that delays records releases its own: target is the stage's
 // input topic, and records bound elsewhere are left to the stage that owns
@@ -75,12 +77,13 @@ func Register(r *bus.Router, target string, now func() time.Time) error {
 	}
 	for _, rt := range bus.RetryTopics() {
 		name := "retry-" + strings.TrimPrefix(rt.Topic, "mail.retry.")
-		if err := r.HandleDelayed(name, rt.Topic, rt.Delay, bus.Handle(func(_ context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+		h := events.FailTooLarge(r.Publisher(), r.Service(), now, func(_ context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
 			if targetOf(d) != target {
 				return nil
 			}
 			return release(r.Publisher(), msg, d, now())
-		})); err != nil {
+		})
+		if err := r.HandleDelayed(name, rt.Topic, rt.Delay, bus.Handle(h)); err != nil {
 			return err
 		}
 	}

@@ -15,6 +15,9 @@
 //	MAILBUS_ADMIN_HTTP_ADDR  /metrics, /healthz, /readyz (default :9090; empty disables)
 //	MAILBUS_TOPIC_PARTITIONS partitions of the topics a service creates at start when they
 //	                         do not exist (default 16; 0 leaves topic creation to the operator)
+//	MAILBUS_MAX_MESSAGE_BYTES  largest email accepted, in octets after encoding (default 25 MiB);
+//	                         every service's Kafka record limit derives from it (bus.RecordLimit),
+//	                         so give every service the same value
 //	MAILBUS_LOG_FORMAT, MAILBUS_LOG_LEVEL
 package svcenv
 
@@ -54,6 +57,9 @@ type Env struct {
 	Metrics *prometheus.Registry
 	Health  *obs.Health
 	Bus     bus.Config
+	// MaxMailBytes is MAILBUS_MAX_MESSAGE_BYTES, 0 when unset (the mail
+	// package's default); Bus.MaxMessageBytes derives from it.
+	MaxMailBytes int64
 }
 
 // Get returns os.Getenv(key), or def when it is empty.
@@ -76,6 +82,16 @@ func Main(name string, run func(ctx context.Context, env *Env) error) {
 		Health:  &obs.Health{},
 		Bus:     bus.Config{Brokers: strings.Split(Get("KAFKA_BROKERS", "127.0.0.1:9092"), ","), ClientID: "mailbus-" + name},
 	}
+	if v := os.Getenv("MAILBUS_MAX_MESSAGE_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "%s: MAILBUS_MAX_MESSAGE_BYTES=%q: want a positive number of octets\n", name, v)
+			os.Exit(2)
+		}
+		env.MaxMailBytes = n
+	}
+	env.Bus.MaxMessageBytes = bus.RecordLimit(env.MaxMailBytes)
+	env.Metrics.MustRegister(bus.Collectors()...)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return obs.ServeAdmin(gctx, Get("MAILBUS_ADMIN_HTTP_ADDR", ":9090"), env.Metrics, env.Health)

@@ -70,7 +70,9 @@ type Options struct {
 	// DataDir.
 	ConfigDatabaseURL  string
 	TrackerDatabaseURL string
-	// MaxMessageBytes bounds a built message; 0 means 25 MiB.
+	// MaxMessageBytes bounds a built message; 0 means 25 MiB. The Kafka
+	// record limit of every stage derives from it (bus.RecordLimit) unless
+	// TuneBus sets one.
 	MaxMessageBytes int64
 	// TuneBus adjusts the bus configuration (tests shorten timeouts).
 	TuneBus func(*bus.Config)
@@ -171,6 +173,17 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	busCfg := bus.Config{Brokers: s.Brokers, ClientID: "mailbus-dev"}
 	if o.TuneBus != nil {
 		o.TuneBus(&busCfg)
+	}
+	if busCfg.MaxMessageBytes <= 0 {
+		busCfg.MaxMessageBytes = bus.RecordLimit(o.MaxMessageBytes)
+	}
+	// The bus's metrics are the process's; a registry used by an earlier
+	// Start has them already.
+	var already prometheus.AlreadyRegisteredError
+	for _, c := range bus.Collectors() {
+		if err := o.Metrics.Register(c); err != nil && !errors.As(err, &already) {
+			return nil, fmt.Errorf("register bus metrics: %w", err)
+		}
 	}
 	if err := bus.EnsureTopics(ctx, busCfg, bus.AllTopics(), o.Partitions); err != nil {
 		return nil, err
