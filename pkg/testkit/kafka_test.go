@@ -3,6 +3,7 @@ package testkit_test
 import (
 	"os"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/IBM/sarama"
@@ -32,11 +33,11 @@ func TestKafkaVersion_matchesPom(t *testing.T) {
 	}
 }
 
-// TestStartKafka_isRealKafkaEmptiedForEachTest publishes with the
+// TestStartKafka_sharesOneKRaftBrokerEmptiedForEachTest publishes with the
 // production producer to the shared Apache Kafka broker, then asks for it
 // again as the next test would: the topic it made is gone, the mailbus
 // topics are back, empty, with KafkaPartitions partitions.
-func TestStartKafka_isRealKafkaEmptiedForEachTest(t *testing.T) {
+func TestStartKafka_sharesOneKRaftBrokerEmptiedForEachTest(t *testing.T) {
 	brokers := testkit.StartKafka(t)
 	cfg := testkit.BusConfig(brokers)
 	// Created up front, as mailbus creates its topics: on Kafka a topic
@@ -67,6 +68,12 @@ func TestStartKafka_isRealKafkaEmptiedForEachTest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
+	// Kafka's own broker configuration, which kfake does not have.
+	roles, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.BrokerResource, Name: "1", ConfigNames: []string{"process.roles"}})
+	if err != nil || len(roles) != 1 || roles[0].Value != "broker,controller" {
+		t.Errorf("broker 1 process.roles = %+v (%v), want one KRaft node, broker and controller", roles, err)
+	}
+
 	if again := testkit.StartKafka(t); again[0] != brokers[0] {
 		t.Fatalf("second StartKafka = %v, want the shared broker %v", again, brokers)
 	}
@@ -95,6 +102,21 @@ func TestStartKafka_isRealKafkaEmptiedForEachTest(t *testing.T) {
 	for p := range int32(testkit.KafkaPartitions) {
 		if n, err := client.GetOffset(bus.TopicSubmit, p, sarama.OffsetNewest); err != nil || n != 0 {
 			t.Errorf("%s partition %d ends at offset %d (%v), want an empty topic", bus.TopicSubmit, p, n, err)
+		}
+	}
+}
+
+func TestStartKafkaBroker_withoutJarsSaysHowToFetchThem(t *testing.T) {
+	empty := t.TempDir()
+	t.Setenv(testkit.KafkaLibsEnv, empty)
+	b, err := testkit.StartKafkaBroker(t.Context())
+	if err == nil {
+		b.Close()
+		t.Fatal("StartKafkaBroker started a broker without jars")
+	}
+	for _, want := range []string{empty, "make kafka", "deploy/kafka/fetch", testkit.KafkaVersion} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
 		}
 	}
 }
