@@ -70,8 +70,12 @@ fuzz: ## run the parsers' fuzz targets briefly (bounce parser, address parser)
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./pkg/bounce
 	go test -run '^$$' -fuzz '^FuzzParseAddress$$' -fuzztime 10s ./pkg/mail
 
+.PHONY: kafka
+kafka: ## fetch the Apache Kafka broker the tests run against (Maven Central, once, into ~/.cache/mailbus; needs java and mvn)
+	@deploy/kafka/fetch >/dev/null
+
 .PHONY: test
-test: vet checkproto fuzz ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race
+test: vet checkproto fuzz kafka ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race (pkg/bus also on Apache Kafka)
 	go test $(GOTEST_FLAGS) $(PKGS)
 
 .PHONY: chaos
@@ -82,7 +86,16 @@ chaos: ## fault scenarios on the multi-process cluster (kill -9 each stage, Kafk
 scale: ## messages/s through a slow relay with 1, 2 and 4 sender processes (16 partitions)
 	go test -tags chaos -count=1 -timeout 60m -v -run '^TestScale$$' ./cmd/mailbus/internal/cluster
 
+# KAFKA=host:port runs make bench on that Kafka instead of the embedded broker.
+KAFKA ?=
+BENCH_FLAGS := $(if $(KAFKA),--kafka $(KAFKA))
+
 .PHONY: bench
-bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse)
-	go run ./cmd/mailbus bench
-	go run ./cmd/mailbus bench --sink-latency 20ms --messages 2000
+bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse); KAFKA=host:port for an external Kafka
+	go run ./cmd/mailbus bench $(BENCH_FLAGS)
+	go run ./cmd/mailbus bench $(BENCH_FLAGS) --sink-latency 20ms --messages 2000
+
+.PHONY: bench-kafka
+bench-kafka: kafka ## the end-to-end benchmark on a real Apache Kafka broker, started for it (deploy/kafka/run on 127.0.0.1:19092)
+	@deploy/kafka/run 19092 & pid=$$!; trap 'kill $$pid; wait $$pid' EXIT; \
+		go run ./cmd/mailbus bench --kafka 127.0.0.1:19092

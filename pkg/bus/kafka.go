@@ -316,6 +316,11 @@ func NewSubscriber(cfg Config, group string, log *slog.Logger) (message.Subscrib
 // left as they are. Use it at start-up against clusters that do not create
 // topics automatically: a consumer group that subscribes before its topic
 // exists would otherwise wait for the next metadata refresh.
+//
+// It returns once the brokers serve every topic with a leader for each
+// partition. Kafka answers CreateTopics when its controller has the topic,
+// before the brokers have heard of it; a producer asking a broker in
+// between is told the topic does not exist.
 func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions int) error {
 	sc, err := ConsumerConfig(cfg)
 	if err != nil {
@@ -324,7 +329,7 @@ func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions i
 	// Sarama's admin calls take no context; run them aside so that ctx
 	// still bounds how long the caller waits.
 	done := make(chan error, 1)
-	go func() { done <- ensureTopics(cfg, sc, topics, partitions) }()
+	go func() { done <- ensureTopics(ctx, cfg, sc, topics, partitions) }()
 	select {
 	case err := <-done:
 		return err
@@ -333,7 +338,7 @@ func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions i
 	}
 }
 
-func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int) (err error) {
+func ensureTopics(ctx context.Context, cfg Config, sc *sarama.Config, topics []string, partitions int) (err error) {
 	admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
 	if err != nil {
 		return fmt.Errorf("connect cluster admin to %v: %w", cfg.Brokers, err)
@@ -363,5 +368,38 @@ func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int
 			return fmt.Errorf("create topic %s with %d partitions: %w", t, partitions, err)
 		}
 	}
-	return nil
+	return waitTopics(ctx, cfg, sc, topics)
+}
+
+// waitTopics waits until the brokers' metadata has every topic with a
+// leader for each of its partitions.
+func waitTopics(ctx context.Context, cfg Config, sc *sarama.Config, topics []string) (err error) {
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		return fmt.Errorf("connect to %v: %w", cfg.Brokers, err)
+	}
+	defer func() {
+		if cerr := client.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close client: %w", cerr)
+		}
+	}()
+	for {
+		var missing []string
+		err := client.RefreshMetadata(topics...)
+		for _, t := range topics {
+			all, aerr := client.Partitions(t)
+			writable, werr := client.WritablePartitions(t)
+			if aerr != nil || werr != nil || len(all) == 0 || len(writable) < len(all) {
+				missing = append(missing, t)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for topics %v to have leaders (last metadata error: %v): %w", missing, err, ctx.Err())
+		case <-time.After(cfg.RetryBackoff):
+		}
+	}
 }
