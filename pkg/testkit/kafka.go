@@ -124,6 +124,7 @@ func StopKafka() {
 type KafkaBroker struct {
 	addr string
 	dir  string
+	argv []string // the JVM's command line, to start it again
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the JVM exited
 	err  error         // why it exited, once done is closed
@@ -207,22 +208,37 @@ func StartKafkaBroker(ctx context.Context) (*KafkaBroker, error) {
 		return nil, fmt.Errorf("format the log directory (%s kafka.tools.StorageTool format): %w\n%s%s", java, err, out, fileTail(filepath.Join(dir, "server.log")))
 	}
 
-	b := &KafkaBroker{addr: addr, dir: dir, done: make(chan struct{})}
-	out, err := os.Create(filepath.Join(dir, "stdout.log"))
-	if err != nil {
-		return nil, fmt.Errorf("create the broker's stdout log: %w", err)
+	b := &KafkaBroker{addr: addr, dir: dir, argv: append(append([]string{java}, jvm...), "kafka.Kafka", props)}
+	if err := b.launch(); err != nil {
+		return nil, err
 	}
-	b.cmd = exec.Command(java, append(jvm, "kafka.Kafka", props)...)
+	if err := b.waitReady(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	ok = true
+	return b, nil
+}
+
+// launch starts the JVM with b.argv.
+func (b *KafkaBroker) launch() error {
+	b.done = make(chan struct{})
+	out, err := os.OpenFile(filepath.Join(b.dir, "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open the broker's stdout log: %w", err)
+	}
+	b.cmd = exec.Command(b.argv[0], b.argv[1:]...)
 	b.cmd.Stdout, b.cmd.Stderr = out, out
 	setKafkaProcAttr(b.cmd)
 	started := make(chan error, 1)
+	done := b.done
 	go func() {
 		// The kernel's parent-death signal follows the thread that started
 		// the child, not the process; this goroutine keeps that thread
 		// alive, and to itself, until the JVM has exited.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		defer close(b.done)
+		defer close(done)
 		defer out.Close()
 		if err := b.cmd.Start(); err != nil {
 			started <- err
@@ -233,14 +249,28 @@ func StartKafkaBroker(ctx context.Context) (*KafkaBroker, error) {
 		b.err = b.cmd.Wait()
 	}()
 	if err := <-started; err != nil {
-		return nil, fmt.Errorf("run %s kafka.Kafka: %w", java, err)
+		return fmt.Errorf("run %s kafka.Kafka: %w", b.argv[0], err)
 	}
-	if err := b.waitReady(ctx); err != nil {
-		b.Close()
-		return nil, err
+	return nil
+}
+
+// Kill ends the broker with SIGKILL, as a crash or an OOM kill would,
+// keeping its log directory for Restart.
+func (b *KafkaBroker) Kill() {
+	if b.cmd.Process != nil {
+		_ = b.cmd.Process.Kill()
 	}
-	ok = true
-	return b, nil
+	<-b.done
+}
+
+// Restart starts the broker again after Kill, on the same ports and log
+// directory, and waits until it serves metadata: Kafka recovering its logs
+// after a crash.
+func (b *KafkaBroker) Restart(ctx context.Context) error {
+	if err := b.launch(); err != nil {
+		return err
+	}
+	return b.waitReady(ctx)
 }
 
 // Addrs returns the bootstrap addresses for bus.Config.Brokers.

@@ -17,7 +17,6 @@ import (
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
-	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
 // The fault scenarios of `make chaos`: the multi-process cluster carries a
@@ -31,10 +30,10 @@ import (
 // end-to-end test and one short sender crash instead.
 
 type chaosResult struct {
-	scenario                                   string
-	published, delivered, duplicates, lost     int
-	notFinal                                   int
-	statuses                                   map[mailbusv1.DeliveryStatus]int
+	scenario                               string
+	published, delivered, duplicates, lost int
+	notFinal                               int
+	statuses                               map[mailbusv1.DeliveryStatus]int
 }
 
 type scenario struct {
@@ -230,5 +229,3 @@ func waitUntil(t *testing.T, timeout time.Duration, cond func() bool, what strin
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-
-var _ = testkit.StartRedis

@@ -70,6 +70,7 @@ func binaries(t testing.TB) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	testkit.StopKafka()
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
