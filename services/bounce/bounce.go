@@ -9,11 +9,13 @@
 // (see NewSuppressionServer).
 //
 // The listener never relays. It accepts RCPT only for well-formed VERP
-// addresses whose MAC verifies and whose domain is a tenant's bounce
-// domain, and for the configured feedback-loop addresses; everything else
-// is refused with 550 5.1.1 before any data is sent, so forged or stale
-// addresses cost nothing and nobody can make mailbus suppress an address
-// by sending it mail.
+// addresses whose MAC verifies for a tenant that owns the address's bounce
+// domain (the MAC covers the tenant of the delivery, so one tenant's
+// return path is refused at another tenant's bounce domain), and for the
+// configured feedback-loop addresses; everything else is refused with 550
+// 5.1.1 before any data is sent, so forged or stale addresses cost nothing
+// and nobody can make mailbus suppress an address by sending it mail, or
+// one tenant's bounce land on another tenant's suppression list.
 package bounce
 
 import (
@@ -172,7 +174,7 @@ func New(cfg Config, deps Deps) *Service {
 			}, []string{"outcome"}),
 			rcpts: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "rcpt_total",
-				Help: "RCPT commands, by verdict (verp, feedback, refused, forged).",
+				Help: "RCPT commands, by verdict (verp, feedback, refused, forged: a VERP address that does not verify for the tenant of its bounce domain).",
 			}, []string{"verdict"}),
 			suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "suppressed_total",

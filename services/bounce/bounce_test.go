@@ -47,7 +47,7 @@ func (s staticTenants) Tenant(id string) (*mailbusv1.Tenant, bool) { t, ok := s[
 func (s staticTenants) BounceTenants(_ context.Context, d string) ([]*mailbusv1.Tenant, error) {
 	var out []*mailbusv1.Tenant
 	for _, t := range s {
-		if t.GetBounceDomain() == d {
+		if normalizeDomain(t.GetBounceDomain()) == d {
 			out = append(out, t)
 		}
 	}
@@ -72,7 +72,7 @@ func newTestService(t *testing.T) (*Service, *recorder, *suppress.Store) {
 func TestService_complaintToAFeedbackAddressIsMatchedByTheReportedReturnPath(t *testing.T) {
 	ctx := context.Background()
 	s, rec, store := newTestService(t)
-	verp, err := mail.VERPEncode(testKey, "m0000000000000000000000001.0", "dave@example.net", "bounce.acme.example")
+	verp, err := mail.VERPEncode(testKey, "acme", "m0000000000000000000000001.0", "dave@example.net", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,8 +128,8 @@ func TestService_softBouncesSuppressAtTheTenantsThreshold(t *testing.T) {
 	ctx := context.Background()
 	s, rec, store := newTestService(t)
 	for i, id := range []string{"m0000000000000000000000001.0", "m0000000000000000000000002.0"} {
-		verp, _ := mail.VERPEncode(testKey, id, "erin@example.net", "bounce.acme.example")
-		_, hash, err := decodeVERP([][]byte{testKey}, verp)
+		verp, _ := mail.VERPEncode(testKey, "acme", id, "erin@example.net", "bounce.acme.example")
+		_, hash, err := mail.VERPDecode(testKey, "acme", verp)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,8 +157,8 @@ func TestService_softBouncesSuppressAtTheTenantsThreshold(t *testing.T) {
 func TestService_recordForAnotherAddressThanTheVERPTokenIsNotApplied(t *testing.T) {
 	s, rec, store := newTestService(t)
 	id := "m0000000000000000000000003.0"
-	verp, _ := mail.VERPEncode(testKey, id, "frank@example.net", "bounce.acme.example")
-	_, hash, _ := decodeVERP([][]byte{testKey}, verp)
+	verp, _ := mail.VERPEncode(testKey, "acme", id, "frank@example.net", "bounce.acme.example")
+	_, hash, _ := mail.VERPDecode(testKey, "acme", verp)
 	report := "Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\n" +
 		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n" +
 		"Final-Recipient: rfc822; forwarded-to@elsewhere.example\r\nAction: failed\r\nStatus: 5.1.1\r\n" +

@@ -18,6 +18,7 @@ import (
 
 var (
 	errNoSuchUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox here; this server only takes bounces for mail it sent"}
+	errNotIssued  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox: this return path was not issued for this bounce domain (altered, expired, or another tenant's)"}
 	errTempFail   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, try again later"}
 	errTooMany    = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many connections from your address, try again later"}
 	errTooManyMsg = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many messages on one connection, reconnect"}
@@ -76,6 +77,10 @@ func (x *session) Mail(string, *smtp.MailOptions) error {
 }
 
 // Rcpt accepts only what this server exists for; see the package comment.
+// A VERP address is accepted at a bounce domain only when it verifies for
+// a tenant that owns the domain: the MAC binds it to the tenant of its
+// delivery, and that tenant, never merely the domain's owner, is whose
+// suppression list and message the bounce is about.
 func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx := context.Background()
 	addr := suppress.Normalize(to)
@@ -90,30 +95,32 @@ func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		x.s.metrics.rcpts.WithLabelValues("feedback").Inc()
 		return nil
 	}
-	id, hash, err := decodeVERP(x.s.cfg.VERPKeys, addr)
-	if err != nil {
-		verdict := "refused"
-		if errors.Is(err, mail.ErrVERPForged) {
-			verdict = "forged"
-			x.s.log.Warn("refusing a VERP address whose signature does not verify", "rcpt", addr, "ip", x.ip)
-		}
-		x.s.metrics.rcpts.WithLabelValues(verdict).Inc()
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
 		return errNoSuchUser
 	}
-	domain := addr[strings.LastIndexByte(addr, '@')+1:]
-	ts, err := x.s.dir.BounceTenants(ctx, domain)
+	domain := normalizeDomain(addr[at+1:])
+	owners, err := x.s.dir.BounceTenants(ctx, domain)
 	if err != nil {
 		x.s.log.Error("cannot look up bounce domains", "err", err)
 		return errTempFail
 	}
-	if len(ts) != 1 {
-		if len(ts) > 1 {
-			x.s.log.Error("bounce domain is shared by several tenants; cannot tell whose bounce this is", "domain", domain)
-		}
+	if len(owners) == 0 {
 		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
 		return errNoSuchUser
 	}
-	x.targets = append(x.targets, target{tenant: ts[0], deliveryID: id, rcptHash: hash})
+	tenant, id, hash, err := verifyVERP(x.s.cfg.VERPKeys, owners, addr)
+	switch {
+	case errors.Is(err, mail.ErrVERPForged):
+		x.s.metrics.rcpts.WithLabelValues("forged").Inc()
+		x.s.log.Warn("refusing a VERP address that does not verify for the tenant of its bounce domain", "rcpt", addr, "domain", domain, "ip", x.ip)
+		return errNotIssued
+	case err != nil:
+		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
+		return errNoSuchUser
+	}
+	x.targets = append(x.targets, target{tenant: tenant, deliveryID: id, rcptHash: hash})
 	x.s.metrics.rcpts.WithLabelValues("verp").Inc()
 	return nil
 }
