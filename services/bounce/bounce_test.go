@@ -2,6 +2,7 @@ package bounce
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -228,31 +229,46 @@ func TestSuppressionServer_authorizesByTenantAndRole(t *testing.T) {
 	}
 }
 
-func TestConnLimiter_boundsConcurrentAndPerMinuteConnectionsPerAddress(t *testing.T) {
+func TestConnLimiter_boundsConnectionsInAllPerAddressAndPerMinute(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	l := newConnLimiter(2, 3, func() time.Time { return now })
-	r1, ok1 := l.admit("192.0.2.1")
-	_, ok2 := l.admit("192.0.2.1")
-	_, ok3 := l.admit("192.0.2.1")
-	if !ok1 || !ok2 || ok3 {
-		t.Fatalf("concurrency: %v %v %v", ok1, ok2, ok3)
+	l := newConnLimiter(4, 2, 3, func() time.Time { return now })
+	admit := func(addr, wantReason string) func() {
+		t.Helper()
+		release, reason, _ := l.admit(addr)
+		if reason != wantReason {
+			t.Fatalf("admit(%s): refused for %q, want %q", addr, reason, wantReason)
+		}
+		return release
 	}
-	if _, ok := l.admit("192.0.2.2"); !ok {
-		t.Fatal("another address must not be limited")
-	}
+	r1 := admit("192.0.2.1", "")
+	admit("192.0.2.1", "")
+	admit("192.0.2.1", refusedPerAddress)
+	// Another address is not limited by the first one's share...
+	admit("192.0.2.2", "")
+	admit("192.0.2.3", "")
+	// ...but by the total.
+	admit("192.0.2.4", refusedTotal)
 	r1()
-	r4, ok := l.admit("192.0.2.1")
-	if !ok {
-		t.Fatal("a released slot must be reusable")
+	r4 := admit("192.0.2.1", "")
+	if got := l.open(); got != 4 {
+		t.Fatalf("open = %d, want 4", got)
 	}
 	r4()
-	// One connection is open and three have started this minute: the
+	// Two connections are open and three have started this minute: the
 	// fourth waits for the next minute although a slot is free.
-	if _, ok := l.admit("192.0.2.1"); ok {
-		t.Fatal("per-minute limit not enforced")
-	}
+	admit("192.0.2.1", refusedRate)
 	now = now.Add(time.Minute)
-	if _, ok := l.admit("192.0.2.1"); !ok {
-		t.Fatal("a new minute must admit again")
+	admit("192.0.2.1", "")
+}
+
+func TestAddrKey_countsAnIPv6HostByItsSlash64(t *testing.T) {
+	a := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::1"), Port: 25})
+	b := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::9"), Port: 26})
+	c := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 25})
+	if a != b || a == c {
+		t.Fatalf("keys %q %q %q: want one per /64", a, b, c)
+	}
+	if got := addrKey(&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1")}); got != "192.0.2.1" {
+		t.Fatalf("IPv4-mapped address keyed as %q", got)
 	}
 }

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -20,22 +18,17 @@ var (
 	errNoSuchUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox here; this server only takes bounces for mail it sent"}
 	errNotIssued  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox: this return path was not issued for this bounce domain (altered, expired, or another tenant's)"}
 	errTempFail   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, try again later"}
-	errTooMany    = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many connections from your address, try again later"}
 	errTooManyMsg = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many messages on one connection, reconnect"}
 	errNoRcpt     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
 )
 
 type backend struct{ s *Service }
 
-// NewSession admits a connection when its address is within the limits.
+// NewSession starts a session on a connection that the listener admitted
+// (see limitListener): the connection limits apply before the greeting,
+// so that idle connections which never say EHLO count too.
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ip := remoteIP(c.Conn().RemoteAddr())
-	release, ok := b.s.limiter.admit(ip)
-	if !ok {
-		b.s.log.Warn("refusing a connection over the per-address limit", "ip", ip)
-		return nil, errTooMany
-	}
-	return &session{s: b.s, ip: ip, release: release}, nil
+	return &session{s: b.s, ip: remoteIP(c.Conn().RemoteAddr())}, nil
 }
 
 func remoteIP(a net.Addr) string {
@@ -53,18 +46,13 @@ func remoteIP(a net.Addr) string {
 type session struct {
 	s        *Service
 	ip       string
-	release  func()
-	once     sync.Once
 	targets  []target
 	messages int
 }
 
 func (x *session) Reset() { x.targets = nil }
 
-func (x *session) Logout() error {
-	x.once.Do(x.release)
-	return nil
-}
+func (x *session) Logout() error { return nil }
 
 // Mail accepts any sender: bounces come from the null sender, complaint
 // reports from anyone.
@@ -159,47 +147,4 @@ func (x *session) Data(r io.Reader) error {
 		return errTempFail
 	}
 	return nil
-}
-
-// connLimiter bounds connections per remote address: how many at once and
-// how many new ones per minute. It is written here because it is a few
-// lines over a map; a token-bucket library would still need the map, its
-// locking and its eviction.
-type connLimiter struct {
-	maxConc   int
-	perMinute int
-	now       func() time.Time
-
-	mu      sync.Mutex
-	active  map[string]int
-	window  time.Time
-	started map[string]int
-}
-
-func newConnLimiter(maxConc, perMinute int, now func() time.Time) *connLimiter {
-	return &connLimiter{maxConc: maxConc, perMinute: perMinute, now: now, active: map[string]int{}, started: map[string]int{}}
-}
-
-// admit counts a new connection from ip; release must be called when it
-// ends.
-func (l *connLimiter) admit(ip string) (release func(), ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// A fixed one-minute window: the map is dropped at each new window, so
-	// it never grows beyond one minute's addresses.
-	if w := l.now().Truncate(time.Minute); !w.Equal(l.window) {
-		l.window, l.started = w, map[string]int{}
-	}
-	if l.active[ip] >= l.maxConc || l.started[ip] >= l.perMinute {
-		return nil, false
-	}
-	l.active[ip]++
-	l.started[ip]++
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if l.active[ip]--; l.active[ip] <= 0 {
-			delete(l.active, ip)
-		}
-	}, true
 }
