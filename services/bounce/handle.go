@@ -78,10 +78,10 @@ func verifyVERP(keys [][]byte, tenants []*mailbusv1.Tenant, addr string) (t *mai
 	if _, _, err := mail.VERPDecode(nil, "", addr); errors.Is(err, mail.ErrNotVERP) {
 		return nil, "", "", err
 	}
-	for _, t := range tenants {
+	for _, cand := range tenants {
 		for _, k := range keys {
-			if id, h, err := mail.VERPDecode(k, t.GetId(), addr); err == nil {
-				return t, id, h, nil
+			if id, h, err := mail.VERPDecode(k, cand.GetId(), addr); err == nil {
+				return cand, id, h, nil
 			}
 		}
 	}
@@ -132,6 +132,10 @@ func (s *Service) matchRecord(ctx context.Context, targets []target, rec bounce.
 			// about every message from a shared IP address: the return
 			// path says whose message it was.
 			return match{tenant: t, messageID: messageIDOf(id), deliveryID: id, recipient: rcpt, how: "header-verp"}, true, nil
+		case err == nil && (tenant == nil || t.GetId() != tenant.GetId()):
+			// Another tenant's message, but not to this recipient: nothing
+			// here says which message of ours the report is about.
+			return match{}, false, nil
 		case errors.Is(err, mail.ErrVERPForged):
 			// A return path of ours that verifies for none of the
 			// tenants it could be: altered, or signed with a key we no
@@ -224,9 +228,8 @@ type Result struct {
 // complaints an entry on the tenant's suppression list (soft bounces count
 // towards the tenant's threshold). It returns an error only for what a
 // retry can fix (Kafka, Redis or the configuration unavailable); the
-// caller then answers 4xx
-// so that the sending MTA tries again. Every step is idempotent, so a
-// retried message does no harm.
+// caller then answers 4xx so that the sending MTA tries again. Every step
+// is idempotent, so a retried message does no harm.
 func (s *Service) Process(ctx context.Context, targets []target, raw []byte) (Result, error) {
 	recs, err := bounce.Parse(raw)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/testkit"
@@ -229,9 +230,12 @@ func TestListener_complaintFollowsTheTenantOfTheReportedReturnPath(t *testing.T)
 	rec, store, addr := twoTenants(t)
 	// A provider's feedback loop for a shared IP address sends globex a
 	// complaint about acme's message: the return path says it is acme's.
-	const id = "m0000000000000000000000002.0"
+	// The reported Message-ID is one mailbus made, so that the tenant's
+	// own Message-ID fallback would match it too.
+	msgID := ids.MessageID("acme", "offer-2")
+	id := ids.DeliveryID(msgID, 0, 0)
 	verp := verpFor(t, "acme", id, "dave@example.net", "bounce.acme.example")
-	if err := send(addr, "FBL@Globex.example", complaint("dave@example.net", verp, "m0000000000000000000000002")); err != nil {
+	if err := send(addr, "FBL@Globex.example", complaint("dave@example.net", verp, msgID)); err != nil {
 		t.Fatal(err)
 	}
 	rec.mu.Lock()
@@ -245,13 +249,22 @@ func TestListener_complaintFollowsTheTenantOfTheReportedReturnPath(t *testing.T)
 		t.Fatalf("dave@example.net suppressed on %v, want only on acme's list", got)
 	}
 
+	// Nor does the Message-ID make a complaint globex's when the return
+	// path is acme's, for another recipient.
+	if err := send(addr, "fbl@globex.example", complaint("frank@example.net", verp, msgID)); err != nil {
+		t.Fatal(err)
+	}
+	if got := suppressedOn(t, store, "frank@example.net"); len(got) != 0 {
+		t.Fatalf("frank@example.net suppressed on %v by a complaint about acme's mail to someone else", got)
+	}
+
 	// A return path that verifies for no tenant does not let the
 	// Message-ID name the message instead.
 	forged, err := mail.VERPEncode([]byte("a key that mailbus does not have"), "acme", id, "erin@example.net", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := send(addr, "fbl@acme.example", complaint("erin@example.net", forged, "m0000000000000000000000002")); err != nil {
+	if err := send(addr, "fbl@acme.example", complaint("erin@example.net", forged, msgID)); err != nil {
 		t.Fatal(err)
 	}
 	rec.mu.Lock()
