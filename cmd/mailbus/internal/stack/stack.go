@@ -78,6 +78,9 @@ type Options struct {
 	TuneBus func(*bus.Config)
 	// TuneSender adjusts the sender configuration.
 	TuneSender func(*sender.Config)
+	// TuneBounce adjusts the bounce listener's configuration (its
+	// connection limits and idle timeout).
+	TuneBounce func(*bouncesvc.Config)
 	Log        *slog.Logger
 	Metrics    *prometheus.Registry
 }
@@ -300,9 +303,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeSgn)
-	bnc, closeBnc, err := bouncesvc.NewApplication(ctx, bouncesvc.Config{
-		Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey},
-	}, in)
+	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}
+	if o.TuneBounce != nil {
+		o.TuneBounce(&bounceCfg)
+	}
+	bnc, closeBnc, err := bouncesvc.NewApplication(ctx, bounceCfg, in)
 	if err != nil {
 		return nil, err
 	}

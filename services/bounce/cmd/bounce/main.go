@@ -7,6 +7,10 @@
 //	MAILBUS_VERP_OLD_KEYS         comma-separated hex keys retired from the router, still accepted
 //	MAILBUS_FEEDBACK_ADDRESSES    comma-separated address=tenant pairs for feedback-loop (ARF) mail
 //	MAILBUS_BOUNCE_MAX_BYTES      message size limit (default 10 MiB)
+//	MAILBUS_BOUNCE_MAX_CONNS      concurrent connections in all (default 100)
+//	MAILBUS_BOUNCE_MAX_CONNS_PER_IP  concurrent connections from one address (default 10)
+//	MAILBUS_BOUNCE_CONNS_PER_MINUTE  new connections from one address per minute (default 120)
+//	MAILBUS_BOUNCE_IDLE_TIMEOUT   time an idle session is kept (default 5m)
 //	MAILBUS_BOUNCE_GRPC_LISTEN    SuppressionService (default :7072), authenticated
 //	                              with MAILBUS_ADMIN_TOKEN
 //
@@ -60,15 +64,19 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	if err != nil {
 		return err
 	}
+	cfg := bounce.Config{
+		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
+		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes, Mailboxes: mailboxes,
+	}
+	if err := bounce.LimitsFromEnv(&cfg, os.Getenv); err != nil {
+		return err
+	}
 	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	app, closeApp, err := bounce.NewApplication(ctx, bounce.Config{
-		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
-		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes, Mailboxes: mailboxes,
-	}, in)
+	app, closeApp, err := bounce.NewApplication(ctx, cfg, in)
 	if err != nil {
 		return err
 	}

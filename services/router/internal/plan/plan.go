@@ -468,7 +468,7 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 		mailFrom := returnPath
 		if verp {
 			var err error
-			mailFrom, err = mail.VERPEncode(p.opts.VERPKey, nd.GetDeliveryId(), env[0], tenant.GetBounceDomain())
+			mailFrom, err = mail.VERPEncode(p.opts.VERPKey, tenant.GetId(), nd.GetDeliveryId(), env[0], tenant.GetBounceDomain())
 			if err != nil {
 				return nil, refuse(ReasonReturnPathError, "make VERP return path: %v", err)
 			}
