@@ -68,10 +68,10 @@ type Config struct {
 	// max.message.bytes EnsureTopics gives new topics
 	// (TopicMaxMessageBytes); default RecordLimit(mail.DefaultMaxSize),
 	// 34.3 MiB. Derive it from the mail limit with RecordLimit, the same in
-	// every service of a pipeline (see "Size budget" in size.go). Kafka's
-	// own default is 1 MB, less than many emails with attachments; on a
-	// cluster whose topics were not made by EnsureTopics, raise the topics'
-	// max.message.bytes to TopicMaxMessageBytes.
+	// every service of a pipeline (see "Size budget" in the package doc).
+	// Kafka's own default is 1 MB, less than many emails with attachments;
+	// on a cluster whose topics were not made by EnsureTopics, raise the
+	// topics' max.message.bytes to TopicMaxMessageBytes.
 	MaxMessageBytes int
 
 	// HandlerRetries is how many times the router retries a failing handler

@@ -177,15 +177,19 @@ func TestPipeline_failsWhatKafkaCannotCarryWithAStatusAndKeepsThePartitionFlowin
 		t.Error("edge-under was delivered unsigned; the test needs the signatures to grow the record")
 	}
 
-	// A cluster whose topic allows less than the pipeline's records: the
-	// signer's delivery is refused by the broker, and fails with a status.
-	setTopicLimit(t, p.Brokers, bus.TopicSigned, 150_000)
-	kcatProduceJSON(t, p.Brokers, key, sizedSubmission("refused-by-broker", body, nil))
-	kcatProduceJSON(t, p.Brokers, key, sizedSubmission("after-all", "small", nil))
-	refused := p.waitMessage(t, ids.MessageID("acme", "refused-by-broker"), failedWith("message_too_large"))
-	if d := refused.GetRecipients()[0].GetDetail(); !strings.Contains(d, "broker refused") || !strings.Contains(d, bus.TopicSigned) {
-		t.Errorf("refused-by-broker detail %q does not say the broker refused the record for %s", d, bus.TopicSigned)
+	// A cluster whose topics allow less than the pipeline's records: the
+	// broker refuses the signer's delivery, then (once mail.routed allows
+	// less too) the router's, and each message fails with a status.
+	for _, topic := range []string{bus.TopicSigned, bus.TopicRouted} {
+		setTopicLimit(t, p.Brokers, topic, 150_000)
+		id := "refused-on-" + topic
+		kcatProduceJSON(t, p.Brokers, key, sizedSubmission(id, body, nil))
+		refused := p.waitMessage(t, ids.MessageID("acme", id), failedWith("message_too_large"))
+		if d := refused.GetRecipients()[0].GetDetail(); !strings.Contains(d, "broker refused") || !strings.Contains(d, topic) {
+			t.Errorf("%s detail %q does not say the broker refused the record for %s", id, d, topic)
+		}
 	}
+	kcatProduceJSON(t, p.Brokers, key, sizedSubmission("after-all", "small", nil))
 	p.waitMessage(t, ids.MessageID("acme", "after-all"), hasStatus(mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT))
 }
 
