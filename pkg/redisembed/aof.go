@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -220,7 +221,12 @@ func (l *appendLog) close() error {
 	return err
 }
 
+// syncDir makes a rename in dir durable. Windows cannot fsync a
+// directory; there the rename is as durable as the file system makes it.
 func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -270,7 +270,7 @@ func (s *srv) serve(conn net.Conn) {
 	for {
 		args, err := readCommand(r)
 		if err != nil {
-			if errors.Is(err, errProtocol) {
+			if errors.Is(err, errProtocol) && (s.aof == nil || s.aof.waitDurable(seq) == nil) {
 				_, _ = conn.Write(appendError(c.out.Bytes(), "ERR "+err.Error()))
 			}
 			return

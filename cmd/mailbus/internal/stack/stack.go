@@ -55,7 +55,8 @@ type Options struct {
 	KafkaBrokers []string
 	KafkaAddr    string // embedded broker, default 127.0.0.1:9092
 	Partitions   int    // default 8
-	// RedisAddr uses an external Redis; empty starts an in-process one.
+	// RedisAddr uses an external Redis; empty starts an in-process one
+	// that keeps its data in DataDir/redis.
 	RedisAddr string
 	GRPCAddr  string // default 127.0.0.1:7070
 	SMTPAddr  string // mail catcher SMTP, default 127.0.0.1:1025
