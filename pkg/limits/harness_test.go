@@ -12,8 +12,9 @@ import (
 )
 
 // backend is a Redis-protocol server the suite runs against: the real
-// redis-server that production uses, and the embedded one of `mailbus dev`,
-// which must behave the same.
+// redis-server that production uses, and the embedded one of `mailbus dev`
+// as `mailbus dev` runs it (keeping its data in a directory), which must
+// behave the same.
 type backend struct {
 	name  string
 	start func(t testing.TB) string
@@ -28,7 +29,7 @@ func backends() []backend {
 
 func startEmbedded(t testing.TB) string {
 	t.Helper()
-	addr, stop, err := redisembed.Start("")
+	addr, stop, err := redisembed.Start("", redisembed.WithDataDir(t.TempDir()))
 	if err != nil {
 		t.Fatalf("start embedded redis: %v", err)
 	}

@@ -2,8 +2,11 @@ package testkit
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/IBM/sarama"
 
 	"github.com/mailbus/mailbus/pkg/bus"
 )
@@ -45,5 +48,72 @@ func BusConfig(brokers []string) bus.Config {
 		HandlerRetryMax:     50 * time.Millisecond,
 		HandlerTimeout:      10 * time.Second,
 		CloseTimeout:        5 * time.Second,
+	}
+}
+
+// Stage is a consumer group and the topic it consumes.
+type Stage struct{ Group, Topic string }
+
+// WaitDrained waits, up to timeout, until every stage's group has
+// committed every record of its topic, seen in one pass over the stages in
+// the order given. Pass them in pipeline order (each stage's topic is what
+// the one before produces): a stage commits a record only after it has
+// published what the record turned into, so a pass that finds every
+// stage drained proves that nothing is left in flight.
+func WaitDrained(t testing.TB, brokers []string, timeout time.Duration, stages ...Stage) {
+	t.Helper()
+	cfg := BusConfig(brokers)
+	sc, err := bus.ConsumerConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(brokers, sc)
+	if err != nil {
+		t.Fatalf("testkit: kafka client: %v", err)
+	}
+	defer client.Close()
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		t.Fatalf("testkit: kafka cluster admin: %v", err)
+	}
+	lagging := func() (string, error) {
+		for _, s := range stages {
+			if err := client.RefreshMetadata(s.Topic); err != nil {
+				return "", err
+			}
+			parts, err := client.Partitions(s.Topic)
+			if err != nil {
+				return "", err
+			}
+			committed, err := admin.ListConsumerGroupOffsets(s.Group, map[string][]int32{s.Topic: parts})
+			if err != nil {
+				return "", err
+			}
+			for _, p := range parts {
+				end, err := client.GetOffset(s.Topic, p, sarama.OffsetNewest)
+				if err != nil {
+					return "", err
+				}
+				if b := committed.GetBlock(s.Topic, p); end > 0 && (b == nil || b.Offset < end) {
+					have := int64(-1)
+					if b != nil {
+						have = b.Offset
+					}
+					return fmt.Sprintf("%s has committed %d of %s/%d, which ends at %d", s.Group, have, s.Topic, p, end), nil
+				}
+			}
+		}
+		return "", nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		why, err := lagging()
+		if err == nil && why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testkit: the consumer groups did not drain in %s: %s%v", timeout, why, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

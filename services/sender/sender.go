@@ -63,6 +63,7 @@ type Service struct {
 	d       *deliver.Deliverer
 	pub     message.Publisher
 	results *prometheus.CounterVec
+	skipped prometheus.Counter
 }
 
 // New builds the sender.
@@ -96,9 +97,13 @@ func New(cfg Config, deps Deps) *Service {
 			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
 			Help: "Recipient outcomes, by status.",
 		}, []string{"status"}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "sender", Name: "attempts_already_made_total",
+			Help: "Records skipped because their delivery attempt was already made: redelivered after a crash, or a submission published again with the same idempotency id.",
+		}),
 	}
 	if deps.Metrics != nil {
-		deps.Metrics.MustRegister(s.results)
+		deps.Metrics.MustRegister(s.results, s.skipped)
 	}
 	return s
 }
@@ -132,6 +137,10 @@ func (s *Service) tooLarge(d *mailbusv1.Delivery, err error) *mailbusv1.Delivery
 	return e
 }
 
+// recordTimeout bounds writing the record of a finished attempt, which
+// goes on after the handler's context is cancelled.
+const recordTimeout = 10 * time.Second
+
 func doneKey(d *mailbusv1.Delivery) string {
 	return fmt.Sprintf("mb:sent:{%s}:%s:%d", d.GetTenantId(), d.GetDeliveryId(), d.GetAttempt())
 }
@@ -145,6 +154,7 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 	if n, err := s.deps.Redis.Exists(ctx, key).Result(); err != nil {
 		return fmt.Errorf("check whether delivery %s was sent: %w", d.GetDeliveryId(), err)
 	} else if n > 0 {
+		s.skipped.Inc()
 		s.log.Debug("delivery attempt already made, skipping redelivered record", "delivery_id", d.GetDeliveryId(), "attempt", d.GetAttempt())
 		return nil
 	}
@@ -186,7 +196,12 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 			return fmt.Errorf("publish outcomes of delivery %s: %w", d.GetDeliveryId(), err)
 		}
 	}
-	if err := s.deps.Redis.Set(ctx, key, "1", s.cfg.DoneTTL).Err(); err != nil {
+	// The attempt is made whatever happens to ctx now: a shutdown that
+	// cancels it must not keep the record from being written, or the
+	// redelivered record sends the mail again after the restart.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if err := s.deps.Redis.Set(rctx, key, "1", s.cfg.DoneTTL).Err(); err != nil {
 		// The outcome is published; failing here would only resend.
 		s.log.Warn("cannot remember finished delivery attempt", "delivery_id", d.GetDeliveryId(), "err", err)
 	}

@@ -20,10 +20,11 @@ func devCmd() *cobra.Command {
 		Short: "run the whole pipeline in one process on embedded Kafka, Redis and SQLite, with a local mail catcher",
 		Long: `mailbus dev runs every service in one process: an embedded Kafka-protocol
 broker on a real port (any Kafka client can produce to it), an in-process
-Redis unless REDIS_ADDR is set, SQLite files in --data, the gRPC API, and a
-mail catcher (SMTP + web page) that the example configuration relays to.
-The bounce listener reads its connection limits from the bounce command's
-variables (MAILBUS_BOUNCE_MAX_CONNS, MAILBUS_BOUNCE_MAX_CONNS_PER_IP,
+Redis unless REDIS_ADDR is set, SQLite files, the gRPC API, and a mail
+catcher (SMTP + web page) that the example configuration relays to. The
+broker, Redis and SQLite keep their data in --data, through a restart or a
+kill -9. The bounce listener reads its connection limits from the bounce
+command's variables (MAILBUS_BOUNCE_MAX_CONNS, MAILBUS_BOUNCE_MAX_CONNS_PER_IP,
 MAILBUS_BOUNCE_CONNS_PER_MINUTE, MAILBUS_BOUNCE_IDLE_TIMEOUT).
 It prints one line with every address when ready and stops on Ctrl-C.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -65,7 +66,7 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.DataDir, "data", "./.mailbus", "data directory (SQLite files, broker log, keys, tokens)")
+	f.StringVar(&o.DataDir, "data", "./.mailbus", "data directory (SQLite files, broker log, Redis data, keys, tokens)")
 	f.StringVar(&o.SeedFile, "config", "", "YAML configuration seed applied at start (see deploy/mailbus.example.yaml)")
 	f.StringVar(&o.KafkaAddr, "kafka-addr", "127.0.0.1:9092", "embedded Kafka broker address (ignored with KAFKA_BROKERS)")
 	f.IntVar(&o.Partitions, "partitions", 8, "partitions per topic")

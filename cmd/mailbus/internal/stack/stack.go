@@ -53,7 +53,8 @@ type Options struct {
 	KafkaBrokers []string
 	KafkaAddr    string // embedded broker, default 127.0.0.1:9092
 	Partitions   int    // default 8
-	// RedisAddr uses an external Redis; empty starts an in-process one.
+	// RedisAddr uses an external Redis; empty starts an in-process one
+	// that keeps its data in DataDir/redis.
 	RedisAddr string
 	GRPCAddr  string // default 127.0.0.1:7070
 	SMTPAddr  string // mail catcher SMTP, default 127.0.0.1:1025
@@ -195,7 +196,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	// Redis.
 	s.RedisAddr = o.RedisAddr
 	if s.RedisAddr == "" {
-		addr, stop, err := redisembed.Start("127.0.0.1:0")
+		// The pipeline's memory of what it already did is in Redis: the
+		// sender's record of finished attempts, quota's decisions, relay
+		// failures, suppression lists. The embedded server keeps it in the
+		// data directory, written through before every reply, so that a
+		// crash or a restart of mailbus dev neither resends what was sent
+		// nor forgets an idempotency id.
+		addr, stop, err := redisembed.Start("127.0.0.1:0",
+			redisembed.WithDataDir(filepath.Join(o.DataDir, "redis")), redisembed.WithLogger(o.Log))
 		if err != nil {
 			return nil, fmt.Errorf("start in-process Redis: %w", err)
 		}
