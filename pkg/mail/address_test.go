@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	"github.com/mailbus/mailbus/pkg/mail"
 )
 
@@ -88,7 +89,7 @@ func TestParseAddress_rejectsWithActionableReason(t *testing.T) {
 				t.Fatalf("ParseAddress(%q) error = %q, want it to contain %q", tt.in, err, tt.wantMsg)
 			}
 			var ae *mail.AddressError
-			if !errors.As(err, &ae) || !errors.Is(err, mail.ErrInvalid) || !mail.IsPermanent(err) {
+			if !errors.As(err, &ae) || !errors.Is(err, mail.ErrInvalid) || !exterr.IsPermanent(err) {
 				t.Fatalf("error %v is not a permanent *AddressError matching ErrInvalid", err)
 			}
 		})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/testkit"
 )
@@ -198,7 +199,7 @@ func TestSend_failedAuthenticationIsARelayFailureWithTheServersWords(t *testing.
 	if se.Stage != "auth" || se.Code != 535 || se.Enhanced != "5.7.8" || se.Message != "Authentication failed" {
 		t.Errorf("error = %+v", se)
 	}
-	if !mail.IsPermanent(err) {
+	if !exterr.IsPermanent(err) {
 		t.Error("535 should read as permanent through the RelayError")
 	}
 }
