@@ -45,7 +45,7 @@ func testConfig(brokers []string) bus.Config {
 		HandlerRetries:      2,
 		HandlerRetryInitial: 10 * time.Millisecond,
 		HandlerRetryMax:     50 * time.Millisecond,
-		HandlerTimeout:      10 * time.Second,
+		HandlerTimeout:      waitTimeout,
 		CloseTimeout:        5 * time.Second,
 	}
 }
