@@ -33,6 +33,8 @@ type mail struct {
 	reportText string
 	// size is the length of the message in bytes.
 	size int
+	// shareLeft is what share may still hand out.
+	shareLeft int
 	// memo holds report-wide results that readers need for every
 	// recipient (see once).
 	memo map[string]string
@@ -41,6 +43,18 @@ type mail struct {
 // report returns the human-readable text joined into one string.
 func (m *mail) report() string {
 	return m.reportText
+}
+
+// share returns text, a report-wide text that a reader gives to one more
+// recipient (the report's error lines, the server's replies), or as much of
+// it as the message's budget still allows: a crafted report listing
+// thousands of recipients must not multiply the text, and the work spent on
+// it, by their number. The budget, the message's size and an allowance, is
+// far more than real reports use.
+func (m *mail) share(text string) string {
+	text = clipText(text, max(m.shareLeft, 0))
+	m.shareLeft -= len(text)
+	return text
 }
 
 // once returns fn(m.report()), computed on the first call for key. Readers
@@ -66,7 +80,8 @@ const maxInput = 2 << 20
 // mail with whatever could be recognised.
 func newMail(raw []byte) *mail {
 	root := parseEntity(raw, 0)
-	m := &mail{header: root.header, root: root, received: root.header.values("received"), size: len(raw)}
+	m := &mail{header: root.header, root: root, received: root.header.values("received"), size: len(raw),
+		shareLeft: len(raw) + classifyAllowance}
 	m.subject = strings.TrimSpace(root.header.text("subject"))
 	m.from = root.header.text("from")
 	m.collect(root, 0)

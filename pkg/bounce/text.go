@@ -421,7 +421,7 @@ func readText(m *mail) []finding {
 			if errLines == "" {
 				errLines = errorLines(report)
 			}
-			out[i].ctx = errLines
+			out[i].ctx = m.share(errLines)
 			if len(out) == 1 {
 				out[i].diag = codeLines(report)
 			}

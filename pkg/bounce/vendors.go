@@ -255,7 +255,7 @@ var vIMailServer = vendor{
 		// recipients do not copy a long one many times.
 		resp := clipText(strings.Join(response, " "), maxSectionText)
 		for i := range out {
-			out[i].diag = oneLine(resp + " " + out[i].diag)
+			out[i].diag = oneLine(m.share(resp) + " " + out[i].diag)
 		}
 		return out
 	},
@@ -1001,7 +1001,7 @@ var vSendmail = vendor{
 		// cannot be attributed, so it is only used for a lone one.
 		replies := m.once("serverReplies", func(r string) string { return clipText(serverReplies(r), maxSectionText) })
 		if replies != "" && single(m) && !strings.Contains(f.diag, replies) {
-			f.diag = oneLine(replies + " " + f.diag)
+			f.diag = oneLine(m.share(replies) + " " + f.diag)
 		}
 	},
 }

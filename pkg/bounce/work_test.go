@@ -117,7 +117,7 @@ var adversarialKinds = []string{"folded header", "recipients without text", "one
 func TestParse_workIsLinearInTheInput(t *testing.T) {
 	for _, kind := range adversarialKinds {
 		t.Run(kind, func(t *testing.T) {
-			raw := adversarial(kind, 256<<10)
+			raw := adversarial(kind, 128<<10)
 			var err error
 			work := allocated(func() { _, err = Parse(raw) })
 			if err != nil {
