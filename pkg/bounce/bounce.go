@@ -154,12 +154,24 @@ func read(m *mail) []finding {
 	return readAutoReply(m)
 }
 
+// classifyAllowance is how much more text than the message holds the
+// classifier may read for one message (see records).
+const classifyAllowance = 64 << 10
+
 // records classifies findings and builds the public records.
 func (m *mail) records(fs []finding) []Record {
 	hdr := toMailHeader(m.original)
 	msgID := strings.Trim(strings.TrimSpace(m.original.get("message-id")), "<>")
-	seen := map[string]bool{}
+	type seenKey struct{ rcpt, diag string }
+	seen := map[seenKey]bool{}
 	out := make([]Record, 0, len(fs))
+	// The classifier matches every byte of a finding's text against
+	// hundreds of phrases. Readers may give many recipients the same
+	// report text (a list of addresses, then one error), so the text it
+	// reads for all of them together is bounded by the message's size and
+	// an allowance: its work stays linear in the input however many
+	// recipients a crafted report lists. Real reports stay far below.
+	budget := m.size + classifyAllowance
 	for i := range fs {
 		f := &fs[i]
 		rcpt := normalizeAddress(f.recipient)
@@ -167,11 +179,15 @@ func (m *mail) records(fs []finding) []Record {
 			continue
 		}
 		f.recipient = rcpt
-		key := rcpt + "\x00" + f.diag
+		key := seenKey{rcpt, f.diag}
 		if seen[key] {
 			continue
 		}
 		seen[key] = true
+		f.diag = clipText(f.diag, budget)
+		budget -= len(f.diag)
+		f.ctx = clipText(f.ctx, budget)
+		budget -= len(f.ctx)
 		m.finish(f)
 		reason, hard := decide(f)
 		r := Record{

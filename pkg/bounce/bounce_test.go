@@ -245,8 +245,14 @@ func FuzzParse(f *testing.F) {
 			f.Add(raw)
 		}
 	}
+	// Inputs that cost the square of their size before (work_test.go).
+	for _, kind := range adversarialKinds {
+		f.Add(adversarial(kind, 1<<10))
+	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		recs, err := Parse(raw)
+		var recs []Record
+		var err error
+		work := allocated(func() { recs, err = Parse(raw) })
 		if err != nil {
 			t.Fatalf("Parse: %v", err)
 		}
@@ -254,6 +260,11 @@ func FuzzParse(f *testing.F) {
 			if r.Reason == "" {
 				t.Fatalf("record without a reason: %+v", r)
 			}
+		}
+		// Work linear in the input, so that no bounce can stall the
+		// listener.
+		if max := maxWork(len(raw)); work > max {
+			t.Fatalf("Parse of %d bytes allocated %d bytes, over the linear bound %d", len(raw), work, max)
 		}
 	})
 }

@@ -26,11 +26,50 @@ type mail struct {
 	original header
 	// originalBody is the body of the returned message (may be empty).
 	originalBody string
+	// received are the bounce's Received fields, newest first, looked up
+	// once rather than for every recipient.
+	received []string
+	// reportText is report(), joined once texts are final (see newMail).
+	reportText string
+	// size is the length of the message in bytes.
+	size int
+	// shareLeft is what share may still hand out.
+	shareLeft int
+	// memo holds report-wide results that readers need for every
+	// recipient (see once).
+	memo map[string]string
 }
 
 // report returns the human-readable text joined into one string.
 func (m *mail) report() string {
-	return strings.Join(m.texts, "\n")
+	return m.reportText
+}
+
+// share returns text, a report-wide text that a reader gives to one more
+// recipient (the report's error lines, the server's replies), or as much of
+// it as the message's budget still allows: a crafted report listing
+// thousands of recipients must not multiply the text, and the work spent on
+// it, by their number. The budget, the message's size and an allowance, is
+// far more than real reports use.
+func (m *mail) share(text string) string {
+	text = clipText(text, max(m.shareLeft, 0))
+	m.shareLeft -= len(text)
+	return text
+}
+
+// once returns fn(m.report()), computed on the first call for key. Readers
+// that look at the whole report for every recipient use it, so that a
+// report listing thousands of recipients is read once, not once for each.
+func (m *mail) once(key string, fn func(report string) string) string {
+	if v, ok := m.memo[key]; ok {
+		return v
+	}
+	if m.memo == nil {
+		m.memo = map[string]string{}
+	}
+	v := fn(m.report())
+	m.memo[key] = v
+	return v
 }
 
 // maxInput bounds the bytes examined: bounces are small, and a returned
@@ -41,7 +80,8 @@ const maxInput = 2 << 20
 // mail with whatever could be recognised.
 func newMail(raw []byte) *mail {
 	root := parseEntity(raw, 0)
-	m := &mail{header: root.header, root: root}
+	m := &mail{header: root.header, root: root, received: root.header.values("received"), size: len(raw),
+		shareLeft: len(raw) + classifyAllowance}
 	m.subject = strings.TrimSpace(root.header.text("subject"))
 	m.from = root.header.text("from")
 	m.collect(root, 0)
@@ -51,6 +91,8 @@ func newMail(raw []byte) *mail {
 	if len(m.original) == 0 {
 		m.findInlineOriginal()
 	}
+	// The texts are final: readers call report() many times.
+	m.reportText = strings.Join(m.texts, "\n")
 	return m
 }
 
@@ -235,7 +277,6 @@ func looksLikeMessage(t string) bool {
 }
 
 var (
-	reTags    = regexp.MustCompile(`(?s)<(script|style)[^>]*>.*?</(script|style)>|<[^>]*>`)
 	reBreaks  = regexp.MustCompile(`(?i)<br\s*/?>|</p>|</div>|</tr>|</li>|</h[1-6]>`)
 	reSpaces  = regexp.MustCompile(`[ \t\x{00a0}]+`)
 	reNewline = regexp.MustCompile(`\n\s*\n+`)
@@ -245,11 +286,82 @@ var (
 // matching.
 func htmlToText(s string) string {
 	s = reBreaks.ReplaceAllString(s, "\n")
-	s = reTags.ReplaceAllString(s, " ")
+	s = stripTags(s)
 	s = html.UnescapeString(s)
 	s = reSpaces.ReplaceAllString(s, " ")
 	s = reNewline.ReplaceAllString(s, "\n\n")
 	return s
+}
+
+// stripTags replaces every script or style element and every other tag
+// with a space: what the regular expression
+//
+//	(?s)<(script|style)[^>]*>.*?</(script|style)>|<[^>]*>
+//
+// replaces, in one pass. The expression itself costs the square of the
+// input: at every "<script" without a closing tag it scans to the end of
+// the text before falling back to the plain tag, so a crafted HTML report
+// would stall the bounce listener for minutes.
+func stripTags(s string) string {
+	var b strings.Builder
+	gt := finder{s: s, needle: ">"}
+	endScript := finder{s: s, needle: "</script>"}
+	endStyle := finder{s: s, needle: "</style>"}
+	done := 0 // s[:done] is written
+	for i := 0; i < len(s); {
+		lt := strings.IndexByte(s[i:], '<')
+		if lt < 0 {
+			break
+		}
+		i += lt
+		// The tag's '>'; the element names hold none, so it is also the
+		// end of a script or style start tag.
+		j := gt.next(i + 1)
+		if j < 0 {
+			break // no tag can end after here
+		}
+		end := j + 1
+		if rest := s[i+1:]; strings.HasPrefix(rest, "script") || strings.HasPrefix(rest, "style") {
+			// The element ends at the first closing tag of either name.
+			k1, k2 := endScript.next(end), endStyle.next(end)
+			switch {
+			case k1 >= 0 && (k2 < 0 || k1 < k2):
+				end = k1 + len("</script>")
+			case k2 >= 0:
+				end = k2 + len("</style>")
+			}
+		}
+		b.WriteString(s[done:i])
+		b.WriteByte(' ')
+		done, i = end, end
+	}
+	if done == 0 {
+		return s
+	}
+	b.WriteString(s[done:])
+	return b.String()
+}
+
+// finder finds the first needle at or after a position, for positions that
+// never decrease. It remembers its last answer, which stays right until the
+// position passes it, so that all the searches of one scan read s once.
+type finder struct {
+	s, needle string
+	searched  bool
+	from, at  int // the last search started at from and found at (-1: none)
+}
+
+func (f *finder) next(from int) int {
+	if f.searched && from >= f.from && (f.at < 0 || f.at >= from) {
+		return f.at
+	}
+	f.searched, f.from, f.at = true, from, -1
+	if from <= len(f.s) {
+		if i := strings.Index(f.s[from:], f.needle); i >= 0 {
+			f.at = from + i
+		}
+	}
+	return f.at
 }
 
 // inlineMarkers start the returned copy of the message in single-part

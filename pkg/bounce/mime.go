@@ -107,8 +107,21 @@ func isHeaderKey(s string) bool {
 // splitHeader parses a header block at the start of raw (LF line endings)
 // and returns it with the remaining body. Parsing stops at the first empty
 // line, or at the first line that is neither a field nor a continuation.
+//
+// The continuation lines of a field are joined once the field ends, not
+// appended one by one: a crafted field folded over a million lines would
+// otherwise copy its growing value a million times.
 func splitHeader(raw []byte) (header, []byte) {
 	var h header
+	var cont []string // continuation lines of h's last field
+	unfold := func() header {
+		if len(cont) > 0 {
+			last := &h[len(h)-1]
+			last.value += " " + strings.Join(cont, " ")
+			cont = cont[:0]
+		}
+		return h
+	}
 	rest := raw
 	// An mbox "From " separator line may precede the header.
 	if bytes.HasPrefix(rest, []byte("From ")) {
@@ -128,27 +141,27 @@ func splitHeader(raw []byte) (header, []byte) {
 		}
 		line = bytes.TrimRight(line, "\r")
 		if len(line) == 0 {
-			return h, next
+			return unfold(), next
 		}
 		if line[0] == ' ' || line[0] == '\t' {
 			if len(h) == 0 {
 				// A body that starts indented has no header.
 				return h, rest
 			}
-			last := &h[len(h)-1]
-			last.value += " " + strings.TrimSpace(string(line))
+			cont = append(cont, strings.TrimSpace(string(line)))
 			rest = next
 			continue
 		}
 		c := bytes.IndexByte(line, ':')
 		if c < 1 || !isHeaderKey(strings.TrimRight(string(line[:c]), " \t")) {
-			return h, rest
+			return unfold(), rest
 		}
 		key := strings.ToLower(strings.TrimRight(string(line[:c]), " \t"))
+		unfold()
 		h = append(h, field{key: key, value: strings.TrimSpace(string(line[c+1:]))})
 		rest = next
 	}
-	return h, rest
+	return unfold(), rest
 }
 
 // entity is one node of a parsed MIME tree.

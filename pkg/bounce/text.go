@@ -2,6 +2,7 @@ package bounce
 
 import (
 	"strings"
+	"unicode/utf8"
 )
 
 // Reading the human-readable part of a bounce: per-recipient sections in
@@ -19,6 +20,22 @@ type section struct {
 	recipient string
 	alias     string
 	text      string // the recipient's error text, one line
+}
+
+// maxSectionText bounds what repeated sections of one recipient add to its
+// text (real reports repeat a recipient two or three times), and report
+// text that readers give to every recipient.
+const maxSectionText = 4096
+
+// clipText cuts s to at most n bytes, at the start of a UTF-8 sequence.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // lineAddr returns the address a report line introduces as a recipient,
@@ -209,7 +226,11 @@ func textSections(report string) []section {
 	idx := map[string]int{}
 	for _, s := range out {
 		if i, ok := idx[s.recipient]; ok {
-			merged[i].text = mergeText(merged[i].text, s.text)
+			if len(merged[i].text) < maxSectionText {
+				// Bounded, so that a recipient named in every line
+				// does not make each merge copy all the text before.
+				merged[i].text = mergeText(merged[i].text, s.text)
+			}
 			if merged[i].alias == "" {
 				merged[i].alias = s.alias
 			}
@@ -228,15 +249,32 @@ func textSections(report string) []section {
 func enrichFromText(m *mail, fs []finding) {
 	report := m.report()
 	secs := textSections(report)
+	// Index the sections instead of scanning them for every finding: a
+	// report with thousands of recipients must not cost their square.
+	byRecipient, byAlias := map[string]int{}, map[string]int{}
+	for j := len(secs) - 1; j >= 0; j-- {
+		byRecipient[secs[j].recipient] = j
+		if secs[j].alias != "" {
+			byAlias[secs[j].alias] = j
+		}
+	}
 	for i := range fs {
 		f := &fs[i]
+		// The first section that names the finding's recipient, by its
+		// address or its alias.
+		first := len(secs)
+		if j, ok := byRecipient[f.recipient]; ok {
+			first = j
+		}
+		if j, ok := byRecipient[f.alias]; ok && f.alias != "" {
+			first = min(first, j)
+		}
+		if j, ok := byAlias[f.recipient]; ok {
+			first = min(first, j)
+		}
 		var sec *section
-		for j := range secs {
-			s := &secs[j]
-			if s.recipient == f.recipient || (f.alias != "" && s.recipient == f.alias) || (s.alias != "" && s.alias == f.recipient) {
-				sec = s
-				break
-			}
+		if first < len(secs) {
+			sec = &secs[first]
 		}
 		if sec != nil && sec.text != "" {
 			f.ctx = mergeText(f.ctx, sec.text)
@@ -375,11 +413,15 @@ func readText(m *mail) []finding {
 	if len(out) == 0 {
 		return nil
 	}
+	var errLines string // computed once: the report can be as long as the input
 	for i := range out {
 		if out[i].diag == "" {
 			// The report names the recipient apart from the error:
 			// classify on the whole text, show the lines with codes.
-			out[i].ctx = errorLines(report)
+			if errLines == "" {
+				errLines = errorLines(report)
+			}
+			out[i].ctx = m.share(errLines)
 			if len(out) == 1 {
 				out[i].diag = codeLines(report)
 			}
@@ -432,14 +474,14 @@ func (m *mail) finish(f *finding) {
 	if f.rhost == "" {
 		// The oldest hop of the bounce is the host that wrote it; for
 		// provider rules it stands in for the remote MTA.
-		if rs := m.header.values("received"); len(rs) > 0 {
+		if rs := m.received; len(rs) > 0 {
 			if h := receivedFrom(rs[len(rs)-1]); strings.Contains(h, ".") && !isIPv4(h) {
 				f.rhost = h
 			}
 		}
 	}
 	if f.lhost == "" {
-		if rs := m.header.values("received"); len(rs) > 0 {
+		if rs := m.received; len(rs) > 0 {
 			f.lhost = receivedBy(rs[0])
 		}
 	}

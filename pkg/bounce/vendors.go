@@ -232,7 +232,7 @@ var vIMailServer = vendor{
 	},
 	read: func(m *mail) []finding {
 		var out []finding
-		response := ""
+		var response []string // lines, joined once: appending each would copy them all
 		inResponse := false
 		for _, line := range strings.Split(m.report(), "\n") {
 			t := strings.TrimSpace(line)
@@ -244,15 +244,18 @@ var vIMailServer = vendor{
 			}
 			if strings.Contains(t, "Body of message generated response:") {
 				inResponse = true
-				response = t
+				response = append(response[:0], t)
 				continue
 			}
 			if inResponse && t != "" {
-				response += " " + t
+				response = append(response, t)
 			}
 		}
+		// Every recipient gets the response: bounded, so that many
+		// recipients do not copy a long one many times.
+		resp := clipText(strings.Join(response, " "), maxSectionText)
 		for i := range out {
-			out[i].diag = oneLine(response + " " + out[i].diag)
+			out[i].diag = oneLine(m.share(resp) + " " + out[i].diag)
 		}
 		return out
 	},
@@ -802,7 +805,7 @@ var vCourier = vendor{
 		{"networkerror", "dns lookup failed."},
 	},
 	post: func(m *mail, f *finding) {
-		if c := lastTranscriptCommand(m.report()); c != "" {
+		if c := m.once("lastTranscriptCommand", lastTranscriptCommand); c != "" {
 			f.command = c
 		}
 	},
@@ -987,28 +990,43 @@ var vSendmail = vendor{
 		return strings.HasPrefix(m.subject, "Warning: ") || strings.HasSuffix(m.subject, "see transcript for details")
 	},
 	post: func(m *mail, f *finding) {
-		report := m.report()
-		if c := firstTranscriptCommand(report); c != "" {
+		// post runs for every recipient; the report-wide scans run once.
+		if c := m.once("firstTranscriptCommand", firstTranscriptCommand); c != "" {
 			f.command = c
-		} else if f.command == "" && strings.Contains(report, "\n<<< ") {
+		} else if f.command == "" && m.once("hasServerLines", hasServerLines) != "" {
 			f.command = "EHLO"
 		}
 		// The server's own multi-line reply ("<<< " lines) is the most
 		// complete wording of the failure; with several recipients it
 		// cannot be attributed, so it is only used for a lone one.
-		if replies := serverReplies(report); replies != "" && single(m) && !strings.Contains(f.diag, replies) {
-			f.diag = oneLine(replies + " " + f.diag)
+		replies := m.once("serverReplies", func(r string) string { return clipText(serverReplies(r), maxSectionText) })
+		if replies != "" && single(m) && !strings.Contains(f.diag, replies) {
+			f.diag = oneLine(m.share(replies) + " " + f.diag)
 		}
 	},
 }
 
 // single reports whether the bounce is about one recipient only.
 func single(m *mail) bool {
-	n := 0
-	for _, d := range m.dsn {
-		n += strings.Count(strings.ToLower(d), "final-recipient:")
+	return m.once("single", func(string) string {
+		n := 0
+		for _, d := range m.dsn {
+			n += strings.Count(strings.ToLower(d), "final-recipient:")
+		}
+		if n <= 1 {
+			return "yes"
+		}
+		return ""
+	}) != ""
+}
+
+// hasServerLines is "yes" when the report has a "<<< " line after its
+// first.
+func hasServerLines(report string) string {
+	if strings.Contains(report, "\n<<< ") {
+		return "yes"
 	}
-	return n <= 1
+	return ""
 }
 
 // serverReplies joins the distinct "<<< " lines of a transcript.

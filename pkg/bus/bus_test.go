@@ -19,6 +19,8 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/mail"
 )
 
 func contractBus_decodesJSONSubmissionPublishedByKcat(t *testing.T, brokers []string) {
@@ -212,6 +214,56 @@ func contractBus_permanentErrorSkipsRetries(t *testing.T, brokers []string) {
 	}
 	if r := p.Metadata.Get(bus.MetaPoisonReason); r != "no DKIM key for acme.example" {
 		t.Errorf("poison reason = %q", r)
+	}
+}
+
+// The retry middleware applies the pipeline's one rule (exterr): an invalid
+// quota request or a 5xx is poisoned after one attempt, a 4xx is retried.
+func TestBus_retriesByTheOneRuleOfPermanentFailures(t *testing.T) {
+	tests := []struct {
+		name         string
+		err          error
+		wantAttempts int32
+		permanent    string
+	}{
+		{"invalid quota request", fmt.Errorf("admit delivery d1: %w", fmt.Errorf("%w: tenant id %q contains a brace", limits.ErrInvalid, "{acme")), 1, "true"},
+		{"5xx reply", fmt.Errorf("send d1: %w", &mail.SMTPError{Code: 554, Enhanced: "5.7.1", Message: "relaying denied"}), 1, "true"},
+		{"4xx reply", fmt.Errorf("send d1: %w", &mail.SMTPError{Code: 451, Enhanced: "4.3.0", Message: "try later"}), 4, "false"},
+		{"unknown error", errTransient, 4, "false"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			brokers := startBroker(t)
+			cfg := testConfig(brokers)
+			cfg.HandlerRetries = 3
+			var attempts atomic.Int32
+			runRouter(t, cfg, "quota", func(r *bus.Router) error {
+				return r.Handle("admit", bus.TopicRouted, bus.Handle(func(context.Context, *message.Message, *mailbusv1.Delivery) error {
+					attempts.Add(1)
+					return tt.err
+				}))
+			})
+			pub, err := bus.NewPublisher(cfg, testLog(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			if err := bus.Publish(pub, bus.TopicRouted, &mailbusv1.Delivery{TenantId: "acme", DeliveryId: "d1"}, nil); err != nil {
+				t.Fatal(err)
+			}
+			// The poison record is published after the last attempt, so the
+			// count is final once it has come.
+			p := collect(t, cfg, "test.poison", bus.TopicPoison, 1)[0].msg
+			if got := attempts.Load(); got != tt.wantAttempts {
+				t.Errorf("handler ran %d times, want %d", got, tt.wantAttempts)
+			}
+			if got := p.Metadata.Get(bus.MetaPoisonPermanent); got != tt.permanent {
+				t.Errorf("%s = %q, want %q", bus.MetaPoisonPermanent, got, tt.permanent)
+			}
+			if r := p.Metadata.Get(bus.MetaPoisonReason); r != tt.err.Error() {
+				t.Errorf("poison reason = %q, want %q", r, tt.err.Error())
+			}
+		})
 	}
 }
 

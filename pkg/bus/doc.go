@@ -21,7 +21,10 @@
 // One Router per service runs the handlers with a fixed stack:
 // correlation id, poison queue, retry with exponential backoff, timeout,
 // panic recovery. A handler error is retried (HandlerRetries times) unless
-// it is marked Permanent; a record that still fails goes to mail.poison with
+// it is permanent by the pipeline's one rule, exterr.IsPermanent (marked
+// with Permanent, a 5xx reply, an invalid request such as
+// limits.ErrInvalid); a permanent error is poisoned after one attempt, and
+// a record that still fails after its retries goes to mail.poison too, with
 // the reason and its original topic, partition and offset, and the
 // partition moves on. On Kafka a record that always fails would otherwise
 // block its partition forever. Records cut short by a shutdown are not

@@ -1,34 +1,20 @@
 package bus
 
-import "errors"
+import "github.com/mailbus/mailbus/pkg/exterr"
 
-// permanentError marks a failure that retrying cannot fix.
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-// Permanent marks err as permanent: the router's retry middleware does not
-// retry it and the record goes straight to the poison topic, so that a
-// record that can never succeed (malformed, missing tenant, unknown type)
-// does not hold its partition through the whole backoff. Permanent(nil) is
-// nil.
+// Permanent marks err as permanent (it is exterr.Permanent): the router's
+// retry middleware does not retry it and the record goes straight to the
+// poison topic, so that a record that can never succeed (malformed, missing
+// tenant, unknown type) does not hold its partition through the whole
+// backoff. Permanent(nil) is nil.
 //
-// Handlers decide: an error that is not marked permanent is retried, like
-// maddy's rule that unknown errors count as temporary.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	if IsPermanent(err) {
-		return err
-	}
-	return &permanentError{err: err}
-}
+// Handlers decide, by the one rule of package exterr: an error not marked
+// permanent, and not stating it otherwise (a 5xx *mail.SMTPError, a mail
+// validation error, limits.ErrInvalid), is retried, like maddy's rule that
+// unknown errors count as temporary.
+func Permanent(err error) error { return exterr.Permanent(err) }
 
-// IsPermanent reports whether err, or any error it wraps, was marked with
-// Permanent.
-func IsPermanent(err error) bool {
-	var pe *permanentError
-	return errors.As(err, &pe)
-}
+// IsPermanent reports whether retrying cannot fix err. It is
+// exterr.IsPermanent, the rule every stage applies; the router's retry and
+// poison middleware use it.
+func IsPermanent(err error) bool { return exterr.IsPermanent(err) }

@@ -24,7 +24,13 @@ import (
 // names these tests have always used.
 func startBroker(t testing.TB) []string { return testkit.StartBroker(t) }
 
-func testConfig(brokers []string) bus.Config { return testkit.BusConfig(brokers) }
+// testConfig is testkit.BusConfig (short timeouts and backoffs), with a
+// handler timeout as generous as the tests' waits.
+func testConfig(brokers []string) bus.Config {
+	c := testkit.BusConfig(brokers)
+	c.HandlerTimeout = waitTimeout
+	return c
+}
 
 // errTransient is a handler failure that a retry fixes.
 var errTransient = errors.New("relay busy")

@@ -65,6 +65,8 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mailbus/mailbus/pkg/exterr"
 )
 
 // DefaultKeyPrefix starts every key this package writes.
@@ -79,8 +81,11 @@ const DefaultRetention = 48 * time.Hour
 const DefaultFailureThreshold = 3
 
 // ErrInvalid wraps every error about a malformed request, so callers can tell
-// a delivery that will never pass (poison) from a Redis outage (retry).
-var ErrInvalid = errors.New("invalid quota request")
+// a delivery that will never pass (poison) from a Redis outage (retry). It
+// is permanent by exterr.IsPermanent, and so is every error wrapping it: a
+// handler that returns one has its record poisoned after one attempt, not
+// after the whole retry backoff.
+var ErrInvalid = exterr.Permanent(errors.New("invalid quota request"))
 
 // Limits checks and counts deliveries against limits kept in Redis. It is
 // safe for concurrent use and holds no state of its own besides the client.

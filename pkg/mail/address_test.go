@@ -2,9 +2,11 @@ package mail_test
 
 import (
 	"errors"
+	"runtime/metrics"
 	"strings"
 	"testing"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	"github.com/mailbus/mailbus/pkg/mail"
 )
 
@@ -88,7 +90,7 @@ func TestParseAddress_rejectsWithActionableReason(t *testing.T) {
 				t.Fatalf("ParseAddress(%q) error = %q, want it to contain %q", tt.in, err, tt.wantMsg)
 			}
 			var ae *mail.AddressError
-			if !errors.As(err, &ae) || !errors.Is(err, mail.ErrInvalid) || !mail.IsPermanent(err) {
+			if !errors.As(err, &ae) || !errors.Is(err, mail.ErrInvalid) || !exterr.IsPermanent(err) {
 				t.Fatalf("error %v is not a permanent *AddressError matching ErrInvalid", err)
 			}
 		})
@@ -215,11 +217,24 @@ func FuzzParseAddress(f *testing.F) {
 		"bob@example.com", `"Smith, Bob" <bob@example.com>`, "=?utf-8?q?J=C3=B6rg?= <j@example.com>",
 		`"a\"b"@example.com`, "info@bücher.de", "bob@[IPv6:2001:db8::1]", "bob@", "a@b@c", "x@xn--bcher-kva.de",
 		"Bob (c) <b@e.com> (d)",
+		// Long inputs of one repeated shape, where a parser that rescans
+		// what it has read would cost the square of the input.
+		strings.Repeat("(", 256) + strings.Repeat(")", 256) + " <b@e.com>",
+		strings.Repeat("a ", 256) + "<b@e.com>",
+		strings.Repeat("=?utf-8?q?J=C3=B6rg?= ", 32) + "<b@e.com>",
+		`"` + strings.Repeat(`\"`, 256) + `"@e.com`,
+		"b@" + strings.Repeat("a.", 256) + "com",
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		a, err := mail.ParseAddress(s)
+		var a mail.Address
+		var err error
+		// Addresses come from producers and from bounces off the
+		// internet: parsing one must cost work linear in its length.
+		if work := allocated(func() { a, err = mail.ParseAddress(s) }); work > maxAddressWork(len(s)) {
+			t.Fatalf("ParseAddress of %d bytes allocated %d bytes, over the linear bound %d", len(s), work, maxAddressWork(len(s)))
+		}
 		if err != nil {
 			if !errors.Is(err, mail.ErrInvalid) {
 				t.Fatalf("error %v does not match ErrInvalid", err)
@@ -275,4 +290,21 @@ func TestNormalizeDomain_returnsLowercaseALabels(t *testing.T) {
 			t.Errorf("NormalizeDomain(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
+}
+
+// maxAddressWork is the most ParseAddress may allocate for n bytes of
+// input: a fixed part (allocation is counted in whole spans) and a part
+// linear in n, several times what long inputs of every shape need (about
+// 50 bytes per input byte). Allocation measures work without timing, which
+// a busy machine would make flaky.
+func maxAddressWork(n int) uint64 { return 1<<20 + 256*uint64(n) }
+
+// allocated returns the bytes fn allocates on the heap.
+func allocated(fn func()) uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	before := s[0].Value.Uint64()
+	fn()
+	metrics.Read(s)
+	return s[0].Value.Uint64() - before
 }

@@ -15,6 +15,7 @@ import (
 	gomail "github.com/emersion/go-message/mail"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	mbmail "github.com/mailbus/mailbus/pkg/mail"
 )
@@ -474,7 +475,7 @@ func TestBuild_rejectsInvalidSubmissions(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Build error = %v, want it to contain %q", err, tt.wantErr)
 			}
-			if !errors.Is(err, mbmail.ErrInvalid) || !mbmail.IsPermanent(err) {
+			if !errors.Is(err, mbmail.ErrInvalid) || !exterr.IsPermanent(err) {
 				t.Fatalf("error %v is not a permanent ErrInvalid", err)
 			}
 		})

@@ -8,7 +8,7 @@ import (
 // ErrInvalid is matched (with errors.Is) by every validation error of this
 // package: a bad address, a forbidden header, a malformed or oversized
 // message. Such errors are the producer's to fix; retrying cannot help, so
-// they also report Permanent.
+// they state that they are permanent (exterr.IsPermanent).
 var ErrInvalid = errors.New("invalid mail")
 
 // ErrTooLarge is matched (with errors.Is) by the error for a message over

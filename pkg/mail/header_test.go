@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	"github.com/mailbus/mailbus/pkg/mail"
 )
 
@@ -83,21 +84,9 @@ func TestValidateHeader_rejectsWithClearReason(t *testing.T) {
 				t.Fatalf("ValidateHeader(%q, %q) = %v, want error containing %q", tt.name, tt.value, err, tt.wantErr)
 			}
 			var he *mail.HeaderError
-			if !errors.As(err, &he) || !errors.Is(err, mail.ErrInvalid) || !mail.IsPermanent(err) {
+			if !errors.As(err, &he) || !errors.Is(err, mail.ErrInvalid) || !exterr.IsPermanent(err) {
 				t.Fatalf("error %v is not a permanent *HeaderError", err)
 			}
 		})
-	}
-}
-
-func TestIsPermanent_keepsSMTPErrorSemantics(t *testing.T) {
-	if mail.IsPermanent(&mail.SMTPError{Code: 451}) {
-		t.Fatal("451 must stay temporary")
-	}
-	if !mail.IsPermanent(&mail.SMTPError{Code: 550}) {
-		t.Fatal("550 must be permanent")
-	}
-	if mail.IsPermanent(errors.New("boom")) {
-		t.Fatal("unknown errors must be temporary")
 	}
 }

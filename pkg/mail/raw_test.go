@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailbus/mailbus/pkg/exterr"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	mbmail "github.com/mailbus/mailbus/pkg/mail"
 )
@@ -99,7 +100,7 @@ func TestPrepareRaw_rejectsMalformedHeader(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("PrepareRaw error = %v, want it to contain %q", err, tt.wantErr)
 			}
-			if !errors.Is(err, mbmail.ErrInvalid) || !mbmail.IsPermanent(err) {
+			if !errors.Is(err, mbmail.ErrInvalid) || !exterr.IsPermanent(err) {
 				t.Fatalf("error %v is not a permanent ErrInvalid", err)
 			}
 		})

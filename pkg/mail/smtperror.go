@@ -1,19 +1,24 @@
 // Package mail is the mail model shared by every stage: addresses, MIME
 // building, VERP return paths, and SMTP outcomes with their
-// temporary/permanent kind.
+// temporary/permanent kind. Which errors are permanent is decided by one
+// rule for the whole pipeline, exterr.IsPermanent; the errors of this
+// package state their kind to it.
 package mail
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/mailbus/mailbus/pkg/exterr"
 )
 
 // SMTPError is a mail-domain outcome: what a remote server (or mailbus
 // acting as one) said, with the enhanced status and whether trying again
-// later can help. Like maddy's exterrors, an error that is not an SMTPError
-// counts as temporary: an unknown failure must never bounce a recipient.
+// later can help. Read its kind with exterr.IsPermanent, which applies the
+// reply code (PermanentReply) and, like maddy's exterrors, counts an error
+// that states no kind as temporary: an unknown failure must never bounce a
+// recipient.
 type SMTPError struct {
 	// Code is the basic reply code (e.g. 550); 0 when no server replied.
 	Code int
@@ -51,32 +56,11 @@ func (e *SMTPError) Error() string {
 
 func (e *SMTPError) Unwrap() error { return e.Err }
 
-// Permanent reports whether the reply is a 5xx (or a 5.x.x enhanced code
-// when no basic code is known).
+// Permanent reports whether the reply is permanent by exterr.PermanentReply:
+// a 5xx, or a 5.x.x enhanced code when no basic code is known. It is how an
+// SMTPError states its kind to exterr.IsPermanent, which callers use.
 func (e *SMTPError) Permanent() bool {
-	if e.Code >= 500 && e.Code < 600 {
-		return true
-	}
-	if e.Code == 0 && strings.HasPrefix(e.Enhanced, "5.") {
-		return true
-	}
-	return false
-}
-
-// IsPermanent reports whether err is a permanent mail-domain failure: an
-// SMTPError with a 5xx reply, or a validation error of this package
-// (AddressError, HeaderError, MessageError), which any error type with a
-// Permanent() bool method can join. All other errors are temporary.
-func IsPermanent(err error) bool {
-	var se *SMTPError
-	if errors.As(err, &se) {
-		return se.Permanent()
-	}
-	var p interface{ Permanent() bool }
-	if errors.As(err, &p) {
-		return p.Permanent()
-	}
-	return false
+	return exterr.PermanentReply(e.Code, e.Enhanced)
 }
 
 // Permanentf builds a permanent local rejection with enhanced code enh.

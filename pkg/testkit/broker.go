@@ -18,7 +18,7 @@ import (
 // topics or consumer groups.
 func StartBroker(t testing.TB) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	b, err := bus.StartEmbedded(ctx, bus.EmbeddedConfig{Addr: "127.0.0.1:0"})
 	if err != nil {
@@ -31,7 +31,10 @@ func StartBroker(t testing.TB) []string {
 // BusConfig returns a bus.Config for brokers with the timeouts shortened
 // for tests: quick retries, short consumer group sessions (the embedded
 // broker allows them) and frequent offset commits, so that a component
-// test does not wait seconds for a rebalance or a backoff.
+// test does not wait seconds for a rebalance or a backoff. Only the handler
+// timeout is long (WaitTimeout): a handler cut short on a busy machine
+// would be retried and, after the retries, poisoned, and the test would
+// miss its record.
 func BusConfig(brokers []string) bus.Config {
 	return bus.Config{
 		Brokers:             brokers,
@@ -46,7 +49,7 @@ func BusConfig(brokers []string) bus.Config {
 		HandlerRetries:      2,
 		HandlerRetryInitial: 10 * time.Millisecond,
 		HandlerRetryMax:     50 * time.Millisecond,
-		HandlerTimeout:      10 * time.Second,
+		HandlerTimeout:      WaitTimeout,
 		CloseTimeout:        5 * time.Second,
 	}
 }

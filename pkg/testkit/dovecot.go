@@ -27,8 +27,9 @@ const dovecotInstall = "apt-get install dovecot-imapd"
 const dovecotStartAttempts = 3
 
 // dovecotReadyTimeout is how long a fresh Dovecot may take to listen;
-// generous because the test machines are small and shared.
-const dovecotReadyTimeout = 20 * time.Second
+// generous because the test machines are small and shared (see
+// WaitTimeout).
+const dovecotReadyTimeout = WaitTimeout
 
 // Dovecot is a private Dovecot IMAP server started by StartDovecot: its own
 // configuration, runtime directory, log and one user whose mail is a

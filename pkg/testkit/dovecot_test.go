@@ -42,7 +42,7 @@ func TestStartDovecot_servesDeliveredMailToTheUserAfterLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(WaitTimeout))
 	r := bufio.NewReader(conn)
 	if greet, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(greet, "* OK") {
 		t.Fatalf("greeting %q, %v", greet, err)

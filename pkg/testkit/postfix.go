@@ -28,8 +28,9 @@ const (
 	postfixBin     = "/usr/sbin/postfix"
 	postfixInstall = "apt-get install postfix sasl2-bin libsasl2-modules"
 	// postfixWait bounds how long Postfix may take to start listening, to
-	// stop, or to write an expected log line on the small shared machines.
-	postfixWait = 15 * time.Second
+	// stop, or to write an expected log line on the small shared machines
+	// (see WaitTimeout).
+	postfixWait = WaitTimeout
 )
 
 // PostfixOptions configures a private Postfix. The zero value is a Postfix
@@ -216,7 +217,7 @@ func (pf *Postfix) stop(t testing.TB) {
 
 // postfix runs the postfix command on this instance's configuration only.
 func (pf *Postfix) postfix(action string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), postfixWait)
 	defer cancel()
 	return exec.CommandContext(ctx, postfixBin, "-c", pf.Dir, action).CombinedOutput()
 }

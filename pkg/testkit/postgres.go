@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
@@ -39,7 +38,7 @@ func Postgres(t testing.TB) string {
 	if base == "" {
 		base = DefaultDatabaseURL
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 
 	conn, err := pgx.Connect(ctx, base)
@@ -58,7 +57,7 @@ func Postgres(t testing.TB) string {
 		t.Fatalf("testkit: creating schema %s: %v", schema, err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 		defer cancel()
 		c, err := pgx.Connect(ctx, base)
 		if err != nil {

@@ -24,8 +24,9 @@ import (
 const redisStartAttempts = 5
 
 // redisReadyTimeout is how long a fresh redis-server may take to answer PING;
-// generous because the test machines are small and shared.
-const redisReadyTimeout = 15 * time.Second
+// generous because the test machines are small and shared (see
+// WaitTimeout).
+const redisReadyTimeout = WaitTimeout
 
 // StartRedis returns the address (host:port) of a real redis-server that is
 // empty and private to t.

@@ -21,9 +21,8 @@ import (
 )
 
 // smtpWaitTimeout bounds how long the Wait helpers block before failing the
-// test. It is a guard against hangs, not a performance expectation: the
-// test machines are small and shared.
-const smtpWaitTimeout = 20 * time.Second
+// test (see WaitTimeout).
+const smtpWaitTimeout = WaitTimeout
 
 // SMTPStep names a point of an SMTP session where a test can make the server
 // give another reply than its normal one.

@@ -18,6 +18,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/auth"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/seal"
+	"github.com/mailbus/mailbus/pkg/testkit"
 	"github.com/mailbus/mailbus/services/config"
 )
 
@@ -127,7 +128,7 @@ func client(t testing.TB, e *env, token string) pb.ConfigServiceClient {
 }
 
 func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.WaitTimeout)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -173,11 +174,5 @@ func setupAcme(t *testing.T, c pb.ConfigServiceClient) *pb.Domain {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, testkit.WaitTimeout, cond, "%s", what)
 }

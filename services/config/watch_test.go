@@ -66,15 +66,17 @@ func TestWatchChanges_streamsChangesAfterARevisionFromEveryReplica(t *testing.T)
 
 func TestWatchChanges_endsWhenTheServiceStops(t *testing.T) {
 	e := start(t, config.Config{DatabaseURL: sqliteURL(t)}, "")
-	stream, err := client(t, e, pipelineToken).WatchChanges(ctxT(t), &pb.WatchChangesRequest{})
+	setupAcme(t, client(t, e, adminToken)) // revisions 1 and 2
+	stream, err := client(t, e, pipelineToken).WatchChanges(ctxT(t), &pb.WatchChangesRequest{SinceRevision: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		// Stop only once the stream is open on the server.
-		time.Sleep(100 * time.Millisecond)
-		e.stop()
-	}()
+	// A change received shows the stream is open on the server; a fixed
+	// sleep before stopping would not on a busy machine.
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("first change: %v", err)
+	}
+	e.stop()
 	_, err = stream.Recv()
 	if code := status.Code(err); code != codes.Unavailable {
 		t.Errorf("stream ended with %v (%v), want Unavailable", code, err)

@@ -369,13 +369,15 @@ func startRedis(addr string) (string, string, func(), error) {
 	addr = "127.0.0.1:" + strconv.Itoa(port)
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	for i := 0; ; i++ {
+	// A generous deadline: on a busy machine a fresh redis-server can take
+	// seconds to answer.
+	for deadline := time.Now().Add(stack.WaitTimeout); ; {
 		if rdb.Ping(context.Background()).Err() == nil {
 			break
 		}
-		if i > 100 {
+		if time.Now().After(deadline) {
 			stop()
-			return "", "", nil, fmt.Errorf("redis-server on %s did not answer", addr)
+			return "", "", nil, fmt.Errorf("redis-server on %s did not answer in %s", addr, stack.WaitTimeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

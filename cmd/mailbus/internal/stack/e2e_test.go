@@ -180,7 +180,7 @@ func TestPipeline_refusesBadInputWithAPreciseReasonAndKeepsThePartitionFlowing(t
 		if m.Metadata.Get(bus.MetaPoisonTopic) != bus.TopicSubmit {
 			t.Errorf("poison record does not name its topic: %v", m.Metadata)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(testkit.WaitTimeout):
 		t.Fatal("the malformed record never reached the poison topic")
 	}
 }

@@ -94,8 +94,21 @@ func TestBounce_postfixsOwnDSNMarksTheRecipientBouncedUserUnknown(t *testing.T) 
 			// succeeded ...
 			pf.WaitLog(t, "to=<"+rcpt+">", "status=bounced")
 			// ... and afterwards Postfix failed the recipient and returned
-			// its own DSN to the bounce listener.
-			m := p.waitMessage(t, id, recipientIs(mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "userunknown"))
+			// its own DSN to the bounce listener. The sender's event of
+			// the send and the listener's of the bounce take separate
+			// ways to the tracker: wait for both.
+			bounced := recipientIs(mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "userunknown")
+			m := p.waitMessage(t, id, func(m *mailbusv1.Message) bool {
+				if !bounced(m) {
+					return false
+				}
+				for _, ev := range m.GetHistory() {
+					if ev.GetStatus() == mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT {
+						return true
+					}
+				}
+				return false
+			})
 			pf.WaitLog(t, "@bounce.acme.example>", "relay=127.0.0.1[127.0.0.1]:"+bouncePort, "status=sent")
 			rc := m.GetRecipients()[0]
 			if rc.GetAddress() != rcpt || rc.GetReply().GetEnhancedCode() != "5.1.1" || !strings.Contains(rc.GetDetail(), tt.detail) {

@@ -391,7 +391,7 @@ func TestPoller_runKeepsPollingUntilCancelled(t *testing.T) {
 	case <-got:
 	case err := <-done:
 		t.Fatalf("Run returned before handling the message: %v", err)
-	case <-time.After(30 * time.Second):
+	case <-time.After(testkit.WaitTimeout):
 		t.Fatalf("Run did not hand over the message\n%s", d.Log())
 	}
 	cancel()

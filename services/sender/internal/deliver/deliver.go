@@ -3,7 +3,9 @@
 // hosts, and turns what the servers said into outcomes.
 //
 //   - Accepted recipients are sent, with the server's final reply.
-//   - A 5xx for a recipient bounces it (permanent, classified).
+//   - A 5xx for a recipient bounces it (permanent, classified). Which
+//     replies are permanent is exterr.IsPermanent's rule, the one every
+//     stage applies.
 //   - A 4xx defers it: the recipients that got one go on a delayed retry
 //     topic, waiting 1m, 5m, 30m, 2h, then 6h between attempts, until the
 //     queue lifetime (default 5 days) is over; then they fail "expired".
@@ -28,6 +30,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/events"
+	"github.com/mailbus/mailbus/pkg/exterr"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
@@ -196,7 +199,7 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 			var re *smtpclient.RelayError
 			errors.As(sendErr, &re)
 			tmp := *re.Err
-			if tmp.Permanent() {
+			if exterr.IsPermanent(&tmp) {
 				tmp.Code, tmp.Enhanced = 451, "4.4.1"
 			}
 			sendErr = &tmp
@@ -244,7 +247,7 @@ func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclie
 		switch {
 		case rc.Err == nil:
 			sent = append(sent, rc.Address)
-		case rc.Err.Permanent():
+		case exterr.IsPermanent(rc.Err):
 			reason, hard := d.classify(rc.Err.Code, rc.Err.Enhanced, rc.Err.Message)
 			e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, reason,
 				"refused by "+where+" at "+rc.Err.Stage, now, rc.Address)

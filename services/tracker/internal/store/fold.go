@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mailbus/mailbus/pkg/events"
+	"github.com/mailbus/mailbus/pkg/exterr"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -32,7 +33,8 @@ const softBounceNote = "soft bounce after delivery: "
 
 // ErrInvalidEvent is wrapped by errors about events that can never be
 // applied (no event_id, no message_id); a consumer should not retry them.
-var ErrInvalidEvent = errors.New("invalid delivery event")
+// It is permanent by exterr.IsPermanent, and so is every error wrapping it.
+var ErrInvalidEvent = exterr.Permanent(errors.New("invalid delivery event"))
 
 // position orders the events of a message: by occur_time, then event_id so
 // that the order is total.
