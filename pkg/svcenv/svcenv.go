@@ -73,6 +73,7 @@ func Main(name string, run func(ctx context.Context, env *Env) error) {
 		Health:  &obs.Health{},
 		Bus:     bus.Config{Brokers: strings.Split(Get("KAFKA_BROKERS", "127.0.0.1:9092"), ","), ClientID: "mailbus-" + name},
 	}
+	env.Bus.Metrics = env.Metrics // records handled and consumer lag per group
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return obs.ServeAdmin(gctx, Get("MAILBUS_ADMIN_HTTP_ADDR", ":9090"), env.Metrics, env.Health)

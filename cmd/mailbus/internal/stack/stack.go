@@ -174,6 +174,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.TuneBus != nil {
 		o.TuneBus(&busCfg)
 	}
+	if busCfg.Metrics == nil {
+		busCfg.Metrics = o.Metrics // records handled and consumer lag per group
+	}
 	if err := bus.EnsureTopics(ctx, busCfg, bus.AllTopics(), o.Partitions); err != nil {
 		return nil, err
 	}
