@@ -131,7 +131,8 @@ type groupTopic struct{ group, topic string }
 //
 // Measuring at scrape time needs no exporter next to Kafka and is exact at
 // that instant. A group none of whose replicas runs has nobody to report
-// it: the alert on a stage's targets being down covers that.
+// it: the MailbusConsumerLagUnknown alert (deploy/prometheus/alerts.yaml)
+// covers that.
 type lagCollector struct {
 	desc *prometheus.Desc
 	cfg  Config
