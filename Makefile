@@ -80,11 +80,32 @@ deploy-check: $(BIN)/kustomize ## render the Kubernetes base and overlays; check
 		echo "kustomize build $$k: $$(kustomize build "$$k" | grep -c '^kind:') resources"; done
 	go test -count=1 -run '^TestDeploy_' ./cmd/mailbus/internal/stack/
 
+.PHONY: kafka
+kafka: ## fetch the Apache Kafka broker the tests run against (Maven Central, once, into ~/.cache/mailbus; needs java and mvn)
+	@deploy/kafka/fetch >/dev/null
+
 .PHONY: test
-test: vet checkproto fuzz deploy-check ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race
+test: vet checkproto fuzz kafka deploy-check ## vet, check generated code, fuzz the parsers briefly, check deploy/, and run every module's tests with -race (pkg/bus also on Apache Kafka)
 	go test $(GOTEST_FLAGS) $(PKGS)
 
+.PHONY: chaos
+chaos: ## fault scenarios on the multi-process cluster (kill -9 each stage, Kafka, Redis loss, added senders): prints sent/delivered/duplicates/lost per scenario
+	go test -tags chaos -count=1 -timeout 120m -v -run '^TestChaos$$' ./cmd/mailbus/internal/cluster
+
+.PHONY: scale
+scale: ## messages/s through a slow relay with 1, 2 and 4 sender processes (16 partitions)
+	go test -tags chaos -count=1 -timeout 60m -v -run '^TestScale$$' ./cmd/mailbus/internal/cluster
+
+# KAFKA=host:port runs make bench on that Kafka instead of the embedded broker.
+KAFKA ?=
+BENCH_FLAGS := $(if $(KAFKA),--kafka $(KAFKA))
+
 .PHONY: bench
-bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse)
-	go run ./cmd/mailbus bench
-	go run ./cmd/mailbus bench --sink-latency 20ms --messages 2000
+bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse); KAFKA=host:port for an external Kafka
+	go run ./cmd/mailbus bench $(BENCH_FLAGS)
+	go run ./cmd/mailbus bench $(BENCH_FLAGS) --sink-latency 20ms --messages 2000
+
+.PHONY: bench-kafka
+bench-kafka: kafka ## the end-to-end benchmark on a real Apache Kafka broker, started for it (deploy/kafka/run on 127.0.0.1:19092)
+	@deploy/kafka/run 19092 & pid=$$!; trap 'kill $$pid; wait $$pid' EXIT; \
+		go run ./cmd/mailbus bench --kafka 127.0.0.1:19092

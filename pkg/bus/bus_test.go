@@ -21,8 +21,7 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
-func TestBus_decodesJSONSubmissionPublishedByKcat(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_decodesJSONSubmissionPublishedByKcat(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	got := make(chan *mailbusv1.Submission, 1)
 	meta := make(chan string, 1)
@@ -65,8 +64,7 @@ func TestBus_decodesJSONSubmissionPublishedByKcat(t *testing.T) {
 	}
 }
 
-func TestBus_malformedRecordGoesToPoisonWithReasonAndNextIsConsumed(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_malformedRecordGoesToPoisonWithReasonAndNextIsConsumed(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	handled := make(chan consumed, 10)
 	runRouter(t, cfg, "router", func(r *bus.Router) error {
@@ -146,8 +144,7 @@ func TestBus_malformedRecordGoesToPoisonWithReasonAndNextIsConsumed(t *testing.T
 	}
 }
 
-func TestBus_panicInHandlerGoesToPoisonAfterRetriesAndServiceGoesOn(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_panicInHandlerGoesToPoisonAfterRetriesAndServiceGoesOn(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	var attempts atomic.Int32
 	handled := make(chan string, 10)
@@ -191,8 +188,7 @@ func TestBus_panicInHandlerGoesToPoisonAfterRetriesAndServiceGoesOn(t *testing.T
 	}
 }
 
-func TestBus_permanentErrorSkipsRetries(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_permanentErrorSkipsRetries(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	cfg.HandlerRetries = 5
 	var attempts atomic.Int32
@@ -219,8 +215,7 @@ func TestBus_permanentErrorSkipsRetries(t *testing.T) {
 	}
 }
 
-func TestBus_roundTripPropagatesMetadataAndKeysByMessageID(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_roundTripPropagatesMetadataAndKeysByMessageID(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	const perMessage = 5
 	messageIDs := []string{"m-a", "m-b", "m-c", "m-d", "m-e", "m-f", "m-g", "m-h"}
@@ -312,8 +307,7 @@ func TestBus_roundTripPropagatesMetadataAndKeysByMessageID(t *testing.T) {
 	}
 }
 
-func TestBus_carriesMailLargerThanKafkasDefaultOneMegabyte(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_carriesMailLargerThanKafkasDefaultOneMegabyte(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	got := make(chan int, 1)
 	runRouter(t, cfg, "sender", func(r *bus.Router) error {
@@ -340,8 +334,7 @@ func TestBus_carriesMailLargerThanKafkasDefaultOneMegabyte(t *testing.T) {
 	}
 }
 
-func TestBus_kcatReadsRecordsPublishedByBus(t *testing.T) {
-	brokers := startBroker(t)
+func contractBus_kcatReadsRecordsPublishedByBus(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	pub, err := bus.NewPublisher(cfg, testLog(t))
 	if err != nil {
@@ -365,8 +358,7 @@ func TestBus_kcatReadsRecordsPublishedByBus(t *testing.T) {
 	}
 }
 
-func TestEnsureTopics_createsMissingTopicsOnce(t *testing.T) {
-	brokers := startBroker(t)
+func contractEnsureTopics_createsMissingTopicsOnce(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	topics := []string{"test.ensure.a", "test.ensure.b", bus.TopicSubmit}
 	for range 2 {
@@ -391,8 +383,8 @@ func TestEnsureTopics_createsMissingTopicsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 1 || entries[0].Value != strconv.Itoa(16<<20) {
-		t.Errorf("test.ensure.a config = %+v, want max.message.bytes %d", entries, 16<<20)
+	if want := cfg.TopicMaxMessageBytes(); len(entries) != 1 || entries[0].Value != strconv.Itoa(want) {
+		t.Errorf("test.ensure.a config = %+v, want max.message.bytes %d", entries, want)
 	}
 }
 

@@ -13,8 +13,7 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
-func TestRouter_handleDelayedHandsRecordsOverOnlyOnceDue(t *testing.T) {
-	brokers := startBroker(t)
+func contractRouter_handleDelayedHandsRecordsOverOnlyOnceDue(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	const delay = 300 * time.Millisecond
 	type handled struct {
@@ -57,8 +56,7 @@ func TestRouter_handleDelayedHandsRecordsOverOnlyOnceDue(t *testing.T) {
 	}
 }
 
-func TestRouter_handleDelayedLetsShutdownInterruptTheWaitAndRedelivers(t *testing.T) {
-	brokers := startBroker(t)
+func contractRouter_handleDelayedLetsShutdownInterruptTheWaitAndRedelivers(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	pub, err := bus.NewPublisher(cfg, testLog(t))
 	if err != nil {

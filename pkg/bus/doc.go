@@ -38,6 +38,50 @@
 // time the handler stack can take; HandleDelayed does not hold rebalances
 // while it waits for a record to come due.
 //
+// # Size budget
+//
+// One number limits mail: the largest message mailbus accepts, in octets
+// after MIME encoding, which the router checks (mail.DefaultMaxSize, 25
+// MiB, or MAILBUS_MAX_MESSAGE_BYTES). Every Kafka record limit derives from
+// it (RecordLimit), with room for what records add to the message on the
+// way, so that a message the router accepted fits every topic after it:
+//
+//   - a protojson submission carries bytes (a raw message, attachments) in
+//     base64, a third larger than the mail they make;
+//   - a delivery carries, besides the message, the submission's subject and
+//     metadata, its envelope and route; the router refuses a delivery whose
+//     record is over Config.DeliveryLimit (the record limit less
+//     RecordReserve) with the reason message_too_large;
+//   - after the router, the signer adds DKIM signatures, quota and the
+//     sender excluded relays, retry times and replies, every stage Kafka
+//     headers, the poison queue its reason: RecordReserve keeps room for
+//     them.
+//
+// A record that is too large all the same (a cluster with lower limits, a
+// producer's huge headers) fails to publish with a *RecordTooLargeError,
+// which is permanent: the stage fails the delivery with a status, and the
+// poison queue copies a record it cannot take whole without its payload,
+// or at worst logs, counts (PoisonRecords) and acks it. No record holds its
+// partition because of its size.
+//
+// What an operator sets on a Kafka cluster (mailbus sets only the topics
+// EnsureTopics creates):
+//
+//   - max.message.bytes of every mailbus topic, or the broker's
+//     message.max.bytes that topics inherit, at least
+//     Config.TopicMaxMessageBytes (35 MiB for 25 MiB mail). Kafka's default
+//     of 1 MB refuses most mail with attachments; mailbus then fails such
+//     mail with message_too_large instead of sending it.
+//   - replica.fetch.max.bytes at least as large, as Kafka advises, and
+//     socket.request.max.bytes (default 100 MiB) above it.
+//   - Producers of submissions raise their own limit to their largest
+//     submission: librdkafka and kcat message.max.bytes, the Java client's
+//     max.request.size.
+//   - Consumers: mailbus's fetch sizes are unlimited (sarama grows a fetch
+//     to the record, within sarama.MaxResponseSize, 100 MiB); other
+//     consumers of mailbus topics (librdkafka receive.message.max.bytes,
+//     Java fetch.max.bytes) need at least the topic limit.
+//
 // # Typical service
 //
 //	r, err := bus.NewRouter(cfg, "quota", log)

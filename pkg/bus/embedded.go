@@ -68,8 +68,9 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		// short ones so that tests and a restarted `mailbus dev` do not
 		// wait for a dead member's session to expire.
 		kfake.GroupMinSessionTimeout(100 * time.Millisecond),
-		// Above any producer's Config.MaxMessageBytes, so that big mail
-		// works in development as it does on a configured cluster.
+		// Above Config.TopicMaxMessageBytes for mail of up to 45 MiB (25 MiB
+		// by default), so that big mail works in development as it does on
+		// a configured cluster.
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(64 << 20)}),
 	}
 	if cfg.DataDir != "" {

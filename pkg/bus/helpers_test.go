@@ -16,39 +16,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
-// startBroker is testkit.StartBroker; bus cannot use testkit, which is
-// edited by others and may not build while bus is tested.
-func startBroker(t testing.TB) []string {
-	t.Helper()
-	e, err := bus.StartEmbedded(context.Background(), bus.EmbeddedConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatalf("start embedded kafka: %v", err)
-	}
-	t.Cleanup(e.Close)
-	return e.Addrs()
-}
+// startBroker and testConfig are testkit.StartBroker (a fresh embedded
+// broker) and testkit.BusConfig (short timeouts and backoffs) under the
+// names these tests have always used.
+func startBroker(t testing.TB) []string { return testkit.StartBroker(t) }
 
-// testConfig is testkit.BusConfig: short timeouts and backoffs.
-func testConfig(brokers []string) bus.Config {
-	return bus.Config{
-		Brokers:             brokers,
-		ClientID:            "mailbus-test",
-		DialTimeout:         5 * time.Second,
-		RetryBackoff:        50 * time.Millisecond,
-		SessionTimeout:      3 * time.Second,
-		HeartbeatInterval:   200 * time.Millisecond,
-		FetchMaxWait:        100 * time.Millisecond,
-		RebalanceTimeout:    5 * time.Second,
-		CommitInterval:      100 * time.Millisecond,
-		HandlerRetries:      2,
-		HandlerRetryInitial: 10 * time.Millisecond,
-		HandlerRetryMax:     50 * time.Millisecond,
-		HandlerTimeout:      10 * time.Second,
-		CloseTimeout:        5 * time.Second,
-	}
-}
+func testConfig(brokers []string) bus.Config { return testkit.BusConfig(brokers) }
 
 // errTransient is a handler failure that a retry fixes.
 var errTransient = errors.New("relay busy")

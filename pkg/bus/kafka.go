@@ -64,11 +64,15 @@ type Config struct {
 	// ReplicationFactor is used by EnsureTopics; default -1, the broker's
 	// default.
 	ReplicationFactor int16
-	// MaxMessageBytes is the largest record batch the producer sends and
-	// the max.message.bytes EnsureTopics gives new topics; default 16 MiB.
-	// Kafka's own default is 1 MB, less than many emails with
-	// attachments; on a cluster whose topics were not made by EnsureTopics,
-	// raise the topics' max.message.bytes to match.
+	// MaxMessageBytes is the largest record the producer sends (checked
+	// before sending: see RecordTooLargeError) and the basis of the
+	// max.message.bytes EnsureTopics gives new topics
+	// (TopicMaxMessageBytes); default RecordLimit(mail.DefaultMaxSize),
+	// 34.3 MiB. Derive it from the mail limit with RecordLimit, the same in
+	// every service of a pipeline (see "Size budget" in the package doc).
+	// Kafka's own default is 1 MB, less than many emails with attachments;
+	// on a cluster whose topics were not made by EnsureTopics, raise the
+	// topics' max.message.bytes to TopicMaxMessageBytes.
 	MaxMessageBytes int
 
 	// HandlerRetries is how many times the router retries a failing handler
@@ -114,7 +118,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RebalanceTimeout, 5*time.Minute)
 	def(&c.CommitInterval, time.Second)
 	if c.MaxMessageBytes <= 0 {
-		c.MaxMessageBytes = 16 << 20
+		c.MaxMessageBytes = RecordLimit(0)
 	}
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = -1
@@ -160,6 +164,11 @@ func ProducerConfig(cfg Config) (*sarama.Config, error) {
 	sc.Producer.Compression = sarama.CompressionLZ4
 	sc.Producer.Partitioner = sarama.NewMurmur2Partitioner
 	sc.Producer.MaxMessageBytes = cfg.MaxMessageBytes
+	// Sarama ignores a larger limit (with a log line) and would then send
+	// requests that it and Kafka (socket.request.max.bytes) refuse.
+	if cfg.MaxMessageBytes >= int(sarama.MaxRequestSize)-64<<10 {
+		return nil, fmt.Errorf("kafka record limit %d is not below sarama's request limit %d: lower the mail size limit", cfg.MaxMessageBytes, sarama.MaxRequestSize)
+	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("validate sarama producer config: %w", err)
 	}
@@ -261,8 +270,11 @@ func watermillLogger(log *slog.Logger) watermill.LoggerAdapter {
 }
 
 // NewPublisher returns a synchronous Kafka publisher: Publish returns once
-// every replica has the records. It is safe for concurrent use; the caller
-// closes it.
+// every replica has the records. A record over cfg.MaxMessageBytes, or one
+// the broker refuses as too large, is not published: Publish returns a
+// permanent *RecordTooLargeError, and publishes none of the records when
+// one is over the limit. It is safe for concurrent use; the caller closes
+// it.
 func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	sc, err := ProducerConfig(cfg)
 	if err != nil {
@@ -276,7 +288,7 @@ func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create kafka publisher for %v: %w", cfg.Brokers, err)
 	}
-	return pub, nil
+	return limitedPublisher{Publisher: pub, limit: sc.Producer.MaxMessageBytes}, nil
 }
 
 // NewSubscriber returns a Kafka subscriber in the consumer group group (see
@@ -310,6 +322,11 @@ func NewSubscriber(cfg Config, group string, log *slog.Logger) (message.Subscrib
 // left as they are. Use it at start-up against clusters that do not create
 // topics automatically: a consumer group that subscribes before its topic
 // exists would otherwise wait for the next metadata refresh.
+//
+// It returns once the brokers serve every topic with a leader for each
+// partition. Kafka answers CreateTopics when its controller has the topic,
+// before the brokers have heard of it; a producer asking a broker in
+// between is told the topic does not exist.
 func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions int) error {
 	sc, err := ConsumerConfig(cfg)
 	if err != nil {
@@ -318,7 +335,7 @@ func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions i
 	// Sarama's admin calls take no context; run them aside so that ctx
 	// still bounds how long the caller waits.
 	done := make(chan error, 1)
-	go func() { done <- ensureTopics(cfg, sc, topics, partitions) }()
+	go func() { done <- ensureTopics(ctx, cfg, sc, topics, partitions) }()
 	select {
 	case err := <-done:
 		return err
@@ -327,7 +344,7 @@ func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions i
 	}
 }
 
-func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int) (err error) {
+func ensureTopics(ctx context.Context, cfg Config, sc *sarama.Config, topics []string, partitions int) (err error) {
 	admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
 	if err != nil {
 		return fmt.Errorf("connect cluster admin to %v: %w", cfg.Brokers, err)
@@ -342,7 +359,7 @@ func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int
 		return fmt.Errorf("list topics: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	maxBytes := strconv.Itoa(cfg.MaxMessageBytes)
+	maxBytes := strconv.Itoa(cfg.TopicMaxMessageBytes())
 	detail := &sarama.TopicDetail{
 		NumPartitions:     int32(partitions),
 		ReplicationFactor: cfg.ReplicationFactor,
@@ -357,5 +374,38 @@ func ensureTopics(cfg Config, sc *sarama.Config, topics []string, partitions int
 			return fmt.Errorf("create topic %s with %d partitions: %w", t, partitions, err)
 		}
 	}
-	return nil
+	return waitTopics(ctx, cfg, sc, topics)
+}
+
+// waitTopics waits until the brokers' metadata has every topic with a
+// leader for each of its partitions.
+func waitTopics(ctx context.Context, cfg Config, sc *sarama.Config, topics []string) (err error) {
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		return fmt.Errorf("connect to %v: %w", cfg.Brokers, err)
+	}
+	defer func() {
+		if cerr := client.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close client: %w", cerr)
+		}
+	}()
+	for {
+		var missing []string
+		err := client.RefreshMetadata(topics...)
+		for _, t := range topics {
+			all, aerr := client.Partitions(t)
+			writable, werr := client.WritablePartitions(t)
+			if aerr != nil || werr != nil || len(all) == 0 || len(writable) < len(all) {
+				missing = append(missing, t)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for topics %v to have leaders (last metadata error: %v): %w", missing, err, ctx.Err())
+		case <-time.After(cfg.RetryBackoff):
+		}
+	}
 }

@@ -2,77 +2,99 @@ package bus_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
-// TestPublisher_isIdempotentAndCompressesWithLZ4 looks at the record batches
-// the publisher sends to kfake (the broker under StartEmbedded): they must
-// carry a producer id (idempotence negotiated, not silently off) and be LZ4
-// compressed.
-func TestPublisher_isIdempotentAndCompressesWithLZ4(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, bus.TopicEvents))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var (
-		mu      sync.Mutex
-		batches []kmsg.RecordBatch
-	)
-	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		for _, tp := range r.(*kmsg.ProduceRequest).Topics {
-			for _, p := range tp.Partitions {
-				var b kmsg.RecordBatch
-				if err := b.ReadFrom(p.Records); err != nil {
-					t.Errorf("read produced batch: %v", err)
-					continue
-				}
-				mu.Lock()
-				batches = append(batches, b)
-				mu.Unlock()
-			}
-		}
-		return nil, nil, false // let kfake handle it
-	})
-
-	pub, err := bus.NewPublisher(testConfig(c.ListenAddrs()), testLog(t))
+// contractPublisher_isIdempotentAndCompressesWithLZ4 reads back the record
+// batches the publisher wrote, as the broker stores them: they must carry a
+// producer id with consecutive sequence numbers (idempotence negotiated
+// with InitProducerId, not silently off) and be LZ4 compressed.
+func contractPublisher_isIdempotentAndCompressesWithLZ4(t *testing.T, brokers []string) {
+	cfg := testConfig(brokers)
+	pub, err := bus.NewPublisher(cfg, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pub.Close()
-	for range 3 {
+	const n = 3
+	for range n {
+		// One message id: one partition, one batch per synchronous publish.
 		if err := bus.Publish(pub, bus.TopicEvents, &mailbusv1.DeliveryEvent{TenantId: "acme", MessageId: "m1"}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	mu.Lock()
-	defer mu.Unlock()
-	if len(batches) == 0 {
-		t.Fatal("saw no produce requests")
+	batches := fetchBatches(t, cfg, bus.TopicEvents)
+	if len(batches) != n {
+		t.Fatalf("read %d batches, want %d (one per publish)", len(batches), n)
 	}
 	for i, b := range batches {
 		if b.ProducerID < 0 {
 			t.Errorf("batch %d has producer id %d: the producer is not idempotent", i, b.ProducerID)
 		}
-		if codec := b.Attributes & 0x07; codec != int16(sarama.CompressionLZ4) {
-			t.Errorf("batch %d compression codec = %d, want LZ4 (%d)", i, codec, sarama.CompressionLZ4)
+		if b.ProducerID != batches[0].ProducerID {
+			t.Errorf("batch %d has producer id %d, batch 0 %d: want one producer", i, b.ProducerID, batches[0].ProducerID)
+		}
+		if b.FirstSequence != int32(i) {
+			t.Errorf("batch %d has sequence %d, want %d", i, b.FirstSequence, i)
+		}
+		if b.Codec != sarama.CompressionLZ4 {
+			t.Errorf("batch %d compression codec = %v, want LZ4", i, b.Codec)
 		}
 	}
 }
 
-func TestBus_recordInterruptedByShutdownIsRedeliveredNotPoisoned(t *testing.T) {
-	brokers := startBroker(t)
+// fetchBatches returns the record batches of every partition of topic as
+// the partition leaders store them, which a consumer does not show.
+func fetchBatches(t *testing.T, cfg bus.Config, topic string) []*sarama.RecordBatch {
+	t.Helper()
+	sc, err := bus.ConsumerConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*sarama.RecordBatch
+	for _, p := range parts {
+		leader, err := client.Leader(topic, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Version 4, the oldest Kafka 4 still serves (KIP-896), is the
+		// first with record batches and read isolation.
+		req := &sarama.FetchRequest{Version: 4, MaxWaitTime: 100, MinBytes: 1, MaxBytes: 16 << 20, Isolation: sarama.ReadUncommitted}
+		req.AddBlock(topic, p, 0, 16<<20, -1)
+		resp, err := leader.Fetch(req)
+		if err != nil {
+			t.Fatalf("fetch %s/%d: %v", topic, p, err)
+		}
+		block := resp.GetBlock(topic, p)
+		if block == nil || block.Err != sarama.ErrNoError {
+			t.Fatalf("fetch %s/%d: %+v", topic, p, block)
+		}
+		for _, rs := range block.RecordsSet {
+			if rs.RecordBatch != nil {
+				out = append(out, rs.RecordBatch)
+			}
+		}
+	}
+	return out
+}
+
+func contractBus_recordInterruptedByShutdownIsRedeliveredNotPoisoned(t *testing.T, brokers []string) {
 	cfg := testConfig(brokers)
 	pub, err := bus.NewPublisher(cfg, testLog(t))
 	if err != nil {
@@ -117,7 +139,11 @@ func TestBus_recordInterruptedByShutdownIsRedeliveredNotPoisoned(t *testing.T) {
 		t.Errorf("redelivered %q, want d1", id)
 	}
 
-	client, err := sarama.NewClient(brokers, sarama.NewConfig())
+	sc, err := bus.ConsumerConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(brokers, sc)
 	if err != nil {
 		t.Fatal(err)
 	}

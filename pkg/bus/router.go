@@ -82,9 +82,10 @@ func NewRouter(cfg Config, service string, log *slog.Logger) (*Router, error) {
 //  2. PoisonQueue: a record whose handling still fails after retries is
 //     published to TopicPoison with the reason, topic, handler, partition
 //     and offset in its metadata, and acked, so that it never blocks its
-//     partition. A record whose context was cancelled because the service
-//     is shutting down is not poisoned: it is nacked and redelivered after
-//     the restart.
+//     partition; a record too large for Kafka to take a copy of goes there
+//     without its payload (see poisonQueue). A record whose context was
+//     cancelled because the service is shutting down is not poisoned: it
+//     is nacked and redelivered after the restart.
 //  3. Retry with exponential backoff; errors marked Permanent skip it.
 //  4. Timeout per attempt (each retry gets a fresh one).
 //  5. Recoverer last, innermost, so that a panic becomes an error that
@@ -93,12 +94,6 @@ func Middleware(cfg Config, poisonPub message.Publisher, log *slog.Logger) ([]me
 	cfg = cfg.withDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	poison, err := middleware.PoisonQueueWithFilter(poisonPub, TopicPoison, func(err error) bool {
-		return !errors.Is(err, errShuttingDown)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create poison queue middleware: %w", err)
 	}
 	retry := middleware.Retry{
 		MaxRetries:      cfg.HandlerRetries,
@@ -119,7 +114,7 @@ func Middleware(cfg Config, poisonPub message.Publisher, log *slog.Logger) ([]me
 	}
 	return []message.HandlerMiddleware{
 		middleware.CorrelationID,
-		poison,
+		poisonQueue(poisonPub, log),
 		failureContext(log),
 		retry.Middleware,
 		middleware.Timeout(cfg.HandlerTimeout),
@@ -190,6 +185,10 @@ func (r *Router) Handle(handler, topic string, h message.NoPublishHandlerFunc) e
 	r.subs = append(r.subs, groupTopic{group, topic})
 	return nil
 }
+
+// Service is the name of the service the router runs, as given to
+// NewRouter.
+func (r *Router) Service() string { return r.service }
 
 // Publisher returns the router's publisher, for handlers that publish with
 // message.Publisher directly. Run closes it.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
@@ -55,20 +56,34 @@ func Enqueue(pub message.Publisher, meta message.Metadata, d *mailbusv1.Delivery
 	return nil
 }
 
-// Register subscribes the retry-topic consumers on r (groups
+// Register subscribes the retry-topic consumers of one stage on r (groups
 // "<service>.retry-1m" ...). Each record reaches its handler only when its
 // topic's delay has passed (bus.Router.HandleDelayed); it then goes on to
 // its Delivery.retry_topic, or hops to a longer retry topic while its
-// not_before is still ahead.
-func Register(r *bus.Router, now func() time.Time) error {
+// not_before is still ahead. A delivery too large for the topic it goes
+// on to fails with a status reported by r's service (events.FailTooLarge).
+//
+// Every stage that delays records releases its own: target is the stage's
+// input topic, and records bound elsewhere are left to the stage that owns
+// them (each stage reads the retry topics in its own consumer group). So a
+// cluster where one stage is down never stalls another stage's deferred
+// mail: quota's paced deliveries do not wait for a running sender.
+func Register(r *bus.Router, target string, now func() time.Time) error {
 	if now == nil {
 		now = time.Now
 	}
+	if target == "" {
+		return fmt.Errorf("register retry-topic consumers: empty target topic")
+	}
 	for _, rt := range bus.RetryTopics() {
 		name := "retry-" + strings.TrimPrefix(rt.Topic, "mail.retry.")
-		if err := r.HandleDelayed(name, rt.Topic, rt.Delay, bus.Handle(func(_ context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+		h := events.FailTooLarge(r.Publisher(), r.Service(), now, func(_ context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+			if targetOf(d) != target {
+				return nil
+			}
 			return release(r.Publisher(), msg, d, now())
-		})); err != nil {
+		})
+		if err := r.HandleDelayed(name, rt.Topic, rt.Delay, bus.Handle(h)); err != nil {
 			return err
 		}
 	}
@@ -84,9 +99,14 @@ func release(pub message.Publisher, msg *message.Message, d *mailbusv1.Delivery,
 			return Enqueue(pub, meta, d, d.GetRetryTopic(), nb, now)
 		}
 	}
-	target := d.GetRetryTopic()
-	if target == "" {
-		target = bus.TopicSigned
+	return bus.Publish(pub, targetOf(d), d, meta)
+}
+
+// targetOf is the topic a delayed delivery returns to. Records written
+// before retry_topic existed were all the sender's.
+func targetOf(d *mailbusv1.Delivery) string {
+	if t := d.GetRetryTopic(); t != "" {
+		return t
 	}
-	return bus.Publish(pub, target, d, meta)
+	return bus.TopicSigned
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,8 +26,8 @@ import (
 //
 // tail is the lowercase unpadded base32 (RFC 4648 alphabet in lowercase) of
 // the 5-octet recipient hash and the first 10 octets (80 bits) of
-// HMAC-SHA256(key, "mailbus verp v1" || 0 || form || 0 || id bytes ||
-// recipient hash). payload is the same base32 of a tag octet and the id:
+// HMAC-SHA256(key, "mailbus verp v2" || 0 || uvarint(len(tenant id)) ||
+// tenant id || form || 0 || id bytes || recipient hash). payload is the same base32 of a tag octet and the id:
 // 16 octets for a ULID or a UUID (all uppercase or all lowercase, so that
 // decoding gives the id back exactly), the id's own octets otherwise.
 // Only lowercase letters, digits, "-" and "." are used, and decoding
@@ -42,9 +43,17 @@ import (
 // the recipients of one delivery, which is all it is used for (the bounce
 // service compares it with RecipientHash of the delivery's recipients).
 //
+// The MAC binds the address to the tenant whose delivery it names, which
+// the address itself does not carry: the bounce service verifies it with
+// the tenant that owns the bounce domain the mail came to, so that a
+// return path of one tenant is worthless at another tenant's bounce
+// domain (it would otherwise put one tenant's recipient on another
+// tenant's suppression list). Addresses made before the tenant was bound
+// ("mailbus verp v1") no longer verify.
+//
 // The bounce domain is not covered by the MAC: moving the bounce domain
-// must not invalidate mail in flight, and the bounce service only reads
-// mail for its own domains anyway.
+// must not invalidate mail in flight, and the bounce service checks that
+// the domain belongs to the tenant anyway.
 
 const (
 	// MaxVERPIDLen is the longest delivery id, in octets, made of
@@ -102,13 +111,16 @@ func recipientHash(recipient string) [verpHashLen]byte {
 }
 
 // VERPEncode returns the VERP return path for one recipient of one
-// delivery, on bounceDomain. key is the HMAC key (at least 16 octets of
-// secret). deliveryID is an id of lowercase letters, digits and inner dots
+// delivery of tenantID, on bounceDomain. key is the HMAC key (at least 16
+// octets of secret). deliveryID is an id of lowercase letters, digits and inner dots
 // (at most MaxVERPIDLen octets), a ULID, a UUID, or any other id of at
 // most MaxVERPRawIDLen octets.
-func VERPEncode(key []byte, deliveryID, recipient, bounceDomain string) (string, error) {
+func VERPEncode(key []byte, tenantID, deliveryID, recipient, bounceDomain string) (string, error) {
 	if len(key) < 16 {
 		return "", fmt.Errorf("encode VERP address: key is %d octets; use at least 16 octets of secret", len(key))
+	}
+	if tenantID == "" {
+		return "", errors.New("encode VERP address: empty tenant id")
 	}
 	domain, reason := normalizeDomain(bounceDomain)
 	if reason != "" {
@@ -147,7 +159,7 @@ func VERPEncode(key []byte, deliveryID, recipient, bounceDomain string) (string,
 	}
 	tail := make([]byte, 0, verpHashLen+verpMACLen)
 	tail = append(tail, hash[:]...)
-	tail = append(tail, verpMAC(key, form, idBytes, hash[:])...)
+	tail = append(tail, verpMAC(key, tenantID, form, idBytes, hash[:])...)
 	return form + idPart + "-" + verpEncoding.EncodeToString(tail) + "@" + domain, nil
 }
 
@@ -165,14 +177,15 @@ func isPlainVERPID(id string) bool {
 	return true
 }
 
-// VERPDecode checks a VERP address made by VERPEncode with key and returns
-// the delivery id and the recipient hash (as RecipientHash gives it). The
-// address may be in any case, with or without angle brackets; its domain
-// is not checked (see the notes above VERPEncode). The MAC comparison
-// takes constant time. Errors: ErrNotVERP for other addresses,
-// ErrVERPForged for a bad MAC; to rotate keys, try the new key and then
-// the old one while mail signed with it may still bounce.
-func VERPDecode(key []byte, address string) (deliveryID, recipientHash string, err error) {
+// VERPDecode checks a VERP address made by VERPEncode with key for
+// tenantID and returns the delivery id and the recipient hash (as
+// RecipientHash gives it). The address may be in any case, with or without
+// angle brackets; its domain is not checked (see the notes above
+// VERPEncode). The MAC comparison takes constant time. Errors: ErrNotVERP
+// for other addresses, ErrVERPForged for a bad MAC, which includes an
+// address made for another tenant; to rotate keys, try the new key and
+// then the old one while mail signed with it may still bounce.
+func VERPDecode(key []byte, tenantID, address string) (deliveryID, recipientHash string, err error) {
 	a := strings.ToLower(strings.TrimSpace(address))
 	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
 	if at := strings.LastIndexByte(a, '@'); at >= 0 {
@@ -210,7 +223,7 @@ func VERPDecode(key []byte, address string) (deliveryID, recipientHash string, e
 		}
 	}
 	hash, mac := tail[:verpHashLen], tail[verpHashLen:]
-	if len(key) == 0 || !hmac.Equal(mac, verpMAC(key, form, idBytes, hash)) {
+	if len(key) == 0 || tenantID == "" || !hmac.Equal(mac, verpMAC(key, tenantID, form, idBytes, hash)) {
 		return "", "", ErrVERPForged
 	}
 	hashHex := hex.EncodeToString(hash)
@@ -244,9 +257,12 @@ func VERPDecode(key []byte, address string) (deliveryID, recipientHash string, e
 	return "", "", ErrNotVERP
 }
 
-func verpMAC(key []byte, form string, id, hash []byte) []byte {
+func verpMAC(key []byte, tenantID, form string, id, hash []byte) []byte {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte("mailbus verp v1\x00"))
+	m.Write([]byte("mailbus verp v2\x00"))
+	// Length-prefixed, so that no tenant id can run into the form.
+	m.Write(binary.AppendUvarint(nil, uint64(len(tenantID))))
+	m.Write([]byte(tenantID))
 	m.Write([]byte(form))
 	m.Write([]byte{0})
 	m.Write(id)

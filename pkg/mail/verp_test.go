@@ -27,7 +27,7 @@ func TestVERP_roundTripsDeliveryIDAndRecipient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := mail.VERPEncode(verpKey, tt.id, "Bob@Example.com", "bounce.acme.example")
+			a, err := mail.VERPEncode(verpKey, "acme", tt.id, "Bob@Example.com", "bounce.acme.example")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -41,7 +41,7 @@ func TestVERP_roundTripsDeliveryIDAndRecipient(t *testing.T) {
 			if !strings.HasSuffix(a, "@bounce.acme.example") {
 				t.Fatalf("domain of %q", a)
 			}
-			id, hash, err := mail.VERPDecode(verpKey, a)
+			id, hash, err := mail.VERPDecode(verpKey, "acme", a)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,12 +57,12 @@ func TestVERP_roundTripsDeliveryIDAndRecipient(t *testing.T) {
 
 func TestVERPDecode_isCaseInsensitive(t *testing.T) {
 	id := ulid.Make().String()
-	a, err := mail.VERPEncode(verpKey, id, "bob@example.com", "Bounce.Acme.Example")
+	a, err := mail.VERPEncode(verpKey, "acme", id, "bob@example.com", "Bounce.Acme.Example")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, variant := range []string{a, strings.ToUpper(a), "<" + a + ">", "  " + strings.ToUpper(a[:10]) + a[10:]} {
-		got, _, err := mail.VERPDecode(verpKey, variant)
+		got, _, err := mail.VERPDecode(verpKey, "acme", variant)
 		if err != nil || got != id {
 			t.Fatalf("VERPDecode(%q) = %q, %v", variant, got, err)
 		}
@@ -71,25 +71,25 @@ func TestVERPDecode_isCaseInsensitive(t *testing.T) {
 
 func TestVERPDecode_rejectsIDSwappedBetweenForms(t *testing.T) {
 	// The same id bytes in the other form must not verify.
-	a, _ := mail.VERPEncode(verpKey, "abc", "bob@example.com", "bounce.acme.example")
+	a, _ := mail.VERPEncode(verpKey, "acme", "abc", "bob@example.com", "bounce.acme.example")
 	local := a[:strings.LastIndexByte(a, '@')]
 	tail := local[strings.LastIndexByte(local, '-'):]
 	swapped := "bx-" + "ofrwg" + tail // base32 of "sabc" would be the encoded form
-	if _, _, err := mail.VERPDecode(verpKey, swapped); err == nil {
+	if _, _, err := mail.VERPDecode(verpKey, "acme", swapped); err == nil {
 		t.Fatal("swapped form accepted")
 	}
 }
 
 func TestVERPDecode_ignoresDomain(t *testing.T) {
-	a, _ := mail.VERPEncode(verpKey, "d-1", "bob@example.com", "bounce.acme.example")
+	a, _ := mail.VERPEncode(verpKey, "acme", "d-1", "bob@example.com", "bounce.acme.example")
 	moved := a[:strings.LastIndexByte(a, '@')] + "@BOUNCE.OTHER.example"
-	if id, _, err := mail.VERPDecode(verpKey, moved); err != nil || id != "d-1" {
+	if id, _, err := mail.VERPDecode(verpKey, "acme", moved); err != nil || id != "d-1" {
 		t.Fatalf("VERPDecode on another domain = %q, %v", id, err)
 	}
 }
 
 func TestVERPDecode_rejectsTamperingAndWrongKey(t *testing.T) {
-	a, err := mail.VERPEncode(verpKey, ulid.Make().String(), "bob@example.com", "bounce.acme.example")
+	a, err := mail.VERPEncode(verpKey, "acme", ulid.Make().String(), "bob@example.com", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestVERPDecode_rejectsTamperingAndWrongKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := mail.VERPDecode(tt.key, tt.addr)
+			_, _, err := mail.VERPDecode(tt.key, "acme", tt.addr)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("VERPDecode(%q) = %v, want %v", tt.addr, err, tt.want)
 			}
@@ -125,24 +125,50 @@ func TestVERPDecode_rejectsTamperingAndWrongKey(t *testing.T) {
 	}
 }
 
+func TestVERPDecode_bindsTheAddressToItsTenant(t *testing.T) {
+	a, err := mail.VERPEncode(verpKey, "acme", "m0123456789abcdefghjkmnpq.0", "bob@example.com", "bounce.acme.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same delivery id and recipient for another tenant make another
+	// address, and neither verifies as the other tenant's.
+	b, err := mail.VERPEncode(verpKey, "globex", "m0123456789abcdefghjkmnpq.0", "bob@example.com", "bounce.acme.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a == b {
+		t.Fatalf("two tenants got the same address %q", a)
+	}
+	for _, tenant := range []string{"globex", "acm", "acme ", "Acme", ""} {
+		if _, _, err := mail.VERPDecode(verpKey, tenant, a); !errors.Is(err, mail.ErrVERPForged) {
+			t.Errorf("acme's address checked for tenant %q: %v, want ErrVERPForged", tenant, err)
+		}
+	}
+	if _, _, err := mail.VERPDecode(verpKey, "acme", b); !errors.Is(err, mail.ErrVERPForged) {
+		t.Errorf("globex's address checked for acme: %v, want ErrVERPForged", err)
+	}
+}
+
 func TestVERPEncode_rejectsWhatCannotFit(t *testing.T) {
 	tests := []struct {
-		name string
-		key  []byte
-		id   string
-		dom  string
-		want string
+		name   string
+		key    []byte
+		tenant string
+		id     string
+		dom    string
+		want   string
 	}{
-		{"short key", []byte("short"), "d-1", "bounce.acme.example", "at least 16 octets"},
-		{"long plain id", verpKey, strings.Repeat("x", mail.MaxVERPIDLen+1), "bounce.acme.example", "does not fit in a 64-octet local part"},
-		{"long other id", verpKey, strings.Repeat("X", mail.MaxVERPRawIDLen+1), "bounce.acme.example", "at most 21 octets"},
-		{"mixed-case UUID", verpKey, "4F1b8c2e-0b7d-4c8e-9a8e-1d2c3b4a5f6e", "bounce.acme.example", "does not fit"},
-		{"empty id", verpKey, "", "bounce.acme.example", "empty delivery id"},
-		{"bad domain", verpKey, "d-1", "bounce..example", "bounce domain"},
+		{"short key", []byte("short"), "acme", "d-1", "bounce.acme.example", "at least 16 octets"},
+		{"long plain id", verpKey, "acme", strings.Repeat("x", mail.MaxVERPIDLen+1), "bounce.acme.example", "does not fit in a 64-octet local part"},
+		{"long other id", verpKey, "acme", strings.Repeat("X", mail.MaxVERPRawIDLen+1), "bounce.acme.example", "at most 21 octets"},
+		{"mixed-case UUID", verpKey, "acme", "4F1b8c2e-0b7d-4c8e-9a8e-1d2c3b4a5f6e", "bounce.acme.example", "does not fit"},
+		{"empty id", verpKey, "acme", "", "bounce.acme.example", "empty delivery id"},
+		{"bad domain", verpKey, "acme", "d-1", "bounce..example", "bounce domain"},
+		{"no tenant", verpKey, "", "d-1", "bounce.acme.example", "empty tenant id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := mail.VERPEncode(tt.key, tt.id, "bob@example.com", tt.dom)
+			_, err := mail.VERPEncode(tt.key, tt.tenant, tt.id, "bob@example.com", tt.dom)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("VERPEncode error = %v, want %q", err, tt.want)
 			}
@@ -164,14 +190,14 @@ func FuzzVERP(f *testing.F) {
 	f.Add(ulid.Make().String(), "x@y.example")
 	f.Add("d-42", "")
 	f.Fuzz(func(t *testing.T, id, rcpt string) {
-		a, err := mail.VERPEncode(verpKey, id, rcpt, "bounce.acme.example")
+		a, err := mail.VERPEncode(verpKey, "acme", id, rcpt, "bounce.acme.example")
 		if err != nil {
 			return
 		}
 		if err := mail.ValidateMailbox(a); err != nil {
 			t.Fatalf("VERPEncode(%q) = %q, not a valid mailbox: %v", id, a, err)
 		}
-		got, hash, err := mail.VERPDecode(verpKey, strings.ToUpper(a))
+		got, hash, err := mail.VERPDecode(verpKey, "acme", strings.ToUpper(a))
 		if err != nil || got != id || hash != mail.RecipientHash(rcpt) {
 			t.Fatalf("VERPDecode(%q) = %q, %q, %v; want %q", a, got, hash, err, id)
 		}

@@ -13,6 +13,11 @@
 //	MAILBUS_SECRET_KEY       key that opens sealed secrets (sender, signer)
 //	MAILBUS_CONFIG_TLS       "true" to reach the config service over TLS (system roots)
 //	MAILBUS_ADMIN_HTTP_ADDR  /metrics, /healthz, /readyz (default :9090; empty disables)
+//	MAILBUS_TOPIC_PARTITIONS partitions of the topics a service creates at start when they
+//	                         do not exist (default 16; 0 leaves topic creation to the operator)
+//	MAILBUS_MAX_MESSAGE_BYTES  largest email accepted, in octets after encoding (default 25 MiB);
+//	                         every service's Kafka record limit derives from it (bus.RecordLimit),
+//	                         so give every service the same value
 //	MAILBUS_LOG_FORMAT, MAILBUS_LOG_LEVEL
 package svcenv
 
@@ -25,6 +30,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +45,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/auth"
 	"github.com/mailbus/mailbus/pkg/bus"
-	"github.com/mailbus/mailbus/pkg/configclient"
+	"github.com/mailbus/mailbus/pkg/infra"
 	"github.com/mailbus/mailbus/pkg/obs"
 	"github.com/mailbus/mailbus/pkg/seal"
 )
@@ -51,6 +57,9 @@ type Env struct {
 	Metrics *prometheus.Registry
 	Health  *obs.Health
 	Bus     bus.Config
+	// MaxMailBytes is MAILBUS_MAX_MESSAGE_BYTES, 0 when unset (the mail
+	// package's default); Bus.MaxMessageBytes derives from it.
+	MaxMailBytes int64
 }
 
 // Get returns os.Getenv(key), or def when it is empty.
@@ -73,12 +82,26 @@ func Main(name string, run func(ctx context.Context, env *Env) error) {
 		Health:  &obs.Health{},
 		Bus:     bus.Config{Brokers: strings.Split(Get("KAFKA_BROKERS", "127.0.0.1:9092"), ","), ClientID: "mailbus-" + name},
 	}
+	if v := os.Getenv("MAILBUS_MAX_MESSAGE_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "%s: MAILBUS_MAX_MESSAGE_BYTES=%q: want a positive number of octets\n", name, v)
+			os.Exit(2)
+		}
+		env.MaxMailBytes = n
+	}
+	env.Bus.MaxMessageBytes = bus.RecordLimit(env.MaxMailBytes)
+	env.Metrics.MustRegister(bus.Collectors()...)
 	env.Bus.Metrics = env.Metrics // records handled and consumer lag per group
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return obs.ServeAdmin(gctx, Get("MAILBUS_ADMIN_HTTP_ADDR", ":9090"), env.Metrics, env.Health)
 	})
 	g.Go(func() error {
+		if err := env.ensureTopics(gctx); err != nil {
+			stop()
+			return err
+		}
 		err := run(gctx, env)
 		stop() // one failing half stops the other
 		return err
@@ -87,6 +110,74 @@ func Main(name string, run func(ctx context.Context, env *Env) error) {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
+}
+
+// ensureTopics creates the pipeline's topics that do not exist yet, so
+// that a fresh cluster gets them with the partition count and record size
+// the pipeline needs rather than the broker's auto-creation defaults (one
+// partition, 1 MB records). Every service does it; creating an existing
+// topic is a no-op.
+func (e *Env) ensureTopics(ctx context.Context) error {
+	n, err := strconv.Atoi(Get("MAILBUS_TOPIC_PARTITIONS", "16"))
+	if err != nil || n < 0 {
+		return fmt.Errorf("MAILBUS_TOPIC_PARTITIONS: want a number of partitions, got %q", os.Getenv("MAILBUS_TOPIC_PARTITIONS"))
+	}
+	if n == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := bus.EnsureTopics(ctx, e.Bus, bus.AllTopics(), n); err != nil {
+		return fmt.Errorf("create the pipeline's topics on %v: %w", e.Bus.Brokers, err)
+	}
+	return nil
+}
+
+// Need says which parts of the infrastructure a service uses.
+type Need struct {
+	// Config connects to ConfigService with the pipeline token.
+	Config bool
+	// Secrets opens sealed secrets with MAILBUS_SECRET_KEY.
+	Secrets bool
+	// Redis connects to REDIS_ADDR.
+	Redis bool
+}
+
+// Infra connects what need asks for and returns it for the service's
+// composition root, with a cleanup that closes it.
+func (e *Env) Infra(ctx context.Context, need Need) (infra.Infra, func(), error) {
+	in := infra.Infra{Log: e.Log, Metrics: e.Metrics}
+	var closers []func()
+	cleanup := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	if need.Secrets {
+		sealer, err := seal.Parse(os.Getenv(seal.EnvKey))
+		if err != nil {
+			return in, nil, err
+		}
+		in.Sealer = sealer
+	}
+	if need.Config {
+		conn, err := e.ConfigConn()
+		if err != nil {
+			return in, nil, err
+		}
+		closers = append(closers, func() { _ = conn.Close() })
+		in.ConfigConn = conn
+	}
+	if need.Redis {
+		rdb, err := e.Redis(ctx)
+		if err != nil {
+			cleanup()
+			return in, nil, err
+		}
+		closers = append(closers, func() { _ = rdb.Close() })
+		in.Redis = rdb
+	}
+	return in, cleanup, nil
 }
 
 // Redis connects to REDIS_ADDR.
@@ -123,29 +214,6 @@ func (e *Env) ConfigConn() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("connect to config service at %s: %w", addr, err)
 	}
 	return conn, nil
-}
-
-// ConfigClient connects the configuration cache (see ConfigConn).
-// withSecrets opens sealed secrets with MAILBUS_SECRET_KEY (the sender and
-// signer need them; the router does not).
-func (e *Env) ConfigClient(ctx context.Context, withSecrets bool) (*configclient.Client, func(), error) {
-	var sealer *seal.Sealer
-	if withSecrets {
-		var err error
-		if sealer, err = seal.Parse(os.Getenv(seal.EnvKey)); err != nil {
-			return nil, nil, err
-		}
-	}
-	conn, err := e.ConfigConn()
-	if err != nil {
-		return nil, nil, err
-	}
-	cc, err := configclient.New(ctx, conn, sealer, configclient.WithLogger(e.Log))
-	if err != nil {
-		_ = conn.Close()
-		return nil, nil, fmt.Errorf("load configuration: %w", err)
-	}
-	return cc, func() { _ = cc.Close(); _ = conn.Close() }, nil
 }
 
 // ServeGRPC serves the services register adds on addr, authenticating

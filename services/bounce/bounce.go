@@ -9,19 +9,28 @@
 // (see NewSuppressionServer).
 //
 // The listener never relays. It accepts RCPT only for well-formed VERP
-// addresses whose MAC verifies and whose domain is a tenant's bounce
-// domain, and for the configured feedback-loop addresses; everything else
-// is refused with 550 5.1.1 before any data is sent, so forged or stale
-// addresses cost nothing and nobody can make mailbus suppress an address
-// by sending it mail.
+// addresses whose MAC verifies for a tenant that owns the address's bounce
+// domain (the MAC covers the tenant of the delivery, so one tenant's
+// return path is refused at another tenant's bounce domain), and for the
+// configured feedback-loop addresses; everything else is refused with 550
+// 5.1.1 before any data is sent, so forged or stale addresses cost nothing
+// and nobody can make mailbus suppress an address by sending it mail, or
+// one tenant's bounce land on another tenant's suppression list.
+//
+// Connections are limited where they are accepted, before the greeting (in
+// all, per address, and new ones per address per minute; see Config): a
+// connection over a limit is told 421 and closed, and a session idle for
+// longer than IdleTimeout is closed with 421.
 package bounce
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -52,16 +61,29 @@ type Config struct {
 	MaxMessageBytes int64
 	// MaxRecipients bounds one transaction; default 20.
 	MaxRecipients int
-	// MaxConnsPerIP bounds concurrent connections from one address;
-	// default 10.
+	// MaxConns bounds concurrent connections in all; default 100. A
+	// connection over a limit is told 421 and closed before the greeting.
+	MaxConns int
+	// MaxConnsPerIP bounds concurrent connections from one address (an
+	// IPv6 /64); default 10.
 	MaxConnsPerIP int
 	// ConnsPerMinute bounds new connections from one address per minute;
 	// default 120.
 	ConnsPerMinute int
 	// MessagesPerConn bounds the messages of one connection; default 100.
 	MessagesPerConn int
-	// Timeout bounds each read and write; default 2 minutes.
+	// IdleTimeout is how long the listener waits for the client's next
+	// command before it closes the session with 421; default 5 minutes,
+	// as Postfix's smtpd_timeout. go-smtp arms it at each command line, so
+	// it also bounds the transfer of a whole message after DATA.
+	IdleTimeout time.Duration
+	// Timeout bounds each write to the client and the processing of one
+	// message; default 2 minutes.
 	Timeout time.Duration
+	// Mailboxes are tenants' own bounce mailboxes that NewApplication
+	// polls over IMAP, for return paths that are not VERP addresses on a
+	// bounce domain.
+	Mailboxes []Mailbox
 }
 
 func (c Config) withDefaults() Config {
@@ -77,6 +99,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxRecipients <= 0 {
 		c.MaxRecipients = 20
 	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 100
+	}
 	if c.MaxConnsPerIP <= 0 {
 		c.MaxConnsPerIP = 10
 	}
@@ -86,10 +111,47 @@ func (c Config) withDefaults() Config {
 	if c.MessagesPerConn <= 0 {
 		c.MessagesPerConn = 100
 	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
 	if c.Timeout <= 0 {
 		c.Timeout = 2 * time.Minute
 	}
 	return c
+}
+
+// LimitsFromEnv sets the listener's connection limits and idle timeout
+// from the variables that the bounce command and mailbus dev document
+// (MAILBUS_BOUNCE_MAX_CONNS, MAILBUS_BOUNCE_MAX_CONNS_PER_IP,
+// MAILBUS_BOUNCE_CONNS_PER_MINUTE, MAILBUS_BOUNCE_IDLE_TIMEOUT), read with
+// getenv; unset ones keep the defaults.
+func LimitsFromEnv(c *Config, getenv func(string) string) error {
+	for _, v := range []struct {
+		env string
+		to  *int
+	}{
+		{"MAILBUS_BOUNCE_MAX_CONNS", &c.MaxConns},
+		{"MAILBUS_BOUNCE_MAX_CONNS_PER_IP", &c.MaxConnsPerIP},
+		{"MAILBUS_BOUNCE_CONNS_PER_MINUTE", &c.ConnsPerMinute},
+	} {
+		s := getenv(v.env)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%s: want a positive number, got %q", v.env, s)
+		}
+		*v.to = n
+	}
+	if s := getenv("MAILBUS_BOUNCE_IDLE_TIMEOUT"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("MAILBUS_BOUNCE_IDLE_TIMEOUT: want a positive duration such as 5m, got %q", s)
+		}
+		c.IdleTimeout = d
+	}
+	return nil
 }
 
 // Suppressions is where hard bounces, complaints and soft bounces go
@@ -142,6 +204,8 @@ type metrics struct {
 	records    *prometheus.CounterVec
 	rcpts      *prometheus.CounterVec
 	suppressed *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	open       prometheus.GaugeFunc
 }
 
 // New builds the service; Listen or Run opens the SMTP port.
@@ -156,7 +220,7 @@ func New(cfg Config, deps Deps) *Service {
 	s := &Service{
 		cfg: cfg, log: deps.Log.With("service", "bounce"), dir: deps.Directory, tenants: deps.Tenants,
 		supp: deps.Suppressions, pub: deps.Publisher, now: deps.Now,
-		limiter: newConnLimiter(cfg.MaxConnsPerIP, cfg.ConnsPerMinute, deps.Now),
+		limiter: newConnLimiter(cfg.MaxConns, cfg.MaxConnsPerIP, cfg.ConnsPerMinute, deps.Now),
 		metrics: metrics{
 			messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "messages_total",
@@ -168,16 +232,25 @@ func New(cfg Config, deps Deps) *Service {
 			}, []string{"outcome"}),
 			rcpts: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "rcpt_total",
-				Help: "RCPT commands, by verdict (verp, feedback, refused, forged).",
+				Help: "RCPT commands, by verdict (verp, feedback, refused, forged: a VERP address that does not verify for the tenant of its bounce domain).",
 			}, []string{"verdict"}),
 			suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "suppressed_total",
 				Help: "Addresses put on a suppression list, by source.",
 			}, []string{"source"}),
+			refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "connections_refused_total",
+				Help: "Connections refused with 421 before the greeting, by limit (total, per_address, rate).",
+			}, []string{"limit"}),
 		},
 	}
+	s.metrics.open = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "mailbus", Subsystem: "bounce", Name: "connections_open",
+		Help: "Connections open on the bounce listener.",
+	}, func() float64 { return float64(s.limiter.open()) })
 	if deps.Metrics != nil {
-		deps.Metrics.MustRegister(s.metrics.messages, s.metrics.records, s.metrics.rcpts, s.metrics.suppressed)
+		deps.Metrics.MustRegister(s.metrics.messages, s.metrics.records, s.metrics.rcpts, s.metrics.suppressed,
+			s.metrics.refused, s.metrics.open)
 	}
 	return s
 }
@@ -195,8 +268,20 @@ func (s *Service) Listen() (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bounce: listen for SMTP on %s: %w", s.cfg.Addr, err)
 	}
-	s.lis = lis
+	s.lis = &limitListener{Listener: lis, lim: s.limiter, refuse: s.refuseConn}
 	return lis.Addr(), nil
+}
+
+// refuseConn tells a connection over a limit to come back later, as
+// Postfix does, and closes it.
+func (s *Service) refuseConn(c net.Conn, addr, limit string, first bool) {
+	s.metrics.refused.WithLabelValues(limit).Inc()
+	if first {
+		s.log.Warn("refusing connections over a limit (logged once a minute per address)", "addr", addr, "limit", limit)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(refusalWriteTimeout))
+	_, _ = io.WriteString(c, "421 4.7.0 "+s.cfg.Hostname+" too many connections, try again later\r\n")
+	_ = c.Close()
 }
 
 // Run serves SMTP until ctx is cancelled, then stops accepting and waits
@@ -217,7 +302,7 @@ func (s *Service) Run(ctx context.Context) error {
 	srv.Domain = s.cfg.Hostname
 	srv.MaxMessageBytes = s.cfg.MaxMessageBytes
 	srv.MaxRecipients = s.cfg.MaxRecipients
-	srv.ReadTimeout, srv.WriteTimeout = s.cfg.Timeout, s.cfg.Timeout
+	srv.ReadTimeout, srv.WriteTimeout = s.cfg.IdleTimeout, s.cfg.Timeout
 	srv.ErrorLog = slogAdapter{s.log}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.lis) }()

@@ -2,6 +2,7 @@ package bounce
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -47,7 +48,7 @@ func (s staticTenants) Tenant(id string) (*mailbusv1.Tenant, bool) { t, ok := s[
 func (s staticTenants) BounceTenants(_ context.Context, d string) ([]*mailbusv1.Tenant, error) {
 	var out []*mailbusv1.Tenant
 	for _, t := range s {
-		if t.GetBounceDomain() == d {
+		if normalizeDomain(t.GetBounceDomain()) == d {
 			out = append(out, t)
 		}
 	}
@@ -72,7 +73,7 @@ func newTestService(t *testing.T) (*Service, *recorder, *suppress.Store) {
 func TestService_complaintToAFeedbackAddressIsMatchedByTheReportedReturnPath(t *testing.T) {
 	ctx := context.Background()
 	s, rec, store := newTestService(t)
-	verp, err := mail.VERPEncode(testKey, "m0000000000000000000000001.0", "dave@example.net", "bounce.acme.example")
+	verp, err := mail.VERPEncode(testKey, "acme", "m0000000000000000000000001.0", "dave@example.net", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,8 +129,8 @@ func TestService_softBouncesSuppressAtTheTenantsThreshold(t *testing.T) {
 	ctx := context.Background()
 	s, rec, store := newTestService(t)
 	for i, id := range []string{"m0000000000000000000000001.0", "m0000000000000000000000002.0"} {
-		verp, _ := mail.VERPEncode(testKey, id, "erin@example.net", "bounce.acme.example")
-		_, hash, err := decodeVERP([][]byte{testKey}, verp)
+		verp, _ := mail.VERPEncode(testKey, "acme", id, "erin@example.net", "bounce.acme.example")
+		_, hash, err := mail.VERPDecode(testKey, "acme", verp)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,8 +158,8 @@ func TestService_softBouncesSuppressAtTheTenantsThreshold(t *testing.T) {
 func TestService_recordForAnotherAddressThanTheVERPTokenIsNotApplied(t *testing.T) {
 	s, rec, store := newTestService(t)
 	id := "m0000000000000000000000003.0"
-	verp, _ := mail.VERPEncode(testKey, id, "frank@example.net", "bounce.acme.example")
-	_, hash, _ := decodeVERP([][]byte{testKey}, verp)
+	verp, _ := mail.VERPEncode(testKey, "acme", id, "frank@example.net", "bounce.acme.example")
+	_, hash, _ := mail.VERPDecode(testKey, "acme", verp)
 	report := "Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\n" +
 		"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n" +
 		"Final-Recipient: rfc822; forwarded-to@elsewhere.example\r\nAction: failed\r\nStatus: 5.1.1\r\n" +
@@ -228,31 +229,46 @@ func TestSuppressionServer_authorizesByTenantAndRole(t *testing.T) {
 	}
 }
 
-func TestConnLimiter_boundsConcurrentAndPerMinuteConnectionsPerAddress(t *testing.T) {
+func TestConnLimiter_boundsConnectionsInAllPerAddressAndPerMinute(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	l := newConnLimiter(2, 3, func() time.Time { return now })
-	r1, ok1 := l.admit("192.0.2.1")
-	_, ok2 := l.admit("192.0.2.1")
-	_, ok3 := l.admit("192.0.2.1")
-	if !ok1 || !ok2 || ok3 {
-		t.Fatalf("concurrency: %v %v %v", ok1, ok2, ok3)
+	l := newConnLimiter(4, 2, 3, func() time.Time { return now })
+	admit := func(addr, wantReason string) func() {
+		t.Helper()
+		release, reason, _ := l.admit(addr)
+		if reason != wantReason {
+			t.Fatalf("admit(%s): refused for %q, want %q", addr, reason, wantReason)
+		}
+		return release
 	}
-	if _, ok := l.admit("192.0.2.2"); !ok {
-		t.Fatal("another address must not be limited")
-	}
+	r1 := admit("192.0.2.1", "")
+	admit("192.0.2.1", "")
+	admit("192.0.2.1", refusedPerAddress)
+	// Another address is not limited by the first one's share...
+	admit("192.0.2.2", "")
+	admit("192.0.2.3", "")
+	// ...but by the total.
+	admit("192.0.2.4", refusedTotal)
 	r1()
-	r4, ok := l.admit("192.0.2.1")
-	if !ok {
-		t.Fatal("a released slot must be reusable")
+	r4 := admit("192.0.2.1", "")
+	if got := l.open(); got != 4 {
+		t.Fatalf("open = %d, want 4", got)
 	}
 	r4()
-	// One connection is open and three have started this minute: the
+	// Two connections are open and three have started this minute: the
 	// fourth waits for the next minute although a slot is free.
-	if _, ok := l.admit("192.0.2.1"); ok {
-		t.Fatal("per-minute limit not enforced")
-	}
+	admit("192.0.2.1", refusedRate)
 	now = now.Add(time.Minute)
-	if _, ok := l.admit("192.0.2.1"); !ok {
-		t.Fatal("a new minute must admit again")
+	admit("192.0.2.1", "")
+}
+
+func TestAddrKey_countsAnIPv6HostByItsSlash64(t *testing.T) {
+	a := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::1"), Port: 25})
+	b := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::9"), Port: 26})
+	c := addrKey(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 25})
+	if a != b || a == c {
+		t.Fatalf("keys %q %q %q: want one per /64", a, b, c)
+	}
+	if got := addrKey(&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1")}); got != "192.0.2.1" {
+		t.Fatalf("IPv4-mapped address keyed as %q", got)
 	}
 }

@@ -66,17 +66,26 @@ func isMailbusMessageID(s string) bool {
 	return true
 }
 
-// decodeVERP tries every key (the current one first, then retired ones
-// whose mail may still bounce).
-func decodeVERP(keys [][]byte, addr string) (deliveryID, hash string, err error) {
-	err = mail.ErrNotVERP
-	for _, k := range keys {
-		deliveryID, hash, err = mail.VERPDecode(k, addr)
-		if err == nil || errors.Is(err, mail.ErrNotVERP) {
-			return deliveryID, hash, err
+// verifyVERP finds, among tenants, the one whose delivery the VERP address
+// addr names: the address's MAC covers the tenant (see pkg/mail), so it
+// verifies for that tenant alone. Every key is tried, the current one
+// first, then retired ones whose mail may still bounce. Errors:
+// mail.ErrNotVERP for an address that is not a VERP address at all,
+// mail.ErrVERPForged for one that verifies for none of tenants (altered,
+// made with a key no longer configured, or another tenant's).
+func verifyVERP(keys [][]byte, tenants []*mailbusv1.Tenant, addr string) (t *mailbusv1.Tenant, deliveryID, hash string, err error) {
+	// With no key, VERPDecode only tells the form of the address.
+	if _, _, err := mail.VERPDecode(nil, "", addr); errors.Is(err, mail.ErrNotVERP) {
+		return nil, "", "", err
+	}
+	for _, cand := range tenants {
+		for _, k := range keys {
+			if id, h, err := mail.VERPDecode(k, cand.GetId(), addr); err == nil {
+				return cand, id, h, nil
+			}
 		}
 	}
-	return "", "", err
+	return nil, "", "", mail.ErrVERPForged
 }
 
 // matchRecord finds the message and recipient a record is about. The VERP
@@ -86,7 +95,10 @@ func decodeVERP(keys [][]byte, addr string) (deliveryID, hash string, err error)
 // to a feedback-loop address has no VERP address: the reported message's
 // own Return-Path (a VERP address), or its Message-ID when mailbus made it,
 // names the message instead.
-func (s *Service) matchRecord(ctx context.Context, targets []target, rec bounce.Record) (match, bool) {
+//
+// The match carries the tenant of the delivery, which is what suppression
+// and the event follow: for a VERP address, the tenant it verified for.
+func (s *Service) matchRecord(ctx context.Context, targets []target, rec bounce.Record) (match, bool, error) {
 	rcpt := suppress.Normalize(rec.Recipient)
 	if rcpt == bounce.UndisclosedRecipient {
 		rcpt = ""
@@ -98,49 +110,75 @@ func (s *Service) matchRecord(ctx context.Context, targets []target, rec bounce.
 		}
 		verp = true
 		if rcpt != "" && mail.RecipientHash(rcpt) == t.rcptHash {
-			return match{tenant: t.tenant, messageID: messageIDOf(t.deliveryID), deliveryID: t.deliveryID, recipient: rcpt, how: "verp"}, true
+			return match{tenant: t.tenant, messageID: messageIDOf(t.deliveryID), deliveryID: t.deliveryID, recipient: rcpt, how: "verp"}, true, nil
 		}
 	}
 	if verp || rcpt == "" {
-		return match{}, false
+		return match{}, false, nil
 	}
 	var tenant *mailbusv1.Tenant
 	for _, t := range targets {
 		tenant = t.tenant
 	}
 	if rp := rec.Headers.Get("Return-Path"); rp != "" {
-		if id, hash, err := decodeVERP(s.cfg.VERPKeys, rp); err == nil && hash == mail.RecipientHash(rcpt) {
-			if t := s.tenantForVERP(ctx, rp); t != nil && (tenant == nil || t.GetId() == tenant.GetId()) {
-				return match{tenant: t, messageID: messageIDOf(id), deliveryID: id, recipient: rcpt, how: "header-verp"}, true
-			}
+		candidates, err := s.returnPathTenants(ctx, rp, tenant)
+		if err != nil {
+			return match{}, false, err
+		}
+		t, id, hash, err := verifyVERP(s.cfg.VERPKeys, candidates, rp)
+		switch {
+		case err == nil && hash == mail.RecipientHash(rcpt):
+			// A provider's feedback loop may send a tenant the complaints
+			// about every message from a shared IP address: the return
+			// path says whose message it was.
+			return match{tenant: t, messageID: messageIDOf(id), deliveryID: id, recipient: rcpt, how: "header-verp"}, true, nil
+		case err == nil && (tenant == nil || t.GetId() != tenant.GetId()):
+			// Another tenant's message, but not to this recipient: nothing
+			// here says which message of ours the report is about.
+			return match{}, false, nil
+		case errors.Is(err, mail.ErrVERPForged):
+			// A return path of ours that verifies for none of the
+			// tenants it could be: altered, or signed with a key we no
+			// longer have. The Message-ID cannot be trusted to say whose
+			// message it was either.
+			return match{}, false, nil
 		}
 	}
 	if tenant == nil {
-		return match{}, false
+		return match{}, false, nil
 	}
 	if id := strings.TrimSpace(rec.Headers.Get("X-Mailbus-Message-Id")); isMailbusMessageID(id) {
-		return match{tenant: tenant, messageID: id, recipient: rcpt, how: "x-mailbus-header"}, true
+		return match{tenant: tenant, messageID: id, recipient: rcpt, how: "x-mailbus-header"}, true, nil
 	}
 	if left, _, ok := strings.Cut(rec.OriginalMessageID, "@"); ok && isMailbusMessageID(left) {
-		return match{tenant: tenant, messageID: left, recipient: rcpt, how: "message-id"}, true
+		return match{tenant: tenant, messageID: left, recipient: rcpt, how: "message-id"}, true, nil
 	}
-	return match{}, false
+	return match{}, false, nil
 }
 
-// tenantForVERP returns the one tenant whose bounce domain is the
-// address's domain; nil when none or several (then the tenant, and so the
-// suppression list, would be a guess).
-func (s *Service) tenantForVERP(ctx context.Context, addr string) *mailbusv1.Tenant {
+// returnPathTenants returns the tenants a VERP address found in a reported
+// message may belong to: the tenant the report came to, and the owners of
+// the address's bounce domain.
+func (s *Service) returnPathTenants(ctx context.Context, addr string, tenant *mailbusv1.Tenant) ([]*mailbusv1.Tenant, error) {
+	var out []*mailbusv1.Tenant
+	if tenant != nil {
+		out = append(out, tenant)
+	}
 	a := strings.Trim(strings.TrimSpace(addr), "<>")
 	at := strings.LastIndexByte(a, '@')
 	if at < 0 {
-		return nil
+		return out, nil
 	}
-	ts, err := s.dir.BounceTenants(ctx, a[at+1:])
-	if err != nil || len(ts) != 1 {
-		return nil
+	ts, err := s.dir.BounceTenants(ctx, normalizeDomain(a[at+1:]))
+	if err != nil {
+		return nil, fmt.Errorf("look up the bounce domain of reported return path %s: %w", a, err)
 	}
-	return ts[0]
+	for _, t := range ts {
+		if tenant == nil || t.GetId() != tenant.GetId() {
+			out = append(out, t)
+		}
+	}
+	return out, nil
 }
 
 // outcome is what the stage does with one record.
@@ -189,9 +227,9 @@ type Result struct {
 // acts on every record: an event to mail.events, and for hard bounces and
 // complaints an entry on the tenant's suppression list (soft bounces count
 // towards the tenant's threshold). It returns an error only for what a
-// retry can fix (Kafka or Redis unavailable); the caller then answers 4xx
-// so that the sending MTA tries again. Every step is idempotent, so a
-// retried message does no harm.
+// retry can fix (Kafka, Redis or the configuration unavailable); the
+// caller then answers 4xx so that the sending MTA tries again. Every step
+// is idempotent, so a retried message does no harm.
 func (s *Service) Process(ctx context.Context, targets []target, raw []byte) (Result, error) {
 	recs, err := bounce.Parse(raw)
 	if err != nil {
@@ -213,7 +251,10 @@ func (s *Service) Process(ctx context.Context, targets []target, raw []byte) (Re
 			s.metrics.records.WithLabelValues("ignored").Inc()
 			continue
 		}
-		m, ok := s.matchRecord(ctx, targets, rec)
+		m, ok, err := s.matchRecord(ctx, targets, rec)
+		if err != nil {
+			return res, err
+		}
 		if !ok {
 			res.Unmatched++
 			s.metrics.records.WithLabelValues("unmatched").Inc()

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -18,23 +16,19 @@ import (
 
 var (
 	errNoSuchUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox here; this server only takes bounces for mail it sent"}
+	errNotIssued  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox: this return path was not issued for this bounce domain (altered, expired, or another tenant's)"}
 	errTempFail   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, try again later"}
-	errTooMany    = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many connections from your address, try again later"}
 	errTooManyMsg = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many messages on one connection, reconnect"}
 	errNoRcpt     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
 )
 
 type backend struct{ s *Service }
 
-// NewSession admits a connection when its address is within the limits.
+// NewSession starts a session on a connection that the listener admitted
+// (see limitListener): the connection limits apply before the greeting,
+// so that idle connections which never say EHLO count too.
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ip := remoteIP(c.Conn().RemoteAddr())
-	release, ok := b.s.limiter.admit(ip)
-	if !ok {
-		b.s.log.Warn("refusing a connection over the per-address limit", "ip", ip)
-		return nil, errTooMany
-	}
-	return &session{s: b.s, ip: ip, release: release}, nil
+	return &session{s: b.s, ip: remoteIP(c.Conn().RemoteAddr())}, nil
 }
 
 func remoteIP(a net.Addr) string {
@@ -52,18 +46,13 @@ func remoteIP(a net.Addr) string {
 type session struct {
 	s        *Service
 	ip       string
-	release  func()
-	once     sync.Once
 	targets  []target
 	messages int
 }
 
 func (x *session) Reset() { x.targets = nil }
 
-func (x *session) Logout() error {
-	x.once.Do(x.release)
-	return nil
-}
+func (x *session) Logout() error { return nil }
 
 // Mail accepts any sender: bounces come from the null sender, complaint
 // reports from anyone.
@@ -76,6 +65,10 @@ func (x *session) Mail(string, *smtp.MailOptions) error {
 }
 
 // Rcpt accepts only what this server exists for; see the package comment.
+// A VERP address is accepted at a bounce domain only when it verifies for
+// a tenant that owns the domain: the MAC binds it to the tenant of its
+// delivery, and that tenant, never merely the domain's owner, is whose
+// suppression list and message the bounce is about.
 func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx := context.Background()
 	addr := suppress.Normalize(to)
@@ -90,30 +83,32 @@ func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		x.s.metrics.rcpts.WithLabelValues("feedback").Inc()
 		return nil
 	}
-	id, hash, err := decodeVERP(x.s.cfg.VERPKeys, addr)
-	if err != nil {
-		verdict := "refused"
-		if errors.Is(err, mail.ErrVERPForged) {
-			verdict = "forged"
-			x.s.log.Warn("refusing a VERP address whose signature does not verify", "rcpt", addr, "ip", x.ip)
-		}
-		x.s.metrics.rcpts.WithLabelValues(verdict).Inc()
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
 		return errNoSuchUser
 	}
-	domain := addr[strings.LastIndexByte(addr, '@')+1:]
-	ts, err := x.s.dir.BounceTenants(ctx, domain)
+	domain := normalizeDomain(addr[at+1:])
+	owners, err := x.s.dir.BounceTenants(ctx, domain)
 	if err != nil {
 		x.s.log.Error("cannot look up bounce domains", "err", err)
 		return errTempFail
 	}
-	if len(ts) != 1 {
-		if len(ts) > 1 {
-			x.s.log.Error("bounce domain is shared by several tenants; cannot tell whose bounce this is", "domain", domain)
-		}
+	if len(owners) == 0 {
 		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
 		return errNoSuchUser
 	}
-	x.targets = append(x.targets, target{tenant: ts[0], deliveryID: id, rcptHash: hash})
+	tenant, id, hash, err := verifyVERP(x.s.cfg.VERPKeys, owners, addr)
+	switch {
+	case errors.Is(err, mail.ErrVERPForged):
+		x.s.metrics.rcpts.WithLabelValues("forged").Inc()
+		x.s.log.Warn("refusing a VERP address that does not verify for the tenant of its bounce domain", "rcpt", addr, "domain", domain, "ip", x.ip)
+		return errNotIssued
+	case err != nil:
+		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
+		return errNoSuchUser
+	}
+	x.targets = append(x.targets, target{tenant: tenant, deliveryID: id, rcptHash: hash})
 	x.s.metrics.rcpts.WithLabelValues("verp").Inc()
 	return nil
 }
@@ -152,47 +147,4 @@ func (x *session) Data(r io.Reader) error {
 		return errTempFail
 	}
 	return nil
-}
-
-// connLimiter bounds connections per remote address: how many at once and
-// how many new ones per minute. It is written here because it is a few
-// lines over a map; a token-bucket library would still need the map, its
-// locking and its eviction.
-type connLimiter struct {
-	maxConc   int
-	perMinute int
-	now       func() time.Time
-
-	mu      sync.Mutex
-	active  map[string]int
-	window  time.Time
-	started map[string]int
-}
-
-func newConnLimiter(maxConc, perMinute int, now func() time.Time) *connLimiter {
-	return &connLimiter{maxConc: maxConc, perMinute: perMinute, now: now, active: map[string]int{}, started: map[string]int{}}
-}
-
-// admit counts a new connection from ip; release must be called when it
-// ends.
-func (l *connLimiter) admit(ip string) (release func(), ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// A fixed one-minute window: the map is dropped at each new window, so
-	// it never grows beyond one minute's addresses.
-	if w := l.now().Truncate(time.Minute); !w.Equal(l.window) {
-		l.window, l.started = w, map[string]int{}
-	}
-	if l.active[ip] >= l.maxConc || l.started[ip] >= l.perMinute {
-		return nil, false
-	}
-	l.active[ip]++
-	l.started[ip]++
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if l.active[ip]--; l.active[ip] <= 0 {
-			delete(l.active, ip)
-		}
-	}, true
 }

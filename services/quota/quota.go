@@ -95,7 +95,15 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.pub = r.Publisher()
-	if err := r.Handle("admit", bus.TopicRouted, bus.Handle(s.handle)); err != nil {
+	// A delivery too large for mail.admitted (or a retry topic) fails with
+	// a status instead of going round to the poison topic.
+	h := events.FailTooLarge(s.pub, events.StageQuota, s.deps.Now, s.handle)
+	if err := r.Handle("admit", bus.TopicRouted, bus.Handle(h)); err != nil {
+		return err
+	}
+	// Paced and deferred deliveries come back through the retry topics;
+	// quota releases its own, so it never depends on another stage running.
+	if err := delay.Register(r, bus.TopicRouted, s.deps.Now); err != nil {
 		return err
 	}
 	return r.Run(ctx)

@@ -23,6 +23,9 @@ import (
 
 // Config configures the router.
 type Config struct {
+	// Bus is the Kafka configuration. Its MaxMessageBytes, when zero,
+	// derives from MaxMessageBytes (bus.RecordLimit); give every service
+	// of the pipeline the same.
 	Bus bus.Config
 	// MaxMessageBytes bounds a built message; 0 means 25 MiB.
 	MaxMessageBytes int64
@@ -61,11 +64,15 @@ func New(cfg Config, deps Deps) *Service {
 	if deps.Log == nil {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Bus.MaxMessageBytes <= 0 {
+		cfg.Bus.MaxMessageBytes = bus.RecordLimit(cfg.MaxMessageBytes)
+	}
 	s := &Service{
 		cfg: cfg,
 		log: deps.Log.With("service", "router"),
 		planner: plan.New(deps.Config, deps.Suppressions, deps.Health, plan.Options{
-			MaxMessageBytes: cfg.MaxMessageBytes, MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, Now: deps.Now,
+			MaxMessageBytes: cfg.MaxMessageBytes, MaxRecordBytes: cfg.Bus.DeliveryLimit(),
+			MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, Now: deps.Now,
 		}),
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "router", Name: "submissions_total",
@@ -101,7 +108,7 @@ func (s *Service) handleSubmission(ctx context.Context, msg *message.Message, su
 	if err != nil {
 		return err
 	}
-	return s.publish(msg, res, "submission")
+	return s.publishOrFail(msg, res, "submission")
 }
 
 func (s *Service) handleFallback(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
@@ -109,7 +116,20 @@ func (s *Service) handleFallback(ctx context.Context, msg *message.Message, d *m
 	if err != nil {
 		return err
 	}
-	return s.publish(msg, res, "reroute")
+	return s.publishOrFail(msg, res, "reroute")
+}
+
+// publishOrFail publishes res, and when Kafka cannot take one of its
+// records for its size, the message's failed status instead: the planner
+// refuses deliveries over the router's record limit, but a cluster whose
+// topics allow less, or a producer's huge headers, can still refuse one.
+func (s *Service) publishOrFail(in *message.Message, res plan.Result, kind string) error {
+	err := s.publish(in, res, kind)
+	if err == nil || !bus.IsTooLarge(err) {
+		return err
+	}
+	s.log.Warn("a record of the message is too large for Kafka: failing the message", "message_id", res.MessageID, "err", err)
+	return s.publish(in, s.planner.Fail(res, plan.ReasonTooLarge, err.Error()), kind)
 }
 
 // publish sends deliveries before events: a crash in between redelivers

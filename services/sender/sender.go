@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/delay"
+	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
@@ -116,10 +117,19 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("deliver", bus.TopicSigned, bus.Handle(s.handle)); err != nil {
 		return err
 	}
-	if err := delay.Register(r, s.deps.Now); err != nil {
+	if err := delay.Register(r, bus.TopicSigned, s.deps.Now); err != nil {
 		return err
 	}
 	return r.Run(ctx)
+}
+
+// tooLarge is the failed event of a delivery that could not be passed on
+// because its record is too large for Kafka.
+func (s *Service) tooLarge(d *mailbusv1.Delivery, err error) *mailbusv1.DeliveryEvent {
+	s.log.Warn("delivery too large to pass on: failing its recipients", "delivery_id", d.GetDeliveryId(), "err", err)
+	e := events.ForDelivery(d, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, events.ReasonTooLarge, err.Error(), s.deps.Now())
+	e.Permanent = true
+	return e
 }
 
 func doneKey(d *mailbusv1.Delivery) string {
@@ -143,14 +153,23 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 		return err
 	}
 	meta := bus.MetaFrom(msg)
+	// The SMTP attempt is made: a delivery passed on that Kafka cannot
+	// take for its size fails its recipients, and the others' outcomes are
+	// still reported, instead of an error that would send them all again.
 	if out.Fallback != nil {
 		if err := bus.Publish(s.pub, bus.TopicFallback, out.Fallback, meta); err != nil {
-			return err
+			if !bus.IsTooLarge(err) {
+				return err
+			}
+			out.Events = append(out.Events, s.tooLarge(out.Fallback, err))
 		}
 	}
 	if out.Retry != nil {
 		if err := delay.Enqueue(s.pub, meta, out.Retry, bus.TopicSigned, out.RetryAt, s.deps.Now()); err != nil {
-			return err
+			if !bus.IsTooLarge(err) {
+				return err
+			}
+			out.Events = append(out.Events, s.tooLarge(out.Retry, err))
 		}
 	}
 	if len(out.Events) > 0 {

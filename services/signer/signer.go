@@ -18,6 +18,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
+	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/services/signer/internal/dkim"
 )
@@ -80,7 +81,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.pub = r.Publisher()
-	if err := r.Handle("sign", bus.TopicAdmitted, bus.Handle(s.handle)); err != nil {
+	// A signed delivery too large for mail.signed fails with a status
+	// instead of going round to the poison topic.
+	h := events.FailTooLarge(s.pub, events.StageSigner, nil, s.handle)
+	if err := r.Handle("sign", bus.TopicAdmitted, bus.Handle(h)); err != nil {
 		return err
 	}
 	return r.Run(ctx)

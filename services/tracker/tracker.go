@@ -25,6 +25,9 @@ import (
 // Config configures the tracker.
 type Config struct {
 	Bus bus.Config
+	// DatabaseURL is the message log: postgres://... or sqlite://FILE. Only
+	// NewApplication reads it; New takes an open database.
+	DatabaseURL string
 	// MaxBatch is the most events applied in one transaction; default 500.
 	MaxBatch int
 	// MaxBatchWait is how long the first event of a batch waits for

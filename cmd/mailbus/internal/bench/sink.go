@@ -14,7 +14,9 @@ import (
 
 // sink is an SMTP server that accepts and discards everything, recording
 // when each message was accepted and how long it took since its producer
-// published it (the X-Bench-Published header).
+// published it (the X-Bench-Published header). Messages published before
+// the current phase began (a previous run's leftovers on a reused Kafka)
+// are accepted but not counted.
 type sink struct {
 	srv     *smtp.Server
 	ln      net.Listener
@@ -28,6 +30,7 @@ type sink struct {
 	conns     int
 	done      chan struct{}
 	want      int
+	since     time.Time
 }
 
 func startSink(latency time.Duration, want int) (*sink, error) {
@@ -35,7 +38,7 @@ func startSink(latency time.Duration, want int) (*sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &sink{ln: ln, latency: latency, want: want, done: make(chan struct{})}
+	s := &sink{ln: ln, latency: latency, want: want, done: make(chan struct{}), since: time.Now()}
 	s.srv = smtp.NewServer(s)
 	s.srv.Domain = "sink.bench"
 	s.srv.MaxMessageBytes = 64 << 20
@@ -86,6 +89,9 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	s := ss.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if published > 0 && published < s.since.UnixNano() {
+		return nil
+	}
 	if s.count == 0 {
 		s.first = now
 	}

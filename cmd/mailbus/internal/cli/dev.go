@@ -9,6 +9,7 @@ import (
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 	"github.com/mailbus/mailbus/pkg/obs"
+	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 )
 
 func devCmd() *cobra.Command {
@@ -21,6 +22,9 @@ func devCmd() *cobra.Command {
 broker on a real port (any Kafka client can produce to it), an in-process
 Redis unless REDIS_ADDR is set, SQLite files in --data, the gRPC API, and a
 mail catcher (SMTP + web page) that the example configuration relays to.
+The bounce listener reads its connection limits from the bounce command's
+variables (MAILBUS_BOUNCE_MAX_CONNS, MAILBUS_BOUNCE_MAX_CONNS_PER_IP,
+MAILBUS_BOUNCE_CONNS_PER_MINUTE, MAILBUS_BOUNCE_IDLE_TIMEOUT).
 It prints one line with every address when ready and stops on Ctrl-C.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = obs.NewLogger(os.Stderr, obs.LogConfig{Format: logFormat, Level: logLevel})
@@ -28,6 +32,13 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 				o.KafkaBrokers = strings.Split(brokers, ",")
 			}
 			o.RedisAddr = os.Getenv("REDIS_ADDR")
+			var limits bouncesvc.Config
+			if err := bouncesvc.LimitsFromEnv(&limits, os.Getenv); err != nil {
+				return err
+			}
+			o.TuneBounce = func(c *bouncesvc.Config) {
+				c.MaxConns, c.MaxConnsPerIP, c.ConnsPerMinute, c.IdleTimeout = limits.MaxConns, limits.MaxConnsPerIP, limits.ConnsPerMinute, limits.IdleTimeout
+			}
 			st, err := stack.Start(cmd.Context(), o)
 			if err != nil {
 				return err

@@ -1,8 +1,12 @@
 package stack_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 	"github.com/mailbus/mailbus/pkg/auth"
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -205,7 +210,7 @@ func TestBounce_softBounceKeepsSentWithANoteAndCountsTowardsTheThreshold(t *test
 
 func TestBounce_listenerRefusesAddressesItDidNotMakeAtRCPT(t *testing.T) {
 	p := startPipeline(t, nil, nil)
-	good, err := mail.VERPEncode(p.VERPKey, "m0000000000000000000000000.0", "bob@example.net", "bounce.acme.example")
+	good, err := mail.VERPEncode(p.VERPKey, "acme", "m0000000000000000000000000.0", "bob@example.net", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,11 +221,11 @@ func TestBounce_listenerRefusesAddressesItDidNotMakeAtRCPT(t *testing.T) {
 	} else {
 		flipped[len(flipped)-1] = 'a'
 	}
-	otherKey, err := mail.VERPEncode([]byte("another key of sixteen bytes or more"), "m0000000000000000000000000.0", "bob@example.net", "bounce.acme.example")
+	otherKey, err := mail.VERPEncode([]byte("another key of sixteen bytes or more"), "acme", "m0000000000000000000000000.0", "bob@example.net", "bounce.acme.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherDomain, err := mail.VERPEncode(p.VERPKey, "m0000000000000000000000000.0", "bob@example.net", "bounce.nobody.example")
+	otherDomain, err := mail.VERPEncode(p.VERPKey, "acme", "m0000000000000000000000000.0", "bob@example.net", "bounce.nobody.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,5 +285,145 @@ func TestBounce_garbageToAValidAddressIsAcceptedAndChangesNothing(t *testing.T) 
 	case <-p.Done():
 		t.Fatalf("pipeline failed: %v", p.Err())
 	case <-time.After(0):
+	}
+}
+
+// globexTenant is a second tenant with its own bounce domain, relaying to
+// the same test server as acme.
+const globexTenant = `  - id: globex
+    name: Globex
+    time_zone: UTC
+    bounce_domain: bounce.globex.example
+    domains:
+      - id: globex-example
+        name: globex.example
+        return_path: verp
+        dkim_keys:
+          - selector: e2026
+            algorithm: ed25519
+            generate: true
+    relays:
+      - id: globex-relay
+        name: relay
+        host: 127.0.0.1
+        port: %s
+        security: none
+        auth:
+          mechanism: none
+        priority: 10
+        domains: [globex.example]
+`
+
+// withGlobex adds globexTenant to the pipeline's seed.
+func withGlobex(t *testing.T) func(*stack.Options) {
+	return func(o *stack.Options) {
+		seed, err := os.ReadFile(o.SeedFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := regexp.MustCompile(`port: (\d+)`).FindSubmatch(seed)
+		if port == nil {
+			t.Fatal("no relay port in the seed")
+		}
+		seed = bytes.Replace(seed, []byte("tenants:\n"), []byte("tenants:\n"+fmt.Sprintf(globexTenant, port[1])), 1)
+		if err := os.WriteFile(o.SeedFile, seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// submitAs publishes one submission of tenant from a sender address.
+func submitAs(t *testing.T, p *pipeline, tenant, from, idem, to string) string {
+	t.Helper()
+	pub, err := bus.NewPublisher(testkit.BusConfig(p.Brokers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	sub := &mailbusv1.Submission{
+		IdempotencyId: idem, TenantId: tenant, Kind: mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+		From: &mailbusv1.Address{Email: from}, To: []*mailbusv1.Address{{Email: to}},
+		Subject: "Your order " + idem, TextBody: "Hello",
+	}
+	if err := bus.Publish(pub, bus.TopicSubmit, sub, message.Metadata{}); err != nil {
+		t.Fatal(err)
+	}
+	return ids.MessageID(tenant, idem)
+}
+
+// A VERP address names a delivery of one tenant; at another tenant's
+// bounce domain it must be refused, or anyone holding a return path of
+// tenant A could put A's recipient on tenant B's suppression list (and
+// report A's message to the tracker as B's).
+func TestBounce_VERPAddressIsAcceptedOnlyAtItsOwnTenantsBounceDomain(t *testing.T) {
+	p := startPipeline(t, nil, withGlobex(t))
+	ctx := context.Background()
+	const rcptA, rcptB = "gone-a@example.net", "gone-b@example.net"
+	idA := submitAs(t, p, "acme", "alice@acme.example", "cross-a", rcptA)
+	idB := submitAs(t, p, "globex", "gina@globex.example", "cross-b", rcptB)
+	sentTo := func(rcpt string) func(testkit.SMTPMessage) bool {
+		return func(m testkit.SMTPMessage) bool { return len(m.To) == 1 && m.To[0] == rcpt }
+	}
+	sentA := p.smtp.WaitMessage(t, sentTo(rcptA))
+	sentB := p.smtp.WaitMessage(t, sentTo(rcptB))
+	p.waitMessage(t, idA, hasStatus(mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT))
+	p.waitMessage(t, idB, hasStatus(mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT))
+	localA, domainA, _ := strings.Cut(sentA.From, "@")
+	localB, domainB, _ := strings.Cut(sentB.From, "@")
+	if domainA != "bounce.acme.example" || domainB != "bounce.globex.example" {
+		t.Fatalf("return paths %q and %q are not on their tenants' bounce domains", sentA.From, sentB.From)
+	}
+	reportA := dsn(rcptA, "5.1.1", "550 5.1.1 <gone-a@example.net>: User unknown", sentA.Data)
+	reportB := dsn(rcptB, "5.1.1", "550 5.1.1 <gone-b@example.net>: User unknown", sentB.Data)
+
+	for _, tc := range []struct{ name, rcpt, report string }{
+		{"acme's address at globex's domain", localA + "@" + domainB, reportA},
+		{"globex's address at acme's domain", localB + "@" + domainA, reportB},
+		{"acme's address at globex's domain in other case", strings.ToUpper(localA) + "@Bounce.Globex.Example", reportA},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := sendBounce(p.BounceAddr, tc.rcpt, tc.report)
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) || se.Code != 550 || !strings.Contains(se.Message, "not issued for this bounce domain") {
+				t.Fatalf("RCPT TO:<%s> answered %v; want 550 saying the address was not issued for this bounce domain", tc.rcpt, err)
+			}
+		})
+	}
+
+	// Each tenant's own address at its own domain, in any letter case,
+	// is accepted and suppresses on that tenant's list only.
+	if err := sendBounce(p.BounceAddr, strings.ToUpper(localA)+"@Bounce.ACME.Example", reportA); err != nil {
+		t.Fatalf("acme's VERP address at acme's bounce domain (other case) refused: %v", err)
+	}
+	if err := sendBounce(p.BounceAddr, localB+"@"+domainB, reportB); err != nil {
+		t.Fatalf("globex's VERP address at globex's bounce domain refused: %v", err)
+	}
+	mA := p.waitMessage(t, idA, recipientIs(mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "userunknown"))
+	mB := p.waitMessage(t, idB, recipientIs(mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "userunknown"))
+	for _, m := range []*mailbusv1.Message{mA, mB} {
+		n := 0
+		for _, ev := range m.GetHistory() {
+			if ev.GetStage() == "bounce" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("message %s: want exactly one bounce event (its own), history: %v", m.GetId(), m.GetHistory())
+		}
+	}
+	for _, tc := range []struct {
+		tenant, addr string
+		want         bool
+	}{
+		{"acme", rcptA, true}, {"globex", rcptA, false},
+		{"globex", rcptB, true}, {"acme", rcptB, false},
+	} {
+		got, err := p.Suppressions.Suppressed(ctx, tc.tenant, []string{tc.addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if listed := len(got) == 1; listed != tc.want {
+			t.Errorf("%s on %s's suppression list: %v, want %v", tc.addr, tc.tenant, listed, tc.want)
+		}
 	}
 }

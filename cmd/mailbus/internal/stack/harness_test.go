@@ -128,7 +128,14 @@ func (w tWriter) Write(p []byte) (int, error) {
 // waitMessage polls the message log until the message satisfies done.
 func (p *pipeline) waitMessage(t *testing.T, id string, done func(*mailbusv1.Message) bool) *mailbusv1.Message {
 	t.Helper()
-	deadline := time.Now().Add(stack.WaitTimeout)
+	return p.waitMessageWithin(t, id, done, stack.WaitTimeout)
+}
+
+// waitMessageWithin is waitMessage with another deadline, for messages
+// that take long (tens of megabytes under the race detector).
+func (p *pipeline) waitMessageWithin(t *testing.T, id string, done func(*mailbusv1.Message) bool, wait time.Duration) *mailbusv1.Message {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	var last *mailbusv1.Message
 	for time.Now().Before(deadline) {
 		resp, err := p.messages.GetMessage(context.Background(), &mailbusv1.GetMessageRequest{Id: id})
@@ -144,7 +151,7 @@ func (p *pipeline) waitMessage(t *testing.T, id string, done func(*mailbusv1.Mes
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("message %s did not reach the expected state in %s; last seen: %v", id, stack.WaitTimeout, last)
+	t.Fatalf("message %s did not reach the expected state in %s; last seen: %v", id, wait, last)
 	return nil
 }
 

@@ -27,15 +27,13 @@ import (
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/catcher"
 	"github.com/mailbus/mailbus/pkg/auth"
-	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/infra"
 	"github.com/mailbus/mailbus/pkg/obs"
 	"github.com/mailbus/mailbus/pkg/redisembed"
 	"github.com/mailbus/mailbus/pkg/seal"
-	"github.com/mailbus/mailbus/pkg/sqlstore"
 	"github.com/mailbus/mailbus/pkg/suppress"
 	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/config"
@@ -72,12 +70,17 @@ type Options struct {
 	// DataDir.
 	ConfigDatabaseURL  string
 	TrackerDatabaseURL string
-	// MaxMessageBytes bounds a built message; 0 means 25 MiB.
+	// MaxMessageBytes bounds a built message; 0 means 25 MiB. The Kafka
+	// record limit of every stage derives from it (bus.RecordLimit) unless
+	// TuneBus sets one.
 	MaxMessageBytes int64
 	// TuneBus adjusts the bus configuration (tests shorten timeouts).
 	TuneBus func(*bus.Config)
 	// TuneSender adjusts the sender configuration.
 	TuneSender func(*sender.Config)
+	// TuneBounce adjusts the bounce listener's configuration (its
+	// connection limits and idle timeout).
+	TuneBounce func(*bouncesvc.Config)
 	Log        *slog.Logger
 	Metrics    *prometheus.Registry
 }
@@ -103,7 +106,7 @@ type Stack struct {
 	log    *slog.Logger
 	runCtx context.Context
 
-	newSender    func() *sender.Service
+	newSender    func() (*sender.Service, func(), error)
 	senderCancel context.CancelFunc
 	senderDone   chan struct{}
 	cancel       context.CancelFunc
@@ -174,6 +177,17 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.TuneBus != nil {
 		o.TuneBus(&busCfg)
 	}
+	if busCfg.MaxMessageBytes <= 0 {
+		busCfg.MaxMessageBytes = bus.RecordLimit(o.MaxMessageBytes)
+	}
+	// The bus's metrics are the process's; a registry used by an earlier
+	// Start has them already.
+	var already prometheus.AlreadyRegisteredError
+	for _, c := range bus.Collectors() {
+		if err := o.Metrics.Register(c); err != nil && !errors.As(err, &already) {
+			return nil, fmt.Errorf("register bus metrics: %w", err)
+		}
+	}
 	if busCfg.Metrics == nil {
 		busCfg.Metrics = o.Metrics // records handled and consumer lag per group
 	}
@@ -208,15 +222,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("start config service: %w", err)
 	}
 	s.closers = append(s.closers, func() { _ = cfgSvc.Close() })
-	trackerDB, err := sqlstore.Open(ctx, orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")))
-	if err != nil {
-		return nil, fmt.Errorf("open message log: %w", err)
-	}
-	s.closers = append(s.closers, func() { _ = trackerDB.Close() })
-	trk, err := tracker.New(ctx, tracker.Config{Bus: busCfg}, tracker.Deps{Log: o.Log, Metrics: o.Metrics, DB: trackerDB})
+	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{
+		Bus: busCfg, DatabaseURL: orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")),
+	}, infra.Infra{Log: o.Log, Metrics: o.Metrics})
 	if err != nil {
 		return nil, err
 	}
+	s.closers = append(s.closers, closeTrk)
 	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
 	cfgSvc.Register(gsrv)
 	trk.Register(gsrv)
@@ -258,32 +270,63 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.goRun("catcher", c.Run)
 	}
 
-	lim := limits.New(rdb)
+	// Every stage is built by its own composition root, as its main builds
+	// it, from the embedded infrastructure; each keeps its own
+	// configuration cache, as a replica in production does.
+	in := infra.Infra{Log: o.Log, Metrics: o.Metrics, ConfigConn: conn, Sealer: sealer, Redis: rdb}
 	senderCfg := sender.Config{Bus: busCfg, HeloName: "mailbus.local"}
 	if o.TuneSender != nil {
 		o.TuneSender(&senderCfg)
 	}
-	s.newSender = func() *sender.Service {
-		return sender.New(senderCfg, sender.Deps{Log: o.Log, Config: cc, Redis: rdb, Classify: bounce.Classify})
+	// A restarted sender registers no metrics: the first one holds the
+	// names in the registry.
+	restartIn := in
+	restartIn.Metrics = nil
+	s.newSender = func() (*sender.Service, func(), error) {
+		return sender.NewApplication(s.runCtx, senderCfg, restartIn)
 	}
-	s.Sender = sender.New(senderCfg, sender.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb, Classify: bounce.Classify})
-	s.goRun("router", router.New(router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, router.Deps{
-		Log: o.Log, Metrics: o.Metrics, Config: cc, Health: limits.Health{Limits: lim, Log: o.Log}, Suppressions: s.Suppressions,
-	}).Run)
-	s.goRun("quota", quota.New(quota.Config{Bus: busCfg}, quota.Deps{Log: o.Log, Metrics: o.Metrics, Config: cc, Redis: rdb}).Run)
-	s.goRun("signer", signer.New(signer.Config{Bus: busCfg}, signer.Deps{Log: o.Log, Metrics: o.Metrics, Keys: cc}).Run)
-	s.startSender(s.Sender)
-	s.goRun("tracker", trk.Run)
-	bsvc := bouncesvc.New(bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}, bouncesvc.Deps{
-		Log: o.Log, Metrics: o.Metrics, Tenants: cc, Suppressions: s.Suppressions,
-		Directory: bouncesvc.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
-	})
-	baddr, err := bsvc.Listen()
+	snd, closeSnd, err := sender.NewApplication(ctx, senderCfg, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeSnd)
+	s.Sender = snd
+	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeRtr)
+	qta, closeQta, err := quota.NewApplication(ctx, quota.Config{Bus: busCfg}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeQta)
+	sgn, closeSgn, err := signer.NewApplication(ctx, signer.Config{Bus: busCfg}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeSgn)
+	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}
+	if o.TuneBounce != nil {
+		o.TuneBounce(&bounceCfg)
+	}
+	bnc, closeBnc, err := bouncesvc.NewApplication(ctx, bounceCfg, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeBnc)
+	baddr, err := bnc.Listen()
 	if err != nil {
 		return nil, err
 	}
 	s.BounceAddr = baddr.String()
-	s.goRun("bounce", bsvc.Run)
+
+	s.goRun("router", rtr.Run)
+	s.goRun("quota", qta.Run)
+	s.goRun("signer", sgn.Run)
+	s.startSender(s.Sender)
+	s.goRun("tracker", trk.Run)
+	s.goRun("bounce", bnc.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
 		h.SetReady(true)
@@ -318,7 +361,13 @@ func (s *Stack) KillSender() {
 // RestartSender starts a new sender after KillSender, as a new replica
 // would start.
 func (s *Stack) RestartSender() {
-	s.Sender = s.newSender()
+	snd, closeSnd, err := s.newSender()
+	if err != nil {
+		s.fail(fmt.Errorf("restart sender: %w", err))
+		return
+	}
+	s.closers = append(s.closers, closeSnd)
+	s.Sender = snd
 	s.startSender(s.Sender)
 }
 

@@ -7,6 +7,10 @@
 //	MAILBUS_VERP_OLD_KEYS         comma-separated hex keys retired from the router, still accepted
 //	MAILBUS_FEEDBACK_ADDRESSES    comma-separated address=tenant pairs for feedback-loop (ARF) mail
 //	MAILBUS_BOUNCE_MAX_BYTES      message size limit (default 10 MiB)
+//	MAILBUS_BOUNCE_MAX_CONNS      concurrent connections in all (default 100)
+//	MAILBUS_BOUNCE_MAX_CONNS_PER_IP  concurrent connections from one address (default 10)
+//	MAILBUS_BOUNCE_CONNS_PER_MINUTE  new connections from one address per minute (default 120)
+//	MAILBUS_BOUNCE_IDLE_TIMEOUT   time an idle session is kept (default 5m)
 //	MAILBUS_BOUNCE_GRPC_LISTEN    SuppressionService (default :7072), authenticated
 //	                              with MAILBUS_ADMIN_TOKEN
 //
@@ -38,10 +42,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 
-	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/bounce/internal/imappoll"
@@ -59,56 +60,42 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		return err
 	}
 	maxBytes, _ := strconv.ParseInt(os.Getenv("MAILBUS_BOUNCE_MAX_BYTES"), 10, 64)
-	cc, closeCC, err := env.ConfigClient(ctx, false)
+	mailboxes, err := mailboxes()
 	if err != nil {
 		return err
 	}
-	defer closeCC()
-	// The tenant index lists tenants over its own connection: the cache
-	// does not list them (see bounce.TenantIndex).
-	conn, err := env.ConfigConn()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	rdb, err := env.Redis(ctx)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	supp := suppress.New(rdb)
-	svc := bounce.New(bounce.Config{
+	cfg := bounce.Config{
 		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
-		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes,
-	}, bounce.Deps{
-		Log: env.Log, Metrics: env.Metrics, Tenants: cc,
-		Directory:    bounce.NewTenantIndex(mailbusv1.NewConfigServiceClient(conn), cc.Revision),
-		Suppressions: supp,
-	})
-	poller, err := mailboxPoller(svc, env)
+		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes, Mailboxes: mailboxes,
+	}
+	if err := bounce.LimitsFromEnv(&cfg, os.Getenv); err != nil {
+		return err
+	}
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
-	if _, err := svc.Listen(); err != nil {
+	defer cleanup()
+	app, closeApp, err := bounce.NewApplication(ctx, cfg, in)
+	if err != nil {
+		return err
+	}
+	defer closeApp()
+	if _, err := app.Listen(); err != nil {
 		return err
 	}
 	env.Health.SetReady(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_BOUNCE_GRPC_LISTEN", ":7072"), func(r grpc.ServiceRegistrar) {
-			mailbusv1.RegisterSuppressionServiceServer(r, bounce.NewSuppressionServer(supp, env.Log))
-		})
+		return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_BOUNCE_GRPC_LISTEN", ":7072"), app.Register)
 	})
-	g.Go(func() error { return svc.Run(gctx) })
-	if poller != nil {
-		g.Go(func() error { return poller.Run(gctx) })
-	}
+	g.Go(func() error { return app.Run(gctx) })
 	return g.Wait()
 }
 
-// mailboxPoller configures IMAP polling from the environment; nil when
+// mailboxes configures IMAP polling from the environment; none when
 // MAILBUS_BOUNCE_IMAP_ADDR is not set.
-func mailboxPoller(svc *bounce.Service, env *svcenv.Env) (*imappoll.Poller, error) {
+func mailboxes() ([]bounce.Mailbox, error) {
 	addr := os.Getenv("MAILBUS_BOUNCE_IMAP_ADDR")
 	if addr == "" {
 		return nil, nil
@@ -136,11 +123,11 @@ func mailboxPoller(svc *bounce.Service, env *svcenv.Env) (*imappoll.Poller, erro
 		}
 	}
 	skip, _ := strconv.ParseBool(os.Getenv("MAILBUS_BOUNCE_IMAP_INSECURE_SKIP_VERIFY"))
-	return imappoll.New(imappoll.Config{
+	return []bounce.Mailbox{{Tenant: tenant, IMAP: imappoll.Config{
 		Host: host, Port: port, TLS: imappoll.TLSMode(os.Getenv("MAILBUS_BOUNCE_IMAP_TLS")), InsecureSkipVerify: skip,
 		Username: os.Getenv("MAILBUS_BOUNCE_IMAP_USER"), Password: os.Getenv("MAILBUS_BOUNCE_IMAP_PASSWORD"),
 		Folders: folders, Interval: interval,
-	}, svc.MailboxHandler(tenant), env.Log.With("tenant", tenant))
+	}}}, nil
 }
 
 func verpKeys() ([][]byte, error) {

@@ -11,16 +11,16 @@ import (
 func main() { svcenv.Main("quota", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	cc, closeCC, err := env.ConfigClient(ctx, false)
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
-	defer closeCC()
-	rdb, err := env.Redis(ctx)
+	defer cleanup()
+	svc, closeSvc, err := quota.NewApplication(ctx, quota.Config{Bus: env.Bus}, in)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
+	defer closeSvc()
 	env.Health.SetReady(true)
-	return quota.New(quota.Config{Bus: env.Bus}, quota.Deps{Log: env.Log, Metrics: env.Metrics, Config: cc, Redis: rdb}).Run(ctx)
+	return svc.Run(ctx)
 }

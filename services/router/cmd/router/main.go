@@ -1,6 +1,6 @@
-// Command router runs the mailbus router stage. Environment: see pkg/svcenv,
-// plus MAILBUS_VERP_KEY (hex, 32 bytes) that signs VERP return paths and
-// MAILBUS_MAX_MESSAGE_BYTES.
+// Command router runs the mailbus router stage. Environment: see pkg/svcenv
+// (MAILBUS_MAX_MESSAGE_BYTES is the limit the router enforces), plus
+// MAILBUS_VERP_KEY (hex, 32 bytes) that signs VERP return paths.
 package main
 
 import (
@@ -8,10 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"strconv"
 
-	"github.com/mailbus/mailbus/pkg/limits"
-	"github.com/mailbus/mailbus/pkg/suppress"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/router"
 )
@@ -23,20 +20,16 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	if err != nil {
 		return fmt.Errorf("MAILBUS_VERP_KEY: want hex: %w", err)
 	}
-	maxBytes, _ := strconv.ParseInt(os.Getenv("MAILBUS_MAX_MESSAGE_BYTES"), 10, 64)
-	cc, closeCC, err := env.ConfigClient(ctx, false)
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Redis: true})
 	if err != nil {
 		return err
 	}
-	defer closeCC()
-	rdb, err := env.Redis(ctx)
+	defer cleanup()
+	svc, closeSvc, err := router.NewApplication(ctx, router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: env.MaxMailBytes}, in)
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
+	defer closeSvc()
 	env.Health.SetReady(true)
-	return router.New(router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: maxBytes}, router.Deps{
-		Log: env.Log, Metrics: env.Metrics, Config: cc, Health: limits.Health{Limits: limits.New(rdb), Log: env.Log},
-		Suppressions: suppress.New(rdb),
-	}).Run(ctx)
+	return svc.Run(ctx)
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -40,7 +41,7 @@ const (
 	ReasonInvalidHeader   = "invalid_header"
 	ReasonHeaderInjection = "header_injection"
 	ReasonInvalidMessage  = "invalid_message"
-	ReasonTooLarge        = "message_too_large"
+	ReasonTooLarge        = events.ReasonTooLarge
 	ReasonTooManyRcpts    = "too_many_recipients"
 	ReasonNoRoute         = "no_route"
 	ReasonSuppressed      = "suppressed"
@@ -71,6 +72,12 @@ type RelayHealth interface {
 type Options struct {
 	// MaxMessageBytes bounds a built message; 0 means mail.DefaultMaxSize.
 	MaxMessageBytes int64
+	// MaxRecordBytes bounds a delivery as a protobuf record: the message
+	// and, beside it, the submission's subject, metadata and envelope. 0
+	// means the default bus.Config's DeliveryLimit. The router passes its
+	// bus configuration's, so that what it plans fits Kafka on the whole
+	// way (see "Size budget" in pkg/bus).
+	MaxRecordBytes int
 	// MaxRecipients bounds one submission; default 1000.
 	MaxRecipients int
 	// EnvelopeRecipients bounds one envelope when not using VERP; default
@@ -99,6 +106,9 @@ func New(cfg Config, supp Suppressions, health RelayHealth, opts Options) *Plann
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.MaxRecordBytes <= 0 {
+		opts.MaxRecordBytes = bus.Config{}.DeliveryLimit()
 	}
 	return &Planner{cfg: cfg, supp: supp, health: health, opts: opts}
 }
@@ -194,6 +204,9 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 		Route:   &mailbusv1.Route{OriginalFrom: built.From.Email},
 	}
 	deliveries, err := p.route(ctx, tenant, d, rcpts, func(i int) string { return ids.DeliveryID(msgID, i, 0) })
+	if err == nil {
+		err = p.checkRecordSize(deliveries)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -242,6 +255,9 @@ func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, e
 		return id
 	}
 	deliveries, err := p.route(ctx, tenant, nd, d.GetEnvelope().GetRcptTo(), idFor)
+	if err == nil {
+		err = p.checkRecordSize(deliveries)
+	}
 	if err != nil {
 		var r *refusal
 		if !errors.As(err, &r) {
@@ -264,6 +280,45 @@ func (p *Planner) Reroute(ctx context.Context, d *mailbusv1.Delivery) (Result, e
 		return Result{}, err
 	}
 	return res, nil
+}
+
+// checkRecordSize refuses deliveries whose records would be over
+// MaxRecordBytes. The message itself is within the mail limit (build
+// checked it), but a delivery also carries the submission's subject,
+// metadata and envelope, which the mail limit does not bound; a record
+// that Kafka cannot carry must fail here, with a status, and not in a
+// later stage.
+func (p *Planner) checkRecordSize(deliveries []*mailbusv1.Delivery) error {
+	for _, d := range deliveries {
+		if n := proto.Size(d); n > p.opts.MaxRecordBytes {
+			return refuse(ReasonTooLarge, "the delivery is %s as a Kafka record, over the %s limit: the message of %s and the submission's subject, metadata and recipients must fit in it together",
+				bus.FormatBytes(n), bus.FormatBytes(p.opts.MaxRecordBytes), bus.FormatBytes(len(d.GetMessage())))
+		}
+	}
+	return nil
+}
+
+// Fail turns a result that could not be published, because a record was
+// too large for Kafka after all (a topic with a lower limit than the
+// router's, a producer's huge headers), into failed events: the queued
+// events of res.MessageID become failed ones for the same recipients, its
+// deliveries are dropped, and whatever else res holds (suppressed
+// recipients, a notice about another message) is kept.
+func (p *Planner) Fail(res Result, reason, detail string) Result {
+	now := p.opts.Now()
+	out := Result{MessageID: res.MessageID}
+	for _, d := range res.Deliveries {
+		if d.GetMessageId() != res.MessageID {
+			out.Deliveries = append(out.Deliveries, d)
+		}
+	}
+	for _, e := range res.Events {
+		if e.GetMessageId() == res.MessageID && e.GetStatus() == mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED {
+			e = events.Failed(e, events.StageRouter, reason, detail, now)
+		}
+		out.Events = append(out.Events, e)
+	}
+	return out
 }
 
 // rerouteBase strips a trailing ".r<digits>" re-route marker from a
@@ -413,7 +468,7 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 		mailFrom := returnPath
 		if verp {
 			var err error
-			mailFrom, err = mail.VERPEncode(p.opts.VERPKey, nd.GetDeliveryId(), env[0], tenant.GetBounceDomain())
+			mailFrom, err = mail.VERPEncode(p.opts.VERPKey, tenant.GetId(), nd.GetDeliveryId(), env[0], tenant.GetBounceDomain())
 			if err != nil {
 				return nil, refuse(ReasonReturnPathError, "make VERP return path: %v", err)
 			}

@@ -121,7 +121,7 @@ func TestPlanner_VERPGivesOneDeliveryPerRecipientWithAVERPMailFromThatDecodes(t 
 		if !strings.HasSuffix(env.GetMailFrom(), "@bounce.acme.example") {
 			t.Errorf("MAIL FROM %q is not on the tenant's bounce domain", env.GetMailFrom())
 		}
-		id, hash, err := mail.VERPDecode(verpKey, env.GetMailFrom())
+		id, hash, err := mail.VERPDecode(verpKey, "acme", env.GetMailFrom())
 		if err != nil {
 			t.Fatalf("VERPDecode(%q): %v", env.GetMailFrom(), err)
 		}
@@ -135,8 +135,12 @@ func TestPlanner_VERPGivesOneDeliveryPerRecipientWithAVERPMailFromThatDecodes(t 
 	}
 	// A MAIL FROM signed with another key is refused: the token is
 	// tamper-evident.
-	if _, _, err := mail.VERPDecode([]byte("another key of sixteen+ octets"), res.Deliveries[0].GetEnvelope().GetMailFrom()); err == nil {
+	if _, _, err := mail.VERPDecode([]byte("another key of sixteen+ octets"), "acme", res.Deliveries[0].GetEnvelope().GetMailFrom()); err == nil {
 		t.Error("VERPDecode accepted a return path under another key")
+	}
+	// ...and it names the tenant: it is worthless as another tenant's.
+	if _, _, err := mail.VERPDecode(verpKey, "globex", res.Deliveries[0].GetEnvelope().GetMailFrom()); err == nil {
+		t.Error("VERPDecode accepted acme's return path as another tenant's")
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/sender"
 )
@@ -17,20 +16,20 @@ import (
 func main() { svcenv.Main("sender", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	cc, closeCC, err := env.ConfigClient(ctx, true)
-	if err != nil {
-		return err
-	}
-	defer closeCC()
-	rdb, err := env.Redis(ctx)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
 	cfg := sender.Config{Bus: env.Bus, HeloName: os.Getenv("MAILBUS_HELO_NAME")}
 	if s := os.Getenv("MAILBUS_DNS_SERVERS"); s != "" {
 		cfg.DNSServers = strings.Split(s, ",")
 	}
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true, Redis: true})
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	svc, closeSvc, err := sender.NewApplication(ctx, cfg, in)
+	if err != nil {
+		return err
+	}
+	defer closeSvc()
 	env.Health.SetReady(true)
-	return sender.New(cfg, sender.Deps{Log: env.Log, Metrics: env.Metrics, Config: cc, Redis: rdb, Classify: bounce.Classify}).Run(ctx)
+	return svc.Run(ctx)
 }

@@ -12,11 +12,16 @@ import (
 func main() { svcenv.Main("signer", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	cc, closeCC, err := env.ConfigClient(ctx, true)
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true})
 	if err != nil {
 		return err
 	}
-	defer closeCC()
+	defer cleanup()
+	svc, closeSvc, err := signer.NewApplication(ctx, signer.Config{Bus: env.Bus}, in)
+	if err != nil {
+		return err
+	}
+	defer closeSvc()
 	env.Health.SetReady(true)
-	return signer.New(signer.Config{Bus: env.Bus}, signer.Deps{Log: env.Log, Metrics: env.Metrics, Keys: cc}).Run(ctx)
+	return svc.Run(ctx)
 }

@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/mailbus/mailbus/pkg/sqlstore"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/tracker"
 )
@@ -18,15 +17,16 @@ import (
 func main() { svcenv.Main("tracker", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	db, err := sqlstore.Open(ctx, os.Getenv("DATABASE_URL"))
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{})
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	trk, err := tracker.New(ctx, tracker.Config{Bus: env.Bus}, tracker.Deps{Log: env.Log, Metrics: env.Metrics, DB: db})
+	defer cleanup()
+	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{Bus: env.Bus, DatabaseURL: os.Getenv("DATABASE_URL")}, in)
 	if err != nil {
 		return err
 	}
+	defer closeTrk()
 	env.Health.SetReady(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return env.ServeGRPC(gctx, svcenv.Get("MAILBUS_TRACKER_LISTEN", ":7071"), trk.Register) })

@@ -1,0 +1,30 @@
+package router
+
+import (
+	"context"
+
+	"github.com/mailbus/mailbus/pkg/infra"
+	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/suppress"
+)
+
+// NewApplication is the router's composition root, called by its main and
+// by `mailbus dev`. It needs infra's ConfigConn (no sealer: the router
+// reads no secrets) and Redis (relay health, suppression lists). The
+// cleanup closes what it opened.
+func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Service, func(), error) {
+	if err := in.NeedRedis("router"); err != nil {
+		return nil, nil, err
+	}
+	cc, err := in.ConfigCache(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	log := in.Logger()
+	svc := New(cfg, Deps{
+		Log: log, Metrics: in.Metrics, Config: cc,
+		Health:       limits.Health{Limits: limits.New(in.Redis), Log: log},
+		Suppressions: suppress.New(in.Redis),
+	})
+	return svc, func() { _ = cc.Close() }, nil
+}
