@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -99,6 +100,8 @@ func TestDeploy_dashboardAlertsAndManifestsMatchWhatTheServicesExport(t *testing
 		t.Fatalf("send a DSN to the bounce listener: %v", err)
 	}
 	p.waitMessage(t, sent, recipientIs(mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "userunknown"))
+	// A record that is not a submission goes to mail.poison.
+	poisonOne(t, p)
 	// A restarted sender closes its SMTP connections, which the connection
 	// metrics count, and delivers again once it has joined its groups.
 	p.KillSender()
@@ -149,6 +152,21 @@ func TestDeploy_dashboardAlertsAndManifestsMatchWhatTheServicesExport(t *testing
 			}
 		}
 	})
+}
+
+// poisonOne publishes a record to mail.submit that is not a submission.
+func poisonOne(t *testing.T, p *pipeline) {
+	t.Helper()
+	pub, err := bus.NewPublisher(testkit.BusConfig(p.Brokers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	msg := message.NewMessage("deploy-garbage", []byte("{not a submission"))
+	msg.Metadata.Set(bus.MetaContentType, "application/json")
+	if err := pub.Publish(bus.TopicSubmit, msg); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // withDailyLimits gives the seed's tenant and relay daily limits, so that
