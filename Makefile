@@ -9,6 +9,7 @@ SHELL := /usr/bin/env bash
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+KUSTOMIZE_VERSION          := v5.8.1
 
 BIN     := $(CURDIR)/bin
 MODULES := pkg services/config services/router services/quota services/signer \
@@ -29,9 +30,11 @@ $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(BIN)/kustomize:
+	GOBIN=$(BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 .PHONY: tools
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install pinned tools into ./bin
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/kustomize ## install pinned tools into ./bin
 
 .PHONY: run
 run: ## run the whole pipeline in one process on embedded parts (mailbus dev)
@@ -84,12 +87,19 @@ fuzz: ## run the parsers' fuzz targets briefly (bounce parser, address parser): 
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) ./pkg/bounce
 	go test -run '^$$' -fuzz '^FuzzParseAddress$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) ./pkg/mail
 
+.PHONY: deploy-check
+deploy-check: $(BIN)/kustomize ## render the Kubernetes base and overlays; check the dashboard, alerts, manifests and compose against the services
+	@set -e; for k in deploy/k8s/base deploy/k8s/overlays/*/; do \
+		kustomize build "$$k" > /dev/null; \
+		echo "kustomize build $$k: $$(kustomize build "$$k" | grep -c '^kind:') resources"; done
+	go test -count=1 -run '^TestDeploy_' ./cmd/mailbus/internal/stack/
+
 .PHONY: kafka
 kafka: ## fetch the Apache Kafka broker the tests run against (Maven Central, once, into ~/.cache/mailbus; needs java and mvn)
 	@deploy/kafka/fetch >/dev/null
 
 .PHONY: test
-test: vet checkproto fuzz kafka ## vet, check generated code, fuzz the parsers briefly, and run every module's tests with -race (pkg/bus also on Apache Kafka)
+test: vet checkproto fuzz kafka deploy-check ## vet, check generated code, fuzz the parsers briefly, check deploy/, and run every module's tests with -race (pkg/bus also on Apache Kafka)
 	go test $(GOTEST_FLAGS) $(PKGS)
 
 .PHONY: chaos

@@ -30,6 +30,7 @@ func (r *Router) HandleDelayed(handler, topic string, delay time.Duration, h mes
 		return fmt.Errorf("subscribe %s to %s: %w", handler, topic, err)
 	}
 	r.router.AddConsumerHandler(handler, topic, sub, h)
+	r.subs = append(r.subs, groupTopic{Group(r.service, handler), topic})
 	return nil
 }
 

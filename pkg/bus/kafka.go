@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultKafkaVersion is the protocol version we speak. Sarama has full
@@ -87,6 +88,11 @@ type Config struct {
 	// CloseTimeout is how long Router.Run waits for in-flight handlers on
 	// shutdown; default 30s.
 	CloseTimeout time.Duration
+
+	// Metrics, when set, receives every Router's records handled, handler
+	// time and consumer lag per group (see MetricHandled); nil reports
+	// nothing.
+	Metrics prometheus.Registerer
 }
 
 func (c Config) withDefaults() Config {

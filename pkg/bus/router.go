@@ -30,6 +30,8 @@ type Router struct {
 	log     *slog.Logger
 	pub     message.Publisher
 	router  *message.Router
+	metrics *routerMetrics // nil without Config.Metrics
+	subs    []groupTopic
 
 	closeOnce sync.Once
 	closeErr  error
@@ -60,8 +62,17 @@ func NewRouter(cfg Config, service string, log *slog.Logger) (*Router, error) {
 		_ = pub.Close()
 		return nil, fmt.Errorf("create router for %s: %w", service, err)
 	}
+	var metrics *routerMetrics
+	if cfg.Metrics != nil {
+		if metrics, err = newRouterMetrics(cfg, log); err != nil {
+			_ = pub.Close()
+			return nil, fmt.Errorf("create router for %s: %w", service, err)
+		}
+		// Outermost, to see each record once, after the poison queue.
+		wr.AddMiddleware(metrics.middleware(service))
+	}
 	wr.AddMiddleware(mws...)
-	return &Router{cfg: cfg, service: service, log: log, pub: pub, router: wr}, nil
+	return &Router{cfg: cfg, service: service, log: log, pub: pub, router: wr, metrics: metrics}, nil
 }
 
 // Middleware returns the standard handler middleware stack, outermost
@@ -171,6 +182,7 @@ func (r *Router) Handle(handler, topic string, h message.NoPublishHandlerFunc) e
 		return fmt.Errorf("subscribe %s to %s: %w", handler, topic, err)
 	}
 	r.router.AddConsumerHandler(handler, topic, sub, h)
+	r.subs = append(r.subs, groupTopic{group, topic})
 	return nil
 }
 
@@ -221,6 +233,7 @@ func (r *Router) Run(ctx context.Context) error {
 		<-ctx.Done()
 		_ = r.Close()
 	}()
+	defer r.reportLag()()
 	runErr := r.router.Run(ctx)
 	closeErr := r.Close()
 	if runErr != nil {

@@ -422,6 +422,17 @@ func (c *Client) Tenant(id string) (*pb.Tenant, bool) {
 	return t, ok
 }
 
+// Tenants returns every tenant, by id.
+func (c *Client) Tenants() []*pb.Tenant {
+	ts := c.v().tenants
+	out := make([]*pb.Tenant, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	return out
+}
+
 func normalize(domain string) string { return strings.ToLower(strings.TrimSuffix(domain, ".")) }
 
 // DomainByName returns a domain by name (case-insensitive).

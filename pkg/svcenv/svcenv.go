@@ -92,6 +92,7 @@ func Main(name string, run func(ctx context.Context, env *Env) error) {
 	}
 	env.Bus.MaxMessageBytes = bus.RecordLimit(env.MaxMailBytes)
 	env.Metrics.MustRegister(bus.Collectors()...)
+	env.Bus.Metrics = env.Metrics // records handled and consumer lag per group
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return obs.ServeAdmin(gctx, Get("MAILBUS_ADMIN_HTTP_ADDR", ":9090"), env.Metrics, env.Health)

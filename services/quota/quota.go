@@ -81,6 +81,9 @@ func New(cfg Config, deps Deps) *Service {
 	}
 	if deps.Metrics != nil {
 		deps.Metrics.MustRegister(s.decision)
+		if src, ok := deps.Config.(RelaySource); ok {
+			deps.Metrics.MustRegister(newUsageCollector(src, s.limits, s.log))
+		}
 	}
 	return s
 }

@@ -54,6 +54,7 @@ type Service struct {
 	srv     *messagesvc.Server
 	reqs    chan applyReq
 	applied *prometheus.CounterVec
+	outcome outcomes
 }
 
 type applyReq struct {
@@ -84,9 +85,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			Namespace: "mailbus", Subsystem: "tracker", Name: "events_total",
 			Help: "Events handled, by result (applied, duplicate, rejected).",
 		}, []string{"result"}),
+		outcome: newOutcomes(),
 	}
 	if deps.Metrics != nil {
-		deps.Metrics.MustRegister(s.applied)
+		deps.Metrics.MustRegister(s.applied, s.outcome.recipients)
 	}
 	return s, nil
 }
@@ -188,4 +190,5 @@ func (s *Service) flush(ctx context.Context, batch []applyReq) {
 	s.applied.WithLabelValues("applied").Add(float64(res.Applied))
 	s.applied.WithLabelValues("duplicate").Add(float64(res.Duplicates))
 	s.applied.WithLabelValues("rejected").Add(float64(len(res.Rejected)))
+	s.outcome.observe(res.Fresh)
 }

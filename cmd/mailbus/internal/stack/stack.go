@@ -189,6 +189,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			return nil, fmt.Errorf("register bus metrics: %w", err)
 		}
 	}
+	if busCfg.Metrics == nil {
+		busCfg.Metrics = o.Metrics // records handled and consumer lag per group
+	}
 	if err := bus.EnsureTopics(ctx, busCfg, bus.AllTopics(), o.Partitions); err != nil {
 		return nil, err
 	}

@@ -95,6 +95,9 @@ type BatchResult struct {
 	// Rejected lists the events that can never be applied; the others were
 	// applied without them.
 	Rejected []Rejection
+	// Fresh are the applied events (Applied of them), for counting
+	// outcomes once however often an event is redelivered.
+	Fresh []*mailbusv1.DeliveryEvent
 }
 
 // Rejection is an event of a batch that can never be applied.
@@ -149,6 +152,10 @@ func (s *Store) ApplyBatch(ctx context.Context, evs []*mailbusv1.DeliveryEvent) 
 			return err
 		}
 		applied = len(fresh)
+		res.Fresh = res.Fresh[:0]
+		for _, e := range fresh {
+			res.Fresh = append(res.Fresh, e.pb)
+		}
 		byMessage := map[string][]*event{}
 		for _, e := range fresh {
 			byMessage[e.pb.GetMessageId()] = append(byMessage[e.pb.GetMessageId()], e)
