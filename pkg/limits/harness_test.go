@@ -13,17 +13,49 @@ import (
 
 // backend is a Redis-protocol server the suite runs against: the real
 // redis-server that production uses, and the embedded one of `mailbus dev`,
-// which must behave the same.
+// which must behave the same; each with and without a ledger on a real
+// (embedded) Kafka broker, because the scripts take other paths with one.
 type backend struct {
-	name  string
-	start func(t testing.TB) string
+	name   string
+	ledger bool
+	start  func(t testing.TB) string
 }
 
 func backends() []backend {
 	return []backend{
 		{name: "redis-server", start: testkit.StartRedis},
 		{name: "miniredis", start: startEmbedded},
+		{name: "redis-server+ledger", ledger: true, start: testkit.StartRedis},
+		{name: "miniredis+ledger", ledger: true, start: startEmbedded},
 	}
+}
+
+// server is a started backend.
+type server struct {
+	addr    string
+	brokers []string // nil without a ledger
+}
+
+func (b backend) run(t testing.TB) server {
+	t.Helper()
+	s := server{addr: b.start(t)}
+	if b.ledger {
+		s.brokers = testkit.StartBroker(t)
+	}
+	return s
+}
+
+// replica returns Limits of their own (their own connection pool and
+// ledger reader), as a separate process would have, over prefix.
+func (s server) replica(t testing.TB, prefix string, opts ...Option) *Limits {
+	t.Helper()
+	opts = append([]Option{WithKeyPrefix(prefix)}, opts...)
+	if s.brokers != nil {
+		lg := NewKafkaLedger(testkit.BusConfig(s.brokers), nil)
+		t.Cleanup(func() { _ = lg.Close() })
+		opts = append(opts, WithLedger(lg))
+	}
+	return New(newClient(t, s.addr), opts...)
 }
 
 func startEmbedded(t testing.TB) string {
@@ -37,11 +69,11 @@ func startEmbedded(t testing.TB) string {
 }
 
 // forEachBackend runs fn once per backend, each with a fresh server.
-func forEachBackend(t *testing.T, fn func(t *testing.T, addr string)) {
+func forEachBackend(t *testing.T, fn func(t *testing.T, srv server)) {
 	t.Helper()
 	for _, b := range backends() {
 		t.Run(b.name, func(t *testing.T) {
-			fn(t, b.start(t))
+			fn(t, b.run(t))
 		})
 	}
 }
@@ -84,12 +116,11 @@ type harness struct {
 	prefix string
 }
 
-func newHarness(t testing.TB, addr string, clk *clock, opts ...Option) *harness {
+func newHarness(t testing.TB, srv server, clk *clock, opts ...Option) *harness {
 	t.Helper()
-	rdb := newClient(t, addr)
-	prefix := testkit.RedisKeyPrefix(t, addr)
-	opts = append([]Option{WithKeyPrefix(prefix), WithClock(clk.Now)}, opts...)
-	return &harness{t: t, l: New(rdb, opts...), rdb: rdb, clock: clk, prefix: prefix}
+	prefix := testkit.RedisKeyPrefix(t, srv.addr)
+	l := srv.replica(t, prefix, append([]Option{WithClock(clk.Now)}, opts...)...)
+	return &harness{t: t, l: l, rdb: l.rdb.(*redis.Client), clock: clk, prefix: prefix}
 }
 
 func (h *harness) admit(req Request) Result {
