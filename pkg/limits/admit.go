@@ -352,7 +352,7 @@ func (l *Limits) admit(ctx context.Context, req Request, route string) (Result, 
 			}
 			// A false answer means Redis lost the tenant's state since:
 			// the next round restores it.
-			if _, err := l.raiseCeiling(ctx, req.Tenant, day, counter, ceilKey, want, limit, ttl); err != nil {
+			if _, err := l.raiseCeiling(ctx, req.Tenant, day, counter, ceilKey, want, int64(req.Recipients), limit, ttl); err != nil {
 				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, err)
 			}
 			continue

@@ -47,8 +47,9 @@ const (
 
 // DefaultLedgerSteps is how many ceilings a limited counter takes to reach
 // its limit: each ledger write lets the counter grow by a fiftieth of its
-// limit (at least one recipient). It is what a loss of Redis may cost a
-// counter in capacity, and it bounds the ledger writes per counter per day.
+// limit (at least one recipient, or one delivery's when more). A step is
+// what a loss of Redis may cost a counter in capacity, and the steps bound
+// the ledger writes per counter per day.
 const DefaultLedgerSteps = 50
 
 // WithLedger backs the counters with a durable ledger, so that a loss of
@@ -185,13 +186,15 @@ func (l *Limits) restore(ctx context.Context, tenant string, loc *time.Location)
 	return err
 }
 
-// raiseCeiling records in the ledger that counter may grow to want and a
-// step beyond (never past limit), then lets Redis count up to there.
-// Concurrent calls for one ceiling in this process share one ledger write.
-// It reports false when Redis has lost the tenant's state meanwhile.
-func (l *Limits) raiseCeiling(ctx context.Context, tenant, day, counter, ceilKey string, want, limit int64, ttl int64) (bool, error) {
+// raiseCeiling records in the ledger that counter may grow by a step from
+// where it is (want-n, before an admission of n that would take it to
+// want), or to want if that is further, never past limit; then it lets
+// Redis count up to there. Concurrent calls for one ceiling in this
+// process share one ledger write. It reports false when Redis has lost the
+// tenant's state meanwhile.
+func (l *Limits) raiseCeiling(ctx context.Context, tenant, day, counter, ceilKey string, want, n, limit, ttl int64) (bool, error) {
 	v, err, _ := l.raising.Do(ceilKey, func() (any, error) {
-		value := min(limit, want+l.step(limit))
+		value := min(limit, max(want, want-n+l.step(limit)))
 		if err := l.ledger.Append(ctx, LedgerEntry{Space: l.prefix, Tenant: tenant, Day: day, Counter: counter, Value: value}); err != nil {
 			return false, fmt.Errorf("record ceiling %d of %s of tenant %q in the ledger: %w", value, counter, tenant, err)
 		}

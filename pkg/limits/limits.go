@@ -61,10 +61,11 @@
 //
 //   - Ceilings. A limited counter (relay or tenant, limit > 0) grows only up
 //     to a ceiling that the ledger already holds. When an admission would
-//     pass it, the ceiling is first appended to the ledger, a step beyond
-//     (a fiftieth of the limit, at least one recipient, never past the
-//     limit; WithLedgerSteps), and only then raised in Redis. So at any
-//     moment the ledger's highest ceiling is at least what was admitted.
+//     pass it, a new ceiling is first appended to the ledger, a step above
+//     the count (a fiftieth of the limit, at least one recipient, at least
+//     the admission, never past the limit; WithLedgerSteps), and only then
+//     raised in Redis. So at any moment the ledger's highest ceiling is at
+//     least what was admitted.
 //   - A restored marker per tenant (mb:q:{tenant}:restored, no expiry).
 //     Every script that counts or reads a tenant's counters refuses to
 //     run without it. The caller then reads the tenant's ledger entries and
@@ -82,12 +83,12 @@
 // The worst case of a loss, per day:
 //
 //   - No relay and no tenant passes its daily limit.
-//   - Each limited counter loses at most one step plus one delivery of
-//     capacity: recipients counted as sent that were not (the ceiling's lead
-//     over the count, which is one step plus what concurrent admissions
-//     asked for), plus the recipients refunded since the ceiling was last
-//     raised (Refund lowers the count, not the ceiling). With a limit of
-//     1,500 a step is 30 recipients.
+//   - Each limited counter loses at most one step of capacity (or one
+//     delivery's recipients, when more): recipients counted as sent that
+//     were not, the ceiling's lead over the count. Limits under 100 lose
+//     at most one delivery; with a limit of 1,500 a step is 30 recipients.
+//     Add the recipients refunded since the ceiling was last raised
+//     (Refund lowers the count, not the ceiling).
 //   - A delivery admitted before the loss and seen again afterwards (a
 //     redelivered record, a delivery paced onto a retry topic) has lost its
 //     marker, so it is decided and counted again: capacity again, and if
