@@ -279,7 +279,7 @@ func TestAdmit_parallelReplicasNeverPassTheLimit(t *testing.T) {
 		{"relayLimitBinds", 100, 0, 100, RelayExhausted},
 		{"tenantLimitBinds", 200, 70, 70, TenantExhausted},
 	}
-	forEachBackend(t, func(t *testing.T, srv server) {
+	forEachBackendWhere(t, concurrent, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				clk := newClock(utc("2026-06-01T12:00:00Z"))

@@ -24,14 +24,7 @@ func lose(t testing.TB, h *harness) {
 // forEachLedgerBackend is forEachBackend for the backends with a ledger.
 func forEachLedgerBackend(t *testing.T, fn func(t *testing.T, srv server)) {
 	t.Helper()
-	for _, b := range backends() {
-		if !b.ledger {
-			continue
-		}
-		t.Run(b.name, func(t *testing.T) {
-			fn(t, b.run(t))
-		})
-	}
+	forEachBackendWhere(t, func(b backend) bool { return b.ledger }, fn)
 }
 
 // TestLedger_lossOfRedisNeverLetsACounterPassItsLimit admits more
@@ -55,7 +48,7 @@ func TestLedger_lossOfRedisNeverLetsACounterPassItsLimit(t *testing.T) {
 		{"relayLimit", 100, 0, 100, RelayExhausted},
 		{"tenantLimit", 0, 70, 70, TenantExhausted},
 	}
-	forEachLedgerBackend(t, func(t *testing.T, srv server) {
+	forEachBackendWhere(t, func(b backend) bool { return b.ledger && concurrent(b) }, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				clk := newClock(utc("2026-06-01T12:00:00Z"))

@@ -255,7 +255,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.goRun("catcher", c.Run)
 	}
 
-	lim := limits.New(rdb)
+	ledger := limits.NewKafkaLedger(busCfg, o.Log)
+	s.closers = append(s.closers, func() { _ = ledger.Close() })
+	lim := limits.New(rdb, limits.WithLedger(ledger))
 	senderCfg := sender.Config{Bus: busCfg, HeloName: "mailbus.local"}
 	if o.TuneSender != nil {
 		o.TuneSender(&senderCfg)

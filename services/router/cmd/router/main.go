@@ -34,9 +34,13 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		return err
 	}
 	defer rdb.Close()
+	// The ledger restores the relays disabled for the day when Redis has
+	// lost them (see pkg/limits).
+	ledger := limits.NewKafkaLedger(env.Bus, env.Log)
+	defer ledger.Close()
 	env.Health.SetReady(true)
 	return router.New(router.Config{Bus: env.Bus, VERPKey: verp, MaxMessageBytes: maxBytes}, router.Deps{
-		Log: env.Log, Metrics: env.Metrics, Config: cc, Health: limits.Health{Limits: limits.New(rdb), Log: env.Log},
+		Log: env.Log, Metrics: env.Metrics, Config: cc, Health: limits.Health{Limits: limits.New(rdb, limits.WithLedger(ledger)), Log: env.Log},
 		Suppressions: suppress.New(rdb),
 	}).Run(ctx)
 }
