@@ -93,11 +93,12 @@ const maxChargeMoves = 5
 // state again right after each restore means it is not keeping data at all.
 const maxRestores = 3
 
-// maxCeilingRaises bounds the ceilings one admission raises. Every raise
-// lets the counter grow by a step, so it takes other admissions using up
-// each step before this one gets its turn, dozens of times in a row, to
-// run out; the caller then retries the delivery later.
-const maxCeilingRaises = 64
+// maxCeilingRaises bounds the ceilings one admission raises, as a guard.
+// Every raise moves the ceiling up towards the limit, where raises end, and
+// this process's waiting admissions share each raise; so an admission asks
+// again only when admissions in other processes took the room first, and
+// that cannot go on for more than the limit's worth of raises.
+const maxCeilingRaises = 1000
 
 var (
 	errLostAgain         = errors.New("the tenant's quota state was lost again right after restoring it")

@@ -186,26 +186,92 @@ func (l *Limits) restore(ctx context.Context, tenant string, loc *time.Location)
 	return err
 }
 
-// raiseCeiling records in the ledger that counter may grow by a step from
-// where it is (want-n, before an admission of n that would take it to
-// want), or to want if that is further, never past limit; then it lets
-// Redis count up to there. Concurrent calls for one ceiling in this
-// process share one ledger write. It reports false when Redis has lost the
-// tenant's state meanwhile.
+// ceilingRaises are the raises of one ceiling in this process: at most one
+// is being written, and the admissions that need the ceiling raised
+// meanwhile gather in the next one.
+type ceilingRaises struct {
+	inflight, next *raiseBatch
+}
+
+// raiseBatch is one ledger write for the admissions that asked for it.
+type raiseBatch struct {
+	// base is the highest count the admissions saw, need the sum of their
+	// recipients.
+	base, need int64
+	started    bool
+	done       chan struct{}
+	ok         bool
+	err        error
+}
+
+// raiseCeiling makes room under a counter's ceiling for an admission of n
+// recipients that would take the counter to want: it records a new ceiling
+// in the ledger, then lets Redis count up to there. It reports false when
+// Redis has lost the tenant's state meanwhile (the caller restores it).
+//
+// The new ceiling is a step above the count, or enough for every admission
+// waiting on this ceiling in this process if that is more, never past the
+// limit. The waiting admissions share one write (group commit): with one
+// write per admission, dozens of partition handlers contending for a
+// counter whose step is one recipient (a limit under 100) would each raise
+// it by one in turn, and a handler could lose that race for as long as
+// the limit lasts.
 func (l *Limits) raiseCeiling(ctx context.Context, tenant, day, counter, ceilKey string, want, n, limit, ttl int64) (bool, error) {
-	v, err, _ := l.raising.Do(ceilKey, func() (any, error) {
-		value := min(limit, max(want, want-n+l.step(limit)))
-		if err := l.ledger.Append(ctx, LedgerEntry{Space: l.prefix, Tenant: tenant, Day: day, Counter: counter, Value: value}); err != nil {
-			return false, fmt.Errorf("record ceiling %d of %s of tenant %q in the ledger: %w", value, counter, tenant, err)
-		}
-		ok, err := raiseScript.Run(ctx, l.rdb, []string{l.restoredKey(tenant), ceilKey}, value, ttl).Bool()
-		if err != nil {
-			return false, fmt.Errorf("raise ceiling of %s of tenant %q to %d: %w", counter, tenant, value, err)
-		}
-		return ok, nil
-	})
-	if err != nil {
-		return false, err
+	l.raiseMu.Lock()
+	r := l.raises[ceilKey]
+	if r == nil {
+		r = &ceilingRaises{}
+		l.raises[ceilKey] = r
 	}
-	return v.(bool), nil
+	if r.next == nil {
+		r.next = &raiseBatch{done: make(chan struct{})}
+	}
+	b := r.next
+	b.base = max(b.base, want-n)
+	b.need += n
+	for !b.started {
+		if prev := r.inflight; prev != nil {
+			// Wait for the write in flight; then one of those waiting
+			// writes the batch.
+			l.raiseMu.Unlock()
+			select {
+			case <-prev.done:
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+			l.raiseMu.Lock()
+			continue
+		}
+		b.started = true
+		r.inflight, r.next = b, nil
+		l.raiseMu.Unlock()
+		b.ok, b.err = l.writeCeiling(ctx, tenant, day, counter, ceilKey, min(limit, b.base+max(l.step(limit), b.need)), ttl)
+		l.raiseMu.Lock()
+		r.inflight = nil
+		if r.next == nil {
+			delete(l.raises, ceilKey)
+		}
+		close(b.done)
+	}
+	l.raiseMu.Unlock()
+	select {
+	case <-b.done:
+		return b.ok, b.err
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
+// writeCeiling appends the ceiling to the ledger and then raises it in
+// Redis, in that order: Redis never lets a counter grow past what the
+// ledger holds.
+func (l *Limits) writeCeiling(ctx context.Context, tenant, day, counter, ceilKey string, value, ttl int64) (bool, error) {
+	if err := l.ledger.Append(ctx, LedgerEntry{Space: l.prefix, Tenant: tenant, Day: day, Counter: counter, Value: value}); err != nil {
+		return false, fmt.Errorf("record ceiling %d of %s of tenant %q in the ledger: %w", value, counter, tenant, err)
+	}
+	ok, err := raiseScript.Run(ctx, l.rdb, []string{l.restoredKey(tenant), ceilKey}, value, ttl).Bool()
+	if err != nil {
+		return false, fmt.Errorf("raise ceiling of %s of tenant %q to %d: %w", counter, tenant, value, err)
+	}
+	return ok, nil
 }

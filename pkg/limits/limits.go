@@ -62,10 +62,11 @@
 //   - Ceilings. A limited counter (relay or tenant, limit > 0) grows only up
 //     to a ceiling that the ledger already holds. When an admission would
 //     pass it, a new ceiling is first appended to the ledger, a step above
-//     the count (a fiftieth of the limit, at least one recipient, at least
-//     the admission, never past the limit; WithLedgerSteps), and only then
-//     raised in Redis. So at any moment the ledger's highest ceiling is at
-//     least what was admitted.
+//     the count (a fiftieth of the limit, at least one recipient, and at
+//     least enough for the admissions of this process waiting for it,
+//     which share the write; never past the limit; WithLedgerSteps), and
+//     only then raised in Redis. So at any moment the ledger's highest
+//     ceiling is at least what was admitted.
 //   - A restored marker per tenant (mb:q:{tenant}:restored, no expiry).
 //     Every script that counts or reads a tenant's counters refuses to
 //     run without it. The caller then reads the tenant's ledger entries and
@@ -83,12 +84,13 @@
 // The worst case of a loss, per day:
 //
 //   - No relay and no tenant passes its daily limit.
-//   - Each limited counter loses at most one step of capacity (or one
-//     delivery's recipients, when more): recipients counted as sent that
-//     were not, the ceiling's lead over the count. Limits under 100 lose
-//     at most one delivery; with a limit of 1,500 a step is 30 recipients.
-//     Add the recipients refunded since the ceiling was last raised
-//     (Refund lowers the count, not the ceiling).
+//   - Each limited counter loses at most one step of capacity, or the
+//     recipients of the admissions that were waiting for a new ceiling at
+//     that moment when they are more: recipients counted as sent that were
+//     not, the ceiling's lead over the count. With a limit of 1,500 a step
+//     is 30 recipients; limits under 100 lose nothing when one delivery at
+//     a time waits. Add the recipients refunded since the ceiling was last
+//     raised (Refund lowers the count, not the ceiling).
 //   - A delivery admitted before the loss and seen again afterwards (a
 //     redelivered record, a delivery paced onto a retry topic) has lost its
 //     marker, so it is decided and counted again: capacity again, and if
@@ -129,6 +131,7 @@ package limits
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -164,10 +167,12 @@ type Limits struct {
 	ledger           Ledger
 	ledgerSteps      int
 
-	// restoring and raising share one restore per tenant and one ledger
-	// write per ceiling among this process's concurrent calls.
+	// restoring shares one restore per tenant among this process's
+	// concurrent calls; raises batches their ceiling raises (see
+	// raiseCeiling).
 	restoring singleflight.Group
-	raising   singleflight.Group
+	raiseMu   sync.Mutex
+	raises    map[string]*ceilingRaises
 }
 
 // Option changes a default of New.
@@ -208,6 +213,7 @@ func New(rdb redis.UniversalClient, opts ...Option) *Limits {
 		retention:        DefaultRetention,
 		failureThreshold: DefaultFailureThreshold,
 		ledgerSteps:      DefaultLedgerSteps,
+		raises:           map[string]*ceilingRaises{},
 	}
 	for _, o := range opts {
 		o(l)

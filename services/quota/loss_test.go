@@ -45,11 +45,16 @@ func TestQuota_dailyLimitsAndDisabledRelaysSurviveRedisRestartingEmpty(t *testin
 		h.publish(ds...)
 		h.waitDecided(ds...)
 	}
+	// Before the restart, all of one message, so one partition: quota
+	// admits them one at a time, and the ceilings lead the counts by one
+	// step (one recipient under a limit of 100), which makes the limits
+	// exact after the restart. Admissions waiting side by side for a
+	// ceiling may leave it further ahead (the package comment's worst case).
 	var before []*mailbusv1.Delivery
 	for i := range 6 {
-		before = append(before, delivery("acme", fmt.Sprintf("a%d.0", i), "mass", 1))
+		before = append(before, delivery("acme", fmt.Sprintf("a.%d", i), "mass", 1))
 	}
-	before = append(before, delivery("acme", "b0.0", "", 1), delivery("acme", "b1.0", "", 1))
+	before = append(before, delivery("acme", "a.6", "", 1), delivery("acme", "a.7", "", 1))
 	send(before...)
 	// The sender sees relay flaky fail three times in a row.
 	sender := processLimits()
