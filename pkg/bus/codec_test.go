@@ -275,7 +275,7 @@ func TestTopics(t *testing.T) {
 		}
 		seen[topic] = true
 	}
-	if len(seen) != 12 {
-		t.Errorf("AllTopics has %d topics, want 12", len(seen))
+	if len(seen) != 13 {
+		t.Errorf("AllTopics has %d topics, want 13", len(seen))
 	}
 }

@@ -21,6 +21,12 @@ const (
 	// TopicPoison receives records that a handler could not process even
 	// after retries, with the reason in their metadata (see MetaPoison*).
 	TopicPoison = "mail.poison"
+	// TopicQuotaLedger is the quota stage's durable record of its daily
+	// counters (see pkg/limits, Ledger): small records, a few per limited
+	// counter per day, read back only when Redis has lost the counters.
+	// It needs a retention of at least two days (Kafka's default is seven)
+	// and must not be compacted.
+	TopicQuotaLedger = "mail.quota.ledger"
 
 	// TopicRetry1m .. TopicRetry6h are the delayed retry topics for 4xx
 	// outcomes; a consumer holds each record until its Delivery.not_before.
@@ -62,7 +68,7 @@ func RetryTopicFor(retry int) RetryTopic {
 func AllTopics() []string {
 	ts := []string{
 		TopicSubmit, TopicRouted, TopicAdmitted, TopicSigned,
-		TopicFallback, TopicEvents, TopicPoison,
+		TopicFallback, TopicEvents, TopicPoison, TopicQuotaLedger,
 	}
 	for _, rt := range RetryTopics() {
 		ts = append(ts, rt.Topic)

@@ -2,6 +2,7 @@ package limits
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -88,6 +89,22 @@ type Usage struct {
 // rounds means something is wrong.
 const maxChargeMoves = 5
 
+// maxRestores bounds the restores of one call: Redis losing the tenant's
+// state again right after each restore means it is not keeping data at all.
+const maxRestores = 3
+
+// maxCeilingRaises bounds the ceilings one admission raises, as a guard.
+// Every raise moves the ceiling up towards the limit, where raises end, and
+// this process's waiting admissions share each raise; so an admission asks
+// again only when admissions in other processes took the room first, and
+// that cannot go on for more than the limit's worth of raises.
+const maxCeilingRaises = 1000
+
+var (
+	errLostAgain         = errors.New("the tenant's quota state was lost again right after restoring it")
+	errCeilingContention = errors.New("other admissions used up every ceiling this one raised")
+)
+
 // scriptRelease is shared by the admit and refund scripts.
 const scriptRelease = `
 -- release takes n back from a counter, never below zero: a counter that has
@@ -112,15 +129,26 @@ end
 //	KEYS[3] tenant day counter
 //	KEYS[4] relay counter of the charge to release (= KEYS[5] for a default-route charge)
 //	KEYS[5] tenant counter of the charge to release
+//	KEYS[6] the tenant's restored marker
+//	KEYS[7] relay day ceiling, KEYS[8] tenant day ceiling
 //	ARGV[1] route, ARGV[2] recipients, ARGV[3] relay limit, ARGV[4] tenant limit,
 //	ARGV[5] day, ARGV[6] time to live of the day's keys (seconds),
-//	ARGV[7] the charge that KEYS[4] and KEYS[5] were computed for ("" if none)
+//	ARGV[7] the charge that KEYS[4] and KEYS[5] were computed for ("" if none),
+//	ARGV[8] "1" when a ledger backs the counters
 //
 // Returns {1, record} for a replayed decision, {2, record} for a new one,
 // where record is "decision|relay count|tenant count|day", or {0, charge}
 // when the delivery holds a charge on another route whose keys were not
-// declared: the caller repeats the call with them.
+// declared: the caller repeats the call with them. With a ledger it also
+// returns {3, ""} when the tenant's state must be restored first, and
+// {4, "relay|n"} or {4, "tenant|n"} when an admission that fits the limit
+// would take the counter to n, past its ceiling. Neither changes anything.
 var admitScript = redis.NewScript(scriptRelease + `
+local ledger = ARGV[8] == '1'
+if ledger and redis.call('EXISTS', KEYS[6]) == 0 then
+  return {3, ''}
+end
+
 local field = 'd:' .. ARGV[1]
 local decided = redis.call('HGET', KEYS[1], field)
 if decided then
@@ -128,16 +156,22 @@ if decided then
 end
 
 local charge = redis.call('HGET', KEYS[1], 'charge')
+local held = 0
 if charge then
   if charge ~= ARGV[7] then
     return {0, charge}
   end
-  local held = charged(charge)
-  release(KEYS[4], held)
-  if KEYS[5] ~= KEYS[4] then
-    release(KEYS[5], held)
+  held = charged(charge)
+end
+
+-- count reads a counter as it is once the held charge is released, which
+-- happens below only when the script does not return early.
+local function count(key)
+  local have = tonumber(redis.call('GET', key) or '0')
+  if held > 0 and (key == KEYS[4] or key == KEYS[5]) then
+    have = have - math.min(have, held)
   end
-  redis.call('HDEL', KEYS[1], 'charge')
+  return have
 end
 
 local n = tonumber(ARGV[2])
@@ -146,9 +180,9 @@ local tenantLimit = tonumber(ARGV[4])
 local onRelay = KEYS[2] ~= KEYS[3]
 local rc = 0
 if onRelay then
-  rc = tonumber(redis.call('GET', KEYS[2]) or '0')
+  rc = count(KEYS[2])
 end
-local tc = tonumber(redis.call('GET', KEYS[3]) or '0')
+local tc = count(KEYS[3])
 
 local decision
 if onRelay and relayLimit > 0 and rc + n > relayLimit then
@@ -157,6 +191,27 @@ elseif tenantLimit > 0 and tc + n > tenantLimit then
   decision = 3
 else
   decision = 1
+end
+
+-- A limited counter grows only as far as the ledger already holds.
+if ledger and decision == 1 then
+  if onRelay and relayLimit > 0 and rc + n > tonumber(redis.call('GET', KEYS[7]) or '0') then
+    return {4, 'relay|' .. (rc + n)}
+  end
+  if tenantLimit > 0 and tc + n > tonumber(redis.call('GET', KEYS[8]) or '0') then
+    return {4, 'tenant|' .. (tc + n)}
+  end
+end
+
+if charge then
+  release(KEYS[4], held)
+  if KEYS[5] ~= KEYS[4] then
+    release(KEYS[5], held)
+  end
+  redis.call('HDEL', KEYS[1], 'charge')
+end
+
+if decision == 1 then
   if onRelay then
     rc = redis.call('INCRBY', KEYS[2], n)
     redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -238,16 +293,23 @@ func (l *Limits) admit(ctx context.Context, req Request, route string) (Result, 
 
 	now := l.now()
 	day := DayKey(now, req.Zone)
+	ttl := l.keyTTL(now, req.Zone)
 	tenantKey := l.tenantDayKey(req.Tenant, day)
 	relayKey := tenantKey
+	relayCeil := l.tenantCeilKey(req.Tenant, day)
 	if route != routeDefault {
 		relayKey = l.relayDayKey(req.Tenant, req.RelayID, day)
+		relayCeil = l.relayCeilKey(req.Tenant, req.RelayID, day)
 	}
-	keys := []string{l.seenKey(req.Tenant, req.DeliveryID), relayKey, tenantKey, tenantKey, tenantKey}
+	keys := []string{
+		l.seenKey(req.Tenant, req.DeliveryID), relayKey, tenantKey, tenantKey, tenantKey,
+		l.restoredKey(req.Tenant), relayCeil, l.tenantCeilKey(req.Tenant, day),
+	}
 	declared := ""
-	for range maxChargeMoves {
+	var moves, restores, raises int
+	for {
 		v, err := admitScript.Run(ctx, l.rdb, keys,
-			route, req.Recipients, req.RelayLimit, req.TenantLimit, day, l.keyTTL(now, req.Zone), declared,
+			route, req.Recipients, req.RelayLimit, req.TenantLimit, day, ttl, declared, l.ledgerFlag(),
 		).Slice()
 		if err != nil {
 			return Result{}, fmt.Errorf("admit delivery %q of tenant %q on %s: %w", req.DeliveryID, req.Tenant, route, err)
@@ -256,13 +318,44 @@ func (l *Limits) admit(ctx context.Context, req Request, route string) (Result, 
 		if err != nil {
 			return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, err)
 		}
-		if status == 0 {
+		switch status {
+		case 0:
 			// The delivery is counted on another route; declare that
 			// charge's keys and ask again.
+			if moves++; moves > maxChargeMoves {
+				return Result{}, fmt.Errorf("admit delivery %q: its charge changed %d times while admitting", req.DeliveryID, maxChargeMoves)
+			}
 			if keys[3], keys[4], err = l.chargeKeys(req.Tenant, text); err != nil {
 				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, err)
 			}
 			declared = text
+			continue
+		case statusRestore:
+			if restores++; restores > maxRestores {
+				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, errLostAgain)
+			}
+			if err := l.restore(ctx, req.Tenant, req.Zone); err != nil {
+				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, err)
+			}
+			continue
+		case statusCeiling:
+			if raises++; raises > maxCeilingRaises {
+				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, errCeilingContention)
+			}
+			counter, ceilKey, limit := counterTenant, l.tenantCeilKey(req.Tenant, day), req.TenantLimit
+			which, n, _ := strings.Cut(text, "|")
+			if which == "relay" {
+				counter, ceilKey, limit = counterRelayPrefix+req.RelayID, relayCeil, req.RelayLimit
+			}
+			want, err := strconv.ParseInt(n, 10, 64)
+			if err != nil {
+				return Result{}, fmt.Errorf("admit delivery %q: script asked for ceiling %q", req.DeliveryID, text)
+			}
+			// A false answer means Redis lost the tenant's state since:
+			// the next round restores it.
+			if _, err := l.raiseCeiling(ctx, req.Tenant, day, counter, ceilKey, want, int64(req.Recipients), limit, ttl); err != nil {
+				return Result{}, fmt.Errorf("admit delivery %q: %w", req.DeliveryID, err)
+			}
 			continue
 		}
 		res, err := parseRecord(text)
@@ -272,7 +365,6 @@ func (l *Limits) admit(ctx context.Context, req Request, route string) (Result, 
 		res.Replayed = status == 1
 		return res, nil
 	}
-	return Result{}, fmt.Errorf("admit delivery %q: its charge changed %d times while admitting", req.DeliveryID, maxChargeMoves)
 }
 
 // Refund releases what the delivery is counted for, for a delivery that will
@@ -316,36 +408,49 @@ func (l *Limits) Refund(ctx context.Context, tenant, deliveryID string) (bool, e
 }
 
 // Usage returns what has been counted today in loc for the tenant and, when
-// relayID is not empty, for the relay.
+// relayID is not empty, for the relay. With a ledger, a tenant whose state
+// Redis lost is restored first.
 func (l *Limits) Usage(ctx context.Context, tenant, relayID string, loc *time.Location) (Usage, error) {
 	if err := validTenant(tenant); err != nil {
 		return Usage{}, err
 	}
 	u := Usage{Day: DayKey(l.now(), loc)}
-	keys := []string{l.tenantDayKey(tenant, u.Day)}
+	keys := []string{l.restoredKey(tenant), l.tenantDayKey(tenant, u.Day)}
 	if relayID != "" {
 		keys = append(keys, l.relayDayKey(tenant, relayID, u.Day))
 	}
-	// MGET of keys in one slot is Cluster safe.
-	vals, err := l.rdb.MGet(ctx, keys...).Result()
-	if err != nil {
-		return Usage{}, fmt.Errorf("read usage of tenant %q: %w", tenant, err)
-	}
-	counts := make([]int64, len(vals))
-	for i, v := range vals {
-		if v == nil {
+	for restores := 0; ; restores++ {
+		// MGET of keys in one slot is Cluster safe, and atomic: the marker
+		// and the counters are read at one instant.
+		vals, err := l.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return Usage{}, fmt.Errorf("read usage of tenant %q: %w", tenant, err)
+		}
+		if l.ledger != nil && vals[0] == nil {
+			if restores == maxRestores {
+				return Usage{}, fmt.Errorf("read usage of tenant %q: %w", tenant, errLostAgain)
+			}
+			if err := l.restore(ctx, tenant, loc); err != nil {
+				return Usage{}, fmt.Errorf("read usage of tenant %q: %w", tenant, err)
+			}
 			continue
 		}
-		s, _ := v.(string)
-		if counts[i], err = strconv.ParseInt(s, 10, 64); err != nil {
-			return Usage{}, fmt.Errorf("read usage of tenant %q: counter %s holds %q", tenant, keys[i], s)
+		counts := make([]int64, len(vals))
+		for i, v := range vals[1:] {
+			if v == nil {
+				continue
+			}
+			s, _ := v.(string)
+			if counts[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+				return Usage{}, fmt.Errorf("read usage of tenant %q: counter %s holds %q", tenant, keys[i+1], s)
+			}
 		}
+		u.Tenant = counts[0]
+		if relayID != "" {
+			u.Relay = counts[1]
+		}
+		return u, nil
 	}
-	u.Tenant = counts[0]
-	if len(counts) > 1 {
-		u.Relay = counts[1]
-	}
-	return u, nil
 }
 
 // chargeKeys returns the relay and tenant counters of a stored charge

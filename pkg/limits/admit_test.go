@@ -163,10 +163,10 @@ func TestAdmit(t *testing.T) {
 			}
 		}},
 	}
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				tc.run(t, newHarness(t, addr, newClock(noon)))
+				tc.run(t, newHarness(t, srv, newClock(noon)))
 			})
 		}
 	})
@@ -195,12 +195,12 @@ func TestAdmit_dayBoundaryFollowsTheTenantsZone(t *testing.T) {
 		{"utc", "UTC",
 			"2026-03-28T00:00:00Z", "2026-03-28T23:59:59Z", "2026-03-29T00:00:00Z", "2026-03-28", "2026-03-29"},
 	}
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				loc := mustZone(t, tc.zone)
 				clk := newClock(utc(tc.first))
-				h := newHarness(t, addr, clk)
+				h := newHarness(t, srv, clk)
 				r := func(id string) Request {
 					x := req(id, "r1", 1, 1, 1)
 					x.Zone = loc
@@ -233,8 +233,8 @@ func TestAdmit_refusesMalformedRequests(t *testing.T) {
 		{"relayAdmissionWithoutRelay", admitErr, func(r *Request) { r.RelayID = "" }},
 		{"defaultAdmissionWithRelay", admitDefaultErr, func(r *Request) {}},
 	}
-	forEachBackend(t, func(t *testing.T, addr string) {
-		h := newHarness(t, addr, newClock(utc("2026-06-01T12:00:00Z")))
+	forEachBackend(t, func(t *testing.T, srv server) {
+		h := newHarness(t, srv, newClock(utc("2026-06-01T12:00:00Z")))
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				r := ok
@@ -279,14 +279,14 @@ func TestAdmit_parallelReplicasNeverPassTheLimit(t *testing.T) {
 		{"relayLimitBinds", 100, 0, 100, RelayExhausted},
 		{"tenantLimitBinds", 200, 70, 70, TenantExhausted},
 	}
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackendWhere(t, concurrent, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				clk := newClock(utc("2026-06-01T12:00:00Z"))
-				base := newHarness(t, addr, clk)
+				base := newHarness(t, srv, clk)
 				var limitsOf [replicas]*Limits
 				for i := range limitsOf {
-					limitsOf[i] = New(newClient(t, addr), WithKeyPrefix(base.prefix), WithClock(clk.Now))
+					limitsOf[i] = srv.replica(t, base.prefix, WithClock(clk.Now))
 				}
 				jobs := make(chan int)
 				var mu sync.Mutex
@@ -350,8 +350,7 @@ func TestAdmit_parallelReplicasNeverPassTheLimit(t *testing.T) {
 func BenchmarkAdmit(b *testing.B) {
 	for _, be := range backends() {
 		b.Run(be.name, func(b *testing.B) {
-			addr := be.start(b)
-			h := newHarness(b, addr, newClock(utc("2026-06-01T12:00:00Z")))
+			h := newHarness(b, be.run(b), newClock(utc("2026-06-01T12:00:00Z")))
 			var mu sync.Mutex
 			next := 0
 			b.ReportAllocs()

@@ -2,6 +2,7 @@ package limits
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/mailbus/mailbus/pkg/testkit"
@@ -16,8 +17,24 @@ func TestLimits_workOnRedisCluster(t *testing.T) {
 	addr := testkit.StartRedisCluster(t)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{addr}})
 	t.Cleanup(func() { _ = rdb.Close() })
-	clk := newClock(utc("2026-06-01T12:00:00Z"))
-	l := New(rdb, WithClock(clk.Now))
+	brokers := testkit.StartBroker(t)
+	for _, withLedger := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ledger=%v", withLedger), func(t *testing.T) {
+			clk := newClock(utc("2026-06-01T12:00:00Z"))
+			// Each run has its own prefix: the server is shared.
+			opts := []Option{WithClock(clk.Now), WithKeyPrefix(fmt.Sprintf("mb:q:%v:", withLedger))}
+			if withLedger {
+				lg := NewKafkaLedger(testkit.BusConfig(brokers), nil)
+				t.Cleanup(func() { _ = lg.Close() })
+				opts = append(opts, WithLedger(lg))
+			}
+			l := New(rdb, opts...)
+			clusterSteps(t, l, rdb, withLedger)
+		})
+	}
+}
+
+func clusterSteps(t *testing.T, l *Limits, rdb *redis.ClusterClient, withLedger bool) {
 	ctx := context.Background()
 	steps := []struct {
 		name string
@@ -47,4 +64,28 @@ func TestLimits_workOnRedisCluster(t *testing.T) {
 	if err != nil || u.Tenant != 0 || u.Relay != 0 {
 		t.Fatalf("usage after refund = %+v, %v; want nothing counted", u, err)
 	}
+	if !withLedger {
+		return
+	}
+	// The restore declares every counter, ceiling and disabled relay of
+	// the tenant in one script.
+	t.Run("restoreAfterALoss", func(t *testing.T) {
+		for range 3 {
+			if _, _, err := l.RecordFailure(ctx, tenant, "r3", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := l.Admit(ctx, req("d2", "r1", 2, 5, 5)); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if u, err := l.Usage(ctx, tenant, "r1", nil); err != nil || u.Relay != 2 || u.Tenant != 2 {
+			t.Fatalf("usage after the loss = %+v, %v; want 2 and 2 restored", u, err)
+		}
+		if off, err := l.IsDisabled(ctx, tenant, "r3", nil); err != nil || !off {
+			t.Fatalf("r3 after the loss: disabled %v, %v", off, err)
+		}
+	})
 }

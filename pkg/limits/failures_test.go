@@ -50,11 +50,11 @@ func TestRelayFailures(t *testing.T) {
 	}
 	berlin := mustZone(t, "Europe/Berlin")
 	ctx := context.Background()
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				clk := newClock(utc(evening))
-				h := newHarness(t, addr, clk)
+				h := newHarness(t, srv, clk)
 				for i, s := range tc.steps {
 					if s.at != "" {
 						clk.Set(utc(s.at))
@@ -87,13 +87,13 @@ func TestRelayFailures(t *testing.T) {
 }
 
 func TestRecordFailure_disablesOnceAcrossReplicas(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		clk := newClock(utc("2026-06-01T12:00:00Z"))
-		h := newHarness(t, addr, clk)
+		h := newHarness(t, srv, clk)
 		var disabledNow atomic.Int32
 		var wg sync.WaitGroup
 		for range 4 {
-			l := New(newClient(t, addr), WithKeyPrefix(h.prefix), WithClock(clk.Now))
+			l := srv.replica(t, h.prefix, WithClock(clk.Now))
 			for range 5 {
 				wg.Go(func() {
 					_, now, err := l.RecordFailure(context.Background(), tenant, "r1", nil)

@@ -14,17 +14,49 @@ import (
 // backend is a Redis-protocol server the suite runs against: the real
 // redis-server that production uses, and the embedded one of `mailbus dev`
 // as `mailbus dev` runs it (keeping its data in a directory), which must
-// behave the same.
+// behave the same; each with and without a ledger on a real (embedded)
+// Kafka broker, because the scripts take other paths with one.
 type backend struct {
-	name  string
-	start func(t testing.TB) string
+	name   string
+	ledger bool
+	start  func(t testing.TB) string
 }
 
 func backends() []backend {
 	return []backend{
 		{name: "redis-server", start: testkit.StartRedis},
 		{name: "miniredis", start: startEmbedded},
+		{name: "redis-server+ledger", ledger: true, start: testkit.StartRedis},
+		{name: "miniredis+ledger", ledger: true, start: startEmbedded},
 	}
+}
+
+// server is a started backend.
+type server struct {
+	addr    string
+	brokers []string // nil without a ledger
+}
+
+func (b backend) run(t testing.TB) server {
+	t.Helper()
+	s := server{addr: b.start(t)}
+	if b.ledger {
+		s.brokers = testkit.StartBroker(t)
+	}
+	return s
+}
+
+// replica returns Limits of their own (their own connection pool and
+// ledger reader), as a separate process would have, over prefix.
+func (s server) replica(t testing.TB, prefix string, opts ...Option) *Limits {
+	t.Helper()
+	opts = append([]Option{WithKeyPrefix(prefix)}, opts...)
+	if s.brokers != nil {
+		lg := NewKafkaLedger(testkit.BusConfig(s.brokers), nil)
+		t.Cleanup(func() { _ = lg.Close() })
+		opts = append(opts, WithLedger(lg))
+	}
+	return New(newClient(t, s.addr), opts...)
 }
 
 func startEmbedded(t testing.TB) string {
@@ -38,14 +70,31 @@ func startEmbedded(t testing.TB) string {
 }
 
 // forEachBackend runs fn once per backend, each with a fresh server.
-func forEachBackend(t *testing.T, fn func(t *testing.T, addr string)) {
+func forEachBackend(t *testing.T, fn func(t *testing.T, srv server)) {
+	t.Helper()
+	forEachBackendWhere(t, func(backend) bool { return true }, fn)
+}
+
+// forEachBackendWhere runs fn once per backend that keep accepts.
+func forEachBackendWhere(t *testing.T, keep func(backend) bool, fn func(t *testing.T, srv server)) {
 	t.Helper()
 	for _, b := range backends() {
+		if !keep(b) {
+			continue
+		}
 		t.Run(b.name, func(t *testing.T) {
-			fn(t, b.start(t))
+			fn(t, b.run(t))
 		})
 	}
 }
+
+// concurrent picks the backends for the tests that admit hundreds of
+// deliveries from dozens of goroutines: the embedded server runs one
+// command at a time and starts a Lua interpreter per script, and with a
+// ledger, ceilings make contended admissions run their script several
+// times, which takes it most of a minute on a busy machine. The scripts
+// are the same, and the other tests run them on it with a ledger.
+func concurrent(b backend) bool { return b.name != "miniredis+ledger" }
 
 // clock is a settable clock shared by a test's Limits.
 type clock struct {
@@ -85,12 +134,11 @@ type harness struct {
 	prefix string
 }
 
-func newHarness(t testing.TB, addr string, clk *clock, opts ...Option) *harness {
+func newHarness(t testing.TB, srv server, clk *clock, opts ...Option) *harness {
 	t.Helper()
-	rdb := newClient(t, addr)
-	prefix := testkit.RedisKeyPrefix(t, addr)
-	opts = append([]Option{WithKeyPrefix(prefix), WithClock(clk.Now)}, opts...)
-	return &harness{t: t, l: New(rdb, opts...), rdb: rdb, clock: clk, prefix: prefix}
+	prefix := testkit.RedisKeyPrefix(t, srv.addr)
+	l := srv.replica(t, prefix, append([]Option{WithClock(clk.Now)}, opts...)...)
+	return &harness{t: t, l: l, rdb: l.rdb.(*redis.Client), clock: clk, prefix: prefix}
 }
 
 func (h *harness) admit(req Request) Result {

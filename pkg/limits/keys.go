@@ -19,6 +19,25 @@ func (l *Limits) tenantDayKey(tenant, day string) string {
 	return l.tenantKey(tenant) + ":tenant:" + day
 }
 
+// relayCeilKey is how far the relay's counter of one day may grow: the
+// ledger holds at least this value (see Ledger).
+func (l *Limits) relayCeilKey(tenant, relayID, day string) string {
+	return l.tenantKey(tenant) + ":ceil:relay:" + relayID + ":" + day
+}
+
+// tenantCeilKey is the same for the tenant's counter.
+func (l *Limits) tenantCeilKey(tenant, day string) string {
+	return l.tenantKey(tenant) + ":ceil:tenant:" + day
+}
+
+// restoredKey marks a tenant whose state in this Redis is complete: it was
+// restored from the ledger, or started empty with the ledger's blessing.
+// It has no expiry, so that it goes only when Redis loses data; its absence
+// is how every script with a ledger tells a lost counter from a zero one.
+func (l *Limits) restoredKey(tenant string) string {
+	return l.tenantKey(tenant) + ":restored"
+}
+
 // seenKey is a delivery's idempotency marker: a hash holding the decision per
 // route and the delivery's current charge.
 func (l *Limits) seenKey(tenant, deliveryID string) string {

@@ -51,6 +51,76 @@
 // zone; the third (by default) disables the relay until the tenant's next
 // midnight. RecordSuccess resets the count of a relay that is not disabled.
 //
+// # When Redis loses its data
+//
+// Redis is run as a cache, often without persistence, so a restart can lose
+// every counter in the middle of a day. A counter that is simply absent must then not read
+// as zero: that would let a relay carry its whole limit a second time.
+// Limits with a Ledger (WithLedger; the services use KafkaLedger on
+// mail.quota.ledger) keep the counters durable in two parts:
+//
+//   - Ceilings. A limited counter (relay or tenant, limit > 0) grows only up
+//     to a ceiling that the ledger already holds. When an admission would
+//     pass it, a new ceiling is first appended to the ledger, a step above
+//     the count (a fiftieth of the limit, at least one recipient, and at
+//     least enough for the admissions of this process waiting for it,
+//     which share the write; never past the limit; WithLedgerSteps), and
+//     only then raised in Redis. So at any moment the ledger's highest
+//     ceiling is at least what was admitted.
+//   - A restored marker per tenant (mb:q:{tenant}:restored, no expiry).
+//     Every script that counts or reads a tenant's counters refuses to
+//     run without it. The caller then reads the tenant's ledger entries and
+//     a script puts each counter back at its highest ceiling, puts back the
+//     relays disabled for the day, and sets the marker, all at once. A
+//     tenant with nothing in the ledger (a new Redis, a new tenant) starts
+//     from zero the same way. Admit, RecordFailure, IsDisabled and Usage
+//     wait for the restore (bounded by their context) and never count on
+//     zeroed counters; when the ledger cannot be read they return an
+//     error, which the stage retries.
+//
+// A relay is disabled in the ledger by the failure that disables it (and
+// by every later one), before RecordFailure returns.
+//
+// The worst case of a loss, per day:
+//
+//   - No relay and no tenant passes its daily limit.
+//   - Each limited counter loses at most one step of capacity, or the
+//     recipients of the admissions that were waiting for a new ceiling at
+//     that moment when they are more: recipients counted as sent that were
+//     not, the ceiling's lead over the count. With a limit of 1,500 a step
+//     is 30 recipients; limits under 100 lose nothing when one delivery at
+//     a time waits. Add the recipients refunded since the ceiling was last
+//     raised (Refund lowers the count, not the ceiling).
+//   - A delivery admitted before the loss and seen again afterwards (a
+//     redelivered record, a delivery paced onto a retry topic) has lost its
+//     marker, so it is decided and counted again: capacity again, and if
+//     its relay is exhausted by then, it also goes back through
+//     mail.fallback, which can send it twice.
+//   - Counters of unlimited relays and tenants (limit 0) restart from their
+//     last ceiling, which is none: they enforce nothing, and ceilings would
+//     be writes for nothing.
+//   - Consecutive failures that had not yet disabled a relay are forgotten:
+//     it takes up to three fresh ones (each of which falls back, so no mail
+//     is lost). A disabled relay stays disabled.
+//   - The rate limiter's state is gone: a relay may get one extra burst.
+//
+// Why ceilings in a ledger of their own rather than re-reading the day's
+// mail.admitted records: at millions of messages a day a restore would
+// have to read the whole day's message bodies, and it would still need to
+// tell refunds and re-routes apart, while ceilings cost nothing on the hot
+// path but one small write per step (at most DefaultLedgerSteps per
+// counter per day, whatever the volume) and a restore reads a few records
+// per counter. Periodic checkpoints of the counters would be as cheap but
+// would lose what was admitted since the last one, so a loss could let a
+// relay pass its limit; ceilings are written before the admissions they
+// allow, so it cannot.
+//
+// What is not detected is a loss that keeps the marker: Redis must not
+// evict keys on its own (maxmemory-policy noeviction), or an evicted counter
+// would count from zero; and a failover to a replica that lagged behind
+// loses the admissions of the replication lag (usually milliseconds) while
+// keeping the marker.
+//
 // # Redis Cluster
 //
 // All keys of a tenant share the hash tag {tenant}, so every script touches
@@ -61,12 +131,14 @@ package limits
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/exterr"
+	"golang.org/x/sync/singleflight"
 )
 
 // DefaultKeyPrefix starts every key this package writes.
@@ -88,7 +160,8 @@ const DefaultFailureThreshold = 3
 var ErrInvalid = exterr.Permanent(errors.New("invalid quota request"))
 
 // Limits checks and counts deliveries against limits kept in Redis. It is
-// safe for concurrent use and holds no state of its own besides the client.
+// safe for concurrent use and holds no state of its own besides the client
+// and the ledger.
 type Limits struct {
 	rdb              redis.UniversalClient
 	rate             *redis_rate.Limiter
@@ -96,6 +169,15 @@ type Limits struct {
 	prefix           string
 	retention        time.Duration
 	failureThreshold int
+	ledger           Ledger
+	ledgerSteps      int
+
+	// restoring shares one restore per tenant among this process's
+	// concurrent calls; raises batches their ceiling raises (see
+	// raiseCeiling).
+	restoring singleflight.Group
+	raiseMu   sync.Mutex
+	raises    map[string]*ceilingRaises
 }
 
 // Option changes a default of New.
@@ -135,6 +217,8 @@ func New(rdb redis.UniversalClient, opts ...Option) *Limits {
 		prefix:           DefaultKeyPrefix,
 		retention:        DefaultRetention,
 		failureThreshold: DefaultFailureThreshold,
+		ledgerSteps:      DefaultLedgerSteps,
+		raises:           map[string]*ceilingRaises{},
 	}
 	for _, o := range opts {
 		o(l)

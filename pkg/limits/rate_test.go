@@ -63,11 +63,11 @@ func TestAllowRate(t *testing.T) {
 			}
 		}},
 	}
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				h := newHarness(t, addr, newClock(time.Now()))
-				other := New(newClient(t, addr), WithKeyPrefix(h.prefix))
+				h := newHarness(t, srv, newClock(time.Now()))
+				other := srv.replica(t, h.prefix)
 				tc.run(t, []*Limits{h.l, other})
 			})
 		}

@@ -11,9 +11,9 @@ import (
 func TestDayState(t *testing.T) {
 	berlin := mustZone(t, "Europe/Berlin")
 	ctx := context.Background()
-	forEachBackend(t, func(t *testing.T, addr string) {
+	forEachBackend(t, func(t *testing.T, srv server) {
 		clk := newClock(utc("2026-03-28T21:00:00Z")) // 22:00 in Berlin
-		h := newHarness(t, addr, clk)
+		h := newHarness(t, srv, clk)
 		h.admit(Request{Tenant: tenant, DeliveryID: "d1", RelayID: "r1", Recipients: 3, RelayLimit: 10, Zone: berlin})
 		h.admit(Request{Tenant: tenant, DeliveryID: "d2", RelayID: "r2", Recipients: 2, Zone: berlin})
 		h.admitDefault(Request{Tenant: tenant, DeliveryID: "d3", Recipients: 4, Zone: berlin})

@@ -91,7 +91,19 @@ func startRedisServer(t testing.TB, bin string, extra ...string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr, stop, err := startRedisOn(t, bin, port, extra...)
+	if err != nil {
+		return "", err
+	}
+	t.Cleanup(stop)
+	return addr, nil
+}
+
+// startRedisOn starts one redis-server on port and waits for it; stop kills
+// it and waits until it has exited.
+func startRedisOn(t testing.TB, bin string, port int, extra ...string) (addr string, stop func(), err error) {
+	t.Helper()
+	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	// --dir keeps any file redis might write (it should write none with these
 	// flags) out of the package directory.
 	args := append([]string{
@@ -108,23 +120,22 @@ func startRedisServer(t testing.TB, bin string, extra ...string) (string, error)
 	cmd.Stderr = &out
 	setRedisProcAttr(cmd)
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("run %s: %w", bin, err)
+		return "", nil, fmt.Errorf("run %s: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		close(exited)
 	}()
-	stop := func() {
+	stop = func() {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
 	if err := pingUntilReady(addr, exited); err != nil {
 		stop()
-		return "", fmt.Errorf("redis-server on %s: %w; output:\n%s", addr, err, out.String())
+		return "", nil, fmt.Errorf("redis-server on %s: %w; output:\n%s", addr, err, out.String())
 	}
-	t.Cleanup(stop)
-	return addr, nil
+	return addr, stop, nil
 }
 
 // freePort asks the kernel for a free loopback port. redis-server cannot

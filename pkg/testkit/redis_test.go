@@ -62,3 +62,18 @@ func TestStartRedisCluster_refusesKeysOfDifferentSlotsLikeAnyCluster(t *testing.
 		})
 	}
 }
+
+func TestStartRestartableRedis_restartsEmptyOnTheSameAddress(t *testing.T) {
+	srv := StartRestartableRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
+	}
+	srv.Restart()
+	// The same client reconnects to the new server, which holds nothing.
+	if n, err := rdb.DBSize(ctx).Result(); err != nil || n != 0 {
+		t.Fatalf("DBSIZE after restart = %d, %v; want an empty server at %s", n, err, srv.Addr)
+	}
+}

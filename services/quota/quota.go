@@ -4,7 +4,10 @@
 // limit, and sends each delivery on to mail.admitted, back to the router
 // through mail.fallback when its relay is exhausted, or to a retry topic
 // when the tenant's own limit is reached. The counting rules live in
-// internal/limits.
+// pkg/limits; the counters are kept durable in the quota ledger
+// (mail.quota.ledger), so that a Redis that loses its data in the middle of
+// the day holds deliveries until their tenant's counters are restored
+// instead of counting again from zero.
 package quota
 
 import (
@@ -56,6 +59,7 @@ type Service struct {
 	deps     Deps
 	log      *slog.Logger
 	limits   *limits.Limits
+	ledger   *limits.KafkaLedger
 	pub      message.Publisher
 	decision *prometheus.CounterVec
 }
@@ -71,9 +75,11 @@ func New(cfg Config, deps Deps) *Service {
 	if cfg.MaxRateWait <= 0 {
 		cfg.MaxRateWait = 2 * time.Second
 	}
+	log := deps.Log.With("service", "quota")
+	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	s := &Service{
-		cfg: cfg, deps: deps, log: deps.Log.With("service", "quota"),
-		limits: limits.New(deps.Redis, limits.WithClock(deps.Now)),
+		cfg: cfg, deps: deps, log: log, ledger: ledger,
+		limits: limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger)),
 		decision: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "quota", Name: "decisions_total",
 			Help: "Deliveries decided, by decision.",
@@ -90,6 +96,11 @@ func New(cfg Config, deps Deps) *Service {
 
 // Run consumes until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
+	defer func() {
+		if err := s.ledger.Close(); err != nil {
+			s.log.Warn("closing the quota ledger", "err", err)
+		}
+	}()
 	r, err := bus.NewRouter(s.cfg.Bus, "quota", s.log)
 	if err != nil {
 		return err

@@ -21,10 +21,13 @@ func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Service, 
 		return nil, nil, err
 	}
 	log := in.Logger()
+	// The ledger restores the relays disabled for the day when Redis has
+	// lost them (see pkg/limits).
+	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	svc := New(cfg, Deps{
 		Log: log, Metrics: in.Metrics, Config: cc,
-		Health:       limits.Health{Limits: limits.New(in.Redis), Log: log},
+		Health:       limits.Health{Limits: limits.New(in.Redis, limits.WithLedger(ledger)), Log: log},
 		Suppressions: suppress.New(in.Redis),
 	})
-	return svc, func() { _ = cc.Close() }, nil
+	return svc, func() { _ = ledger.Close(); _ = cc.Close() }, nil
 }

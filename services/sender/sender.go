@@ -61,6 +61,7 @@ type Service struct {
 	log     *slog.Logger
 	pool    *smtpclient.Pool
 	d       *deliver.Deliverer
+	ledger  *limits.KafkaLedger
 	pub     message.Publisher
 	results *prometheus.CounterVec
 	skipped prometheus.Counter
@@ -89,9 +90,12 @@ func New(cfg Config, deps Deps) *Service {
 	if len(cfg.DNSServers) > 0 {
 		resolver = mx.NewResolver(cfg.DNSServers...)
 	}
+	// The ledger keeps a relay that failed three times disabled for the
+	// day even when Redis loses its data (see pkg/limits).
+	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	s := &Service{
-		cfg: cfg, deps: deps, log: log, pool: pool,
-		d: deliver.New(deps.Config, pool, resolver, limits.New(deps.Redis, limits.WithClock(deps.Now)), deps.Classify,
+		cfg: cfg, deps: deps, log: log, pool: pool, ledger: ledger,
+		d: deliver.New(deps.Config, pool, resolver, limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger)), deps.Classify,
 			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now}, log),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
@@ -114,6 +118,11 @@ func (s *Service) Pool() *smtpclient.Pool { return s.pool }
 // Run consumes until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.pool.Close()
+	defer func() {
+		if err := s.ledger.Close(); err != nil {
+			s.log.Warn("closing the quota ledger", "err", err)
+		}
+	}()
 	r, err := bus.NewRouter(s.cfg.Bus, "sender", s.log)
 	if err != nil {
 		return err
