@@ -155,7 +155,7 @@ func (l *Limits) restore(ctx context.Context, tenant string, loc *time.Location)
 		for _, e := range entries {
 			start, err := time.ParseInLocation(dayLayout, e.Day, zone(loc))
 			if err != nil || e.Value <= 0 {
-				continue // not ours to judge: Entries already logged it
+				continue // malformed: the rest can still be restored
 			}
 			end := NextMidnight(start, loc)
 			keep := end.Add(l.retention).Sub(now)
