@@ -413,13 +413,14 @@ func readText(m *mail) []finding {
 	if len(out) == 0 {
 		return nil
 	}
-	var errLines string // computed once: the report can be as long as the input
+	// Computed once: the report can be as long as the input.
+	errLines, haveErrLines := "", false
 	for i := range out {
 		if out[i].diag == "" {
 			// The report names the recipient apart from the error:
 			// classify on the whole text, show the lines with codes.
-			if errLines == "" {
-				errLines = errorLines(report)
+			if !haveErrLines {
+				errLines, haveErrLines = errorLines(report), true
 			}
 			out[i].ctx = m.share(errLines)
 			if len(out) == 1 {
