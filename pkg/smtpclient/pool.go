@@ -4,8 +4,10 @@
 // said to MAIL FROM, to each RCPT TO and after the final dot.
 //
 // Connections are pooled per relay (host:port:security:user). A pool keeps
-// at most MaxConnsPerRelay connections to a relay open in the process,
-// sends up to MaxMessagesPerConn messages over each, checks a connection
+// at most MaxConnsPerRelay connections to a relay open (Relay.MaxConns
+// overrides it; with PoolConfig.Slots the limit holds over every process
+// sharing the slots), sends up to MaxMessagesPerConn messages over each,
+// each carrying one transaction at a time, checks a connection
 // that sat idle with NOOP (RSET when a transaction was left open) before it
 // carries another message, closes connections idle for longer than
 // IdleTimeout, and throws away a connection after an I/O error, a timeout
