@@ -1,0 +1,193 @@
+package sender_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/configclient"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/testkit"
+	"github.com/mailbus/mailbus/services/sender"
+)
+
+// staticConfig is a configuration cache holding one tenant and its relays.
+type staticConfig struct {
+	tenant *mailbusv1.Tenant
+	relays map[string]*configclient.RelayWithSecrets
+}
+
+func (c staticConfig) Tenant(id string) (*mailbusv1.Tenant, bool) {
+	return c.tenant, id == c.tenant.GetId()
+}
+
+func (c staticConfig) Relay(id string) (*configclient.RelayWithSecrets, bool) {
+	r, ok := c.relays[id]
+	return r, ok
+}
+
+func (staticConfig) DefaultServer() configclient.DefaultServer { return configclient.DefaultServer{} }
+
+func relayTo(id string, srv *testkit.SMTPServer, maxConns int32) *configclient.RelayWithSecrets {
+	return &configclient.RelayWithSecrets{Relay: &mailbusv1.Relay{Id: id, TenantId: "acme", Name: id,
+		Host: srv.Host(), Port: int32(srv.Port()), Security: mailbusv1.RelaySecurity_RELAY_SECURITY_NONE,
+		Active: true, MaxConnections: maxConns}}
+}
+
+// gate holds the reply after the final dot of every transaction until
+// opened, and counts the transactions held at once.
+type gate struct {
+	mu      sync.Mutex
+	now     int
+	peak    int
+	open    chan struct{}
+	changed chan struct{}
+}
+
+func newGate() *gate { return &gate{open: make(chan struct{}), changed: make(chan struct{})} }
+
+func (g *gate) reply(c testkit.SMTPCommand) *testkit.SMTPReply {
+	if c.Step != testkit.SMTPStepDot {
+		return nil
+	}
+	g.add(1)
+	defer g.add(-1)
+	<-g.open
+	return nil
+}
+
+func (g *gate) add(d int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.now += d
+	g.peak = max(g.peak, g.now)
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *gate) waitHeld(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.NewTimer(60 * time.Second)
+	defer deadline.Stop()
+	for {
+		g.mu.Lock()
+		now, ch := g.now, g.changed
+		g.mu.Unlock()
+		if now >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("%d transactions waiting for their final reply, want %d", now, n)
+		}
+	}
+}
+
+func (g *gate) maxHeld() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.peak
+}
+
+// startSender runs a sender until the test ends.
+func startSender(t *testing.T, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	svc := sender.New(sender.Config{Bus: busCfg, HeloName: "sender.test"},
+		sender.Deps{Log: log, Config: cfg, Redis: rdb})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("sender Run: %v", err)
+		}
+	})
+}
+
+// publishDeliveries publishes n deliveries through relayID to mail.signed,
+// which has one partition.
+func publishDeliveries(t *testing.T, busCfg bus.Config, relayID string, from, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := bus.EnsureTopics(ctx, busCfg, []string{bus.TopicSigned}, 1); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := bus.NewPublisher(busCfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	for i := from; i < from+n; i++ {
+		d := &mailbusv1.Delivery{
+			TenantId: "acme", MessageId: fmt.Sprintf("m%d", i), DeliveryId: fmt.Sprintf("d%d", i), Attempt: 1,
+			QueueTime: timestamppb.Now(),
+			Envelope:  &mailbusv1.Envelope{MailFrom: "bounces@acme.example", RcptTo: []string{fmt.Sprintf("rcpt%d@dest.example", i)}},
+			Route:     &mailbusv1.Route{Kind: mailbusv1.RouteKind_ROUTE_KIND_RELAY, RelayId: relayID},
+			Message:   []byte(fmt.Sprintf("From: <alice@acme.example>\r\nSubject: %d\r\n\r\nhello\r\n", i)),
+		}
+		if err := bus.Publish(pub, bus.TopicSigned, d, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestSender_deliversOnePartitionsRecordsConcurrentlyUpToTheRelaysConnectionLimit(t *testing.T) {
+	busCfg := testkit.BusConfig(testkit.StartBroker(t))
+	busCfg.HandlerTimeout = 2 * time.Minute // records wait for the gate
+	rdb := redis.NewClient(&redis.Options{Addr: testkit.StartRedis(t)})
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := newGate()
+	srv := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
+	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
+		relays: map[string]*configclient.RelayWithSecrets{"r1": relayTo("r1", srv, 4)}}
+
+	publishDeliveries(t, busCfg, "r1", 0, 12)
+	startSender(t, busCfg, rdb, cfg)
+
+	// Every transaction waits at the final dot until the gate opens, so a
+	// sender that delivered one record at a time would stop at one.
+	g.waitHeld(t, 4)
+	close(g.open)
+	srv.WaitMessages(t, 12)
+	if peak := g.maxHeld(); peak != 4 {
+		t.Errorf("%d transactions were in flight at once, want 4 (the relay's max_connections)", peak)
+	}
+	if peak := srv.PeakOpenConnections(); peak > 4 {
+		t.Errorf("%d connections were open at once, want at most 4", peak)
+	}
+}
+
+func TestSender_aSlowRelayDoesNotHoldUpAnotherRelaysMailOnTheSamePartition(t *testing.T) {
+	busCfg := testkit.BusConfig(testkit.StartBroker(t))
+	busCfg.HandlerTimeout = 2 * time.Minute
+	rdb := redis.NewClient(&redis.Options{Addr: testkit.StartRedis(t)})
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := newGate()
+	slow := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
+	fast := testkit.StartSMTP(t)
+	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
+		relays: map[string]*configclient.RelayWithSecrets{"slow": relayTo("slow", slow, 2), "fast": relayTo("fast", fast, 2)}}
+
+	// Five deliveries to the stuck relay come first on the partition.
+	publishDeliveries(t, busCfg, "slow", 0, 5)
+	publishDeliveries(t, busCfg, "fast", 5, 5)
+	startSender(t, busCfg, rdb, cfg)
+
+	fast.WaitMessages(t, 5)
+	if n := slow.Received(); n != 0 {
+		t.Errorf("the slow relay finished %d messages while its gate was closed", n)
+	}
+	close(g.open)
+	slow.WaitMessages(t, 5)
+}
