@@ -75,6 +75,7 @@ test: vet checkproto fuzz ## vet, check generated code, fuzz the parsers briefly
 	go test $(GOTEST_FLAGS) $(PKGS)
 
 .PHONY: bench
-bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then against a sink with 20 ms reply latency (connection reuse)
+bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then a sink with 20 ms reply latency (connection reuse), and a slow relay answering each message after 1 s with 100 connections (concurrency)
 	go run ./cmd/mailbus bench
 	go run ./cmd/mailbus bench --sink-latency 20ms --messages 2000
+	go run ./cmd/mailbus bench --sink-data-delay 1s --max-connections 100 --messages 2000

@@ -98,7 +98,7 @@ func (g *gate) maxHeld() int {
 }
 
 // startSender runs a sender until the test ends.
-func startSender(t *testing.T, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) {
+func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc := sender.New(sender.Config{Bus: busCfg, HeloName: "sender.test"},
@@ -116,7 +116,7 @@ func startSender(t *testing.T, busCfg bus.Config, rdb redis.UniversalClient, cfg
 
 // publishDeliveries publishes n deliveries through relayID to mail.signed,
 // which has one partition.
-func publishDeliveries(t *testing.T, busCfg bus.Config, relayID string, from, n int) {
+func publishDeliveries(t testing.TB, busCfg bus.Config, relayID string, from, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -190,4 +190,55 @@ func TestSender_aSlowRelayDoesNotHoldUpAnotherRelaysMailOnTheSamePartition(t *te
 	}
 	close(g.open)
 	slow.WaitMessages(t, 5)
+}
+
+// BenchmarkSender_slowRelay measures the sender alone against a relay that
+// answers each message a second after its final dot (as Office 365 or a
+// scanning Exchange does), with max_connections 100 and mail.signed's
+// default eight partitions: the deliveries are published first, then one
+// sender replica delivers them. It reports messages per second from the
+// first message on, and the most transactions the relay had in flight at
+// once; 100/s is what the relay allows.
+//
+//	go test -run '^$' -bench Sender_slowRelay -benchtime 1x ./services/sender
+func BenchmarkSender_slowRelay(b *testing.B) {
+	const n, conns = 1000, 100
+	busCfg := testkit.BusConfig(testkit.StartBroker(b))
+	busCfg.HandlerTimeout = 2 * time.Minute
+	rdb := redis.NewClient(&redis.Options{Addr: testkit.StartRedis(b)})
+	b.Cleanup(func() { _ = rdb.Close() })
+	g := newGate()
+	close(g.open)
+	var first sync.Once
+	var start time.Time
+	srv := testkit.StartSMTP(b, testkit.SMTPDiscard(), testkit.SMTPReplies(func(c testkit.SMTPCommand) *testkit.SMTPReply {
+		if c.Step == testkit.SMTPStepDot {
+			// The clock starts at the first message, not while the
+			// consumer group forms.
+			first.Do(func() { start = time.Now() })
+			g.add(1)
+			defer g.add(-1)
+			time.Sleep(time.Second)
+		}
+		return nil
+	}))
+	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
+		relays: map[string]*configclient.RelayWithSecrets{"r1": relayTo("r1", srv, conns)}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := bus.EnsureTopics(ctx, busCfg, []string{bus.TopicSigned}, 8); err != nil {
+		b.Fatal(err)
+	}
+	publishDeliveries(b, busCfg, "r1", 0, n)
+	b.ResetTimer()
+	startSender(b, busCfg, rdb, cfg)
+	for deadline := time.Now().Add(5 * time.Minute); srv.Received() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d messages delivered in 5 minutes", srv.Received(), n)
+		}
+	}
+	first.Do(func() {}) // start was set by the first message
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(n)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(g.maxHeld()), "in-flight")
 }

@@ -16,9 +16,10 @@ import (
 // when each message was accepted and how long it took since its producer
 // published it (the X-Bench-Published header).
 type sink struct {
-	srv     *smtp.Server
-	ln      net.Listener
-	latency time.Duration
+	srv       *smtp.Server
+	ln        net.Listener
+	latency   time.Duration
+	dataDelay time.Duration
 
 	mu        sync.Mutex
 	count     int
@@ -28,14 +29,18 @@ type sink struct {
 	conns     int
 	done      chan struct{}
 	want      int
+	// inFlight counts the transactions between MAIL FROM and their end;
+	// peakInFlight is its maximum since the last reset.
+	inFlight     int
+	peakInFlight int
 }
 
-func startSink(latency time.Duration, want int) (*sink, error) {
+func startSink(latency, dataDelay time.Duration, want int) (*sink, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &sink{ln: ln, latency: latency, want: want, done: make(chan struct{})}
+	s := &sink{ln: ln, latency: latency, dataDelay: dataDelay, want: want, done: make(chan struct{})}
 	s.srv = smtp.NewServer(s)
 	s.srv.Domain = "sink.bench"
 	s.srv.MaxMessageBytes = 64 << 20
@@ -54,17 +59,44 @@ func (s *sink) NewSession(*smtp.Conn) (smtp.Session, error) {
 	return &sinkSession{s: s}, nil
 }
 
-type sinkSession struct{ s *sink }
+type sinkSession struct {
+	s     *sink
+	inTxn bool
+}
+
+// begin and end count the session's transaction in flight.
+func (ss *sinkSession) begin() {
+	if ss.inTxn {
+		return
+	}
+	ss.inTxn = true
+	s := ss.s
+	s.mu.Lock()
+	s.inFlight++
+	s.peakInFlight = max(s.peakInFlight, s.inFlight)
+	s.mu.Unlock()
+}
+
+func (ss *sinkSession) end() {
+	if !ss.inTxn {
+		return
+	}
+	ss.inTxn = false
+	s := ss.s
+	s.mu.Lock()
+	s.inFlight--
+	s.mu.Unlock()
+}
 
 func (ss *sinkSession) pause() {
 	if ss.s.latency > 0 {
 		time.Sleep(ss.s.latency)
 	}
 }
-func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { ss.pause(); return nil }
+func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { ss.begin(); ss.pause(); return nil }
 func (ss *sinkSession) Rcpt(string, *smtp.RcptOptions) error { ss.pause(); return nil }
-func (ss *sinkSession) Reset()                               {}
-func (ss *sinkSession) Logout() error                        { return nil }
+func (ss *sinkSession) Reset()                               { ss.end() }
+func (ss *sinkSession) Logout() error                        { ss.end(); return nil }
 
 var publishedHeader = []byte("X-Bench-Published: ")
 
@@ -82,6 +114,10 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	}
 	_, _ = io.Copy(io.Discard, br)
 	ss.pause()
+	if ss.s.dataDelay > 0 {
+		time.Sleep(ss.s.dataDelay)
+	}
+	defer ss.end()
 	now := time.Now()
 	s := ss.s
 	s.mu.Lock()
