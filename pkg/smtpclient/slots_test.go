@@ -86,6 +86,11 @@ func TestPool_replicasSharingRedisKeepToTheRelaysConnectionLimit(t *testing.T) {
 	redisAddr := testkit.StartRedis(t)
 	gate := newDotGate()
 	srv := testkit.StartSMTP(t, testkit.SMTPReplies(gate.reply))
+	// Opened at the end at the latest, before the server closes, so that
+	// a failure does not leave its connections stuck behind the gate.
+	var openOnce sync.Once
+	release := func() { openOnce.Do(func() { close(gate.open) }) }
+	t.Cleanup(release)
 	// Idle connections hold their slots; a short idle time gives them
 	// back soon after the gate opens.
 	cfg := PoolConfig{IdleTimeout: 200 * time.Millisecond}
@@ -127,7 +132,7 @@ func TestPool_replicasSharingRedisKeepToTheRelaysConnectionLimit(t *testing.T) {
 		go send(context.Background(), a, "a-more"+string(rune('0'+i))+"@dest.test")
 		go send(context.Background(), b, "b"+string(rune('0'+i))+"@dest.test")
 	}
-	close(gate.open)
+	release()
 	wg.Wait()
 	close(errs)
 	for err := range errs {

@@ -44,14 +44,23 @@ func relayTo(id string, srv *testkit.SMTPServer, maxConns int32) *configclient.R
 // gate holds the reply after the final dot of every transaction until
 // opened, and counts the transactions held at once.
 type gate struct {
-	mu      sync.Mutex
-	now     int
-	peak    int
-	open    chan struct{}
-	changed chan struct{}
+	mu       sync.Mutex
+	now      int
+	peak     int
+	open     chan struct{}
+	openOnce sync.Once
+	changed  chan struct{}
 }
 
+// newGate returns a closed gate.
 func newGate() *gate { return &gate{open: make(chan struct{}), changed: make(chan struct{})} }
+
+// releaseAtEnd opens g when the test ends, before the SMTP server started
+// before this call closes, so that a failing test does not leave the
+// server's connections stuck behind the gate.
+func releaseAtEnd(t testing.TB, g *gate) { t.Cleanup(g.release) }
+
+func (g *gate) release() { g.openOnce.Do(func() { close(g.open) }) }
 
 func (g *gate) reply(c testkit.SMTPCommand) *testkit.SMTPReply {
 	if c.Step != testkit.SMTPStepDot {
@@ -114,15 +123,11 @@ func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg
 	})
 }
 
-// publishDeliveries publishes n deliveries through relayID to mail.signed,
-// which has one partition.
+// publishDeliveries publishes n deliveries through relayID to mail.signed.
+// They are deliveries of one message (as VERP makes one per recipient), so
+// they share one partition.
 func publishDeliveries(t testing.TB, busCfg bus.Config, relayID string, from, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := bus.EnsureTopics(ctx, busCfg, []string{bus.TopicSigned}, 1); err != nil {
-		t.Fatal(err)
-	}
 	pub, err := bus.NewPublisher(busCfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +135,7 @@ func publishDeliveries(t testing.TB, busCfg bus.Config, relayID string, from, n 
 	defer pub.Close()
 	for i := from; i < from+n; i++ {
 		d := &mailbusv1.Delivery{
-			TenantId: "acme", MessageId: fmt.Sprintf("m%d", i), DeliveryId: fmt.Sprintf("d%d", i), Attempt: 1,
+			TenantId: "acme", MessageId: "m1", DeliveryId: fmt.Sprintf("d%d", i), Attempt: 1,
 			QueueTime: timestamppb.Now(),
 			Envelope:  &mailbusv1.Envelope{MailFrom: "bounces@acme.example", RcptTo: []string{fmt.Sprintf("rcpt%d@dest.example", i)}},
 			Route:     &mailbusv1.Route{Kind: mailbusv1.RouteKind_ROUTE_KIND_RELAY, RelayId: relayID},
@@ -149,6 +154,7 @@ func TestSender_deliversOnePartitionsRecordsConcurrentlyUpToTheRelaysConnectionL
 	t.Cleanup(func() { _ = rdb.Close() })
 	g := newGate()
 	srv := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
+	releaseAtEnd(t, g)
 	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
 		relays: map[string]*configclient.RelayWithSecrets{"r1": relayTo("r1", srv, 4)}}
 
@@ -158,7 +164,7 @@ func TestSender_deliversOnePartitionsRecordsConcurrentlyUpToTheRelaysConnectionL
 	// Every transaction waits at the final dot until the gate opens, so a
 	// sender that delivered one record at a time would stop at one.
 	g.waitHeld(t, 4)
-	close(g.open)
+	g.release()
 	srv.WaitMessages(t, 12)
 	if peak := g.maxHeld(); peak != 4 {
 		t.Errorf("%d transactions were in flight at once, want 4 (the relay's max_connections)", peak)
@@ -175,6 +181,7 @@ func TestSender_aSlowRelayDoesNotHoldUpAnotherRelaysMailOnTheSamePartition(t *te
 	t.Cleanup(func() { _ = rdb.Close() })
 	g := newGate()
 	slow := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
+	releaseAtEnd(t, g)
 	fast := testkit.StartSMTP(t)
 	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
 		relays: map[string]*configclient.RelayWithSecrets{"slow": relayTo("slow", slow, 2), "fast": relayTo("fast", fast, 2)}}
@@ -188,15 +195,15 @@ func TestSender_aSlowRelayDoesNotHoldUpAnotherRelaysMailOnTheSamePartition(t *te
 	if n := slow.Received(); n != 0 {
 		t.Errorf("the slow relay finished %d messages while its gate was closed", n)
 	}
-	close(g.open)
+	g.release()
 	slow.WaitMessages(t, 5)
 }
 
 // BenchmarkSender_slowRelay measures the sender alone against a relay that
 // answers each message a second after its final dot (as Office 365 or a
-// scanning Exchange does), with max_connections 100 and mail.signed's
-// default eight partitions: the deliveries are published first, then one
-// sender replica delivers them. It reports messages per second from the
+// scanning Exchange does), with max_connections 100: the deliveries (of
+// one message, so on one partition) are published first, then one sender
+// replica delivers them. It reports messages per second from the
 // first message on, and the most transactions the relay had in flight at
 // once; 100/s is what the relay allows.
 //
@@ -208,7 +215,7 @@ func BenchmarkSender_slowRelay(b *testing.B) {
 	rdb := redis.NewClient(&redis.Options{Addr: testkit.StartRedis(b)})
 	b.Cleanup(func() { _ = rdb.Close() })
 	g := newGate()
-	close(g.open)
+	g.release()
 	var first sync.Once
 	var start time.Time
 	srv := testkit.StartSMTP(b, testkit.SMTPDiscard(), testkit.SMTPReplies(func(c testkit.SMTPCommand) *testkit.SMTPReply {
@@ -224,11 +231,6 @@ func BenchmarkSender_slowRelay(b *testing.B) {
 	}))
 	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
 		relays: map[string]*configclient.RelayWithSecrets{"r1": relayTo("r1", srv, conns)}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := bus.EnsureTopics(ctx, busCfg, []string{bus.TopicSigned}, 8); err != nil {
-		b.Fatal(err)
-	}
 	publishDeliveries(b, busCfg, "r1", 0, n)
 	b.ResetTimer()
 	startSender(b, busCfg, rdb, cfg)
