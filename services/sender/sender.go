@@ -12,7 +12,7 @@
 // count (bus.Router.HandleConcurrent): up to Config.Concurrency.Records
 // records, and Concurrency.Bytes of their payloads, with each partition's
 // offsets committed in order. What bounds the SMTP transactions in flight
-// is the relay: its max_connections (default Pool.MaxConnsPerRelay, 20),
+// is the relay: its max_connections (default DefaultMaxConnsPerRelay),
 // counted over every replica through leases in Redis (limits.ConnSlots),
 // each connection carrying one transaction at a time. Deliveries waiting
 // for one of a relay's connections do not hold up deliveries to other
@@ -146,9 +146,9 @@ const DefaultMaxConnsPerRelay = 20
 
 // DefaultConcurrency bounds a replica's deliveries in flight. 500 records
 // keep a few relays at 100 connections busy while a record waits at most a
-// few seconds for a connection; 64 MiB of payloads (each also decoded once)
-// keep a replica well inside a 512 MiB container even when the messages
-// are 25 MB each.
+// few seconds for a connection; 64 MiB of payloads (each also held decoded)
+// keep what a replica holds for its deliveries far under a 512 MiB
+// container however many connections carry 25 MB messages.
 var DefaultConcurrency = bus.Concurrency{Records: 500, PerPartition: 1000, Bytes: 64 << 20}
 
 // Run consumes until ctx is cancelled, then drains the deliveries in
