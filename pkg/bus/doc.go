@@ -36,6 +36,13 @@
 // Router.HandleDelayed, which hands each record over only once the topic's
 // delay has passed since it was produced.
 //
+// Router.Handle gives a handler a partition's records one at a time, in
+// order. Router.HandleConcurrent, for handlers whose records are
+// independent of each other (the sender's deliveries), hands them out
+// without waiting, up to a Concurrency bound per process, and commits each
+// partition's offset only past the records that finished together with
+// every record before them.
+//
 // A group rebalance waits for the record a handler is working on (that is
 // how watermill-kafka works), so Config.RebalanceTimeout must exceed the
 // time the handler stack can take; HandleDelayed does not hold rebalances

@@ -16,6 +16,7 @@ func FromConfig(rs *configclient.RelayWithSecrets, helo string) (Relay, error) {
 	out := Relay{
 		Host: r.GetHost(), Port: int(r.GetPort()), SkipVerify: r.GetSkipCertVerify(),
 		AllowPlaintextAuth: r.GetAllowPlaintextAuth(), HeloName: helo,
+		MaxConns: int(r.GetMaxConnections()),
 	}
 	switch r.GetSecurity() {
 	case mailbusv1.RelaySecurity_RELAY_SECURITY_NONE:

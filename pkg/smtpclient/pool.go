@@ -4,8 +4,10 @@
 // said to MAIL FROM, to each RCPT TO and after the final dot.
 //
 // Connections are pooled per relay (host:port:security:user). A pool keeps
-// at most MaxConnsPerRelay connections to a relay open in the process,
-// sends up to MaxMessagesPerConn messages over each, checks a connection
+// at most MaxConnsPerRelay connections to a relay open (Relay.MaxConns
+// overrides it; with PoolConfig.Slots the limit holds over every process
+// sharing the slots), sends up to MaxMessagesPerConn messages over each,
+// each carrying one transaction at a time, checks a connection
 // that sat idle with NOOP (RSET when a transaction was left open) before it
 // carries another message, closes connections idle for longer than
 // IdleTimeout, and throws away a connection after an I/O error, a timeout
@@ -20,9 +22,11 @@
 // announced (SIZE, no SMTPUTF8, no 8BITMIME) refuse a message locally with
 // a permanent *mail.SMTPError before MAIL FROM.
 //
-// go-smtp's client does not pipeline: it waits for each reply before the
-// next command, so PIPELINING is not used even when offered; a transaction
-// costs one round trip per command (MAIL, each RCPT, DATA, the dot).
+// When the server offers PIPELINING (RFC 2920), MAIL FROM, every RCPT TO
+// and DATA go out in one write and a transaction costs two round trips
+// whatever its number of recipients; go-smtp's client cannot pipeline, so
+// the session writes those commands itself (see pipelinedTransaction).
+// Servers that do not offer it get one command per round trip.
 package smtpclient
 
 import (
@@ -73,7 +77,33 @@ type PoolConfig struct {
 	Logger *slog.Logger
 	// Registerer receives the pool's metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// Slots, when set, shares every relay's connection limit with the
+	// other processes using the same slots (the sender's replicas, through
+	// Redis): a connection opens only once it has a slot, and gives it back
+	// when it closes. Nil limits connections per process only.
+	Slots ConnSlots
 }
+
+// ConnSlots hands out connection slots shared between processes.
+type ConnSlots interface {
+	// Acquire waits for one of max slots of the relay key until ctx ends.
+	Acquire(ctx context.Context, relayKey string, max int) (ConnLease, error)
+}
+
+// ConnLease is a connection slot held.
+type ConnLease interface {
+	// Release gives the slot back.
+	Release()
+	// Lost reports that the slot expired while held (the process stalled),
+	// so its connection should close as soon as it is free.
+	Lost() bool
+}
+
+// ErrConnSlots marks a failure to take a shared connection slot other
+// than running out of time (the slots' store is unreachable): it says
+// nothing about the relay or the message, and the send is worth retrying
+// as it is.
+var ErrConnSlots = errors.New("shared connection slots unavailable")
 
 func (c PoolConfig) withDefaults() PoolConfig {
 	if c.MaxConnsPerRelay <= 0 {
@@ -180,7 +210,7 @@ func NewPool(cfg PoolConfig) *Pool {
 			}),
 			closed: f.NewCounterVec(prometheus.CounterOpts{
 				Name: "mailbus_sender_smtp_connections_closed_total",
-				Help: "SMTP connections closed, by reason (idle, limit, broken, changed, shutdown).",
+				Help: "SMTP connections closed, by reason (idle, limit, broken, changed, slot_lost, shutdown).",
 			}, []string{"reason"}),
 			messages: f.NewCounter(prometheus.CounterOpts{
 				Name: "mailbus_sender_smtp_messages_total",
@@ -244,8 +274,18 @@ func (p *Pool) Send(ctx context.Context, relay Relay, m *Message) (*Result, erro
 			}
 		}
 		if !reused {
+			lease, err := p.lease(ctx, relay, rp)
+			if err != nil {
+				rp.closed()
+				res := newResult(relay, m)
+				res.failUndecided(&mail.SMTPError{Stage: "connect", Message: err.Error(), Err: err})
+				return res, fmt.Errorf("send to %s: %w", relay.Addr(), err)
+			}
 			s, err = p.d.open(ctx, relay, rp, nil)
 			if err != nil {
+				if lease != nil {
+					lease.Release()
+				}
 				rp.closed()
 				res := newResult(relay, m)
 				var re *RelayError
@@ -256,6 +296,7 @@ func (p *Pool) Send(ctx context.Context, relay Relay, m *Message) (*Result, erro
 				}
 				return res, err
 			}
+			s.lease = lease
 			p.opened.Add(1)
 			p.m.opened.Inc()
 		} else {
@@ -358,6 +399,27 @@ func (p *Pool) acquireRelay(r Relay) (*relayPool, error) {
 	return rp, nil
 }
 
+// lease takes a shared connection slot for a new connection to relay; nil
+// without PoolConfig.Slots. Running out of time waiting for one is the same
+// as waiting for a local connection; any other failure is ErrConnSlots.
+func (p *Pool) lease(ctx context.Context, relay Relay, rp *relayPool) (ConnLease, error) {
+	if p.cfg.Slots == nil {
+		return nil, nil
+	}
+	rp.mu.Lock()
+	max := rp.max
+	rp.mu.Unlock()
+	l, err := p.cfg.Slots.Acquire(ctx, rp.key, max)
+	switch {
+	case err == nil:
+		return l, nil
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("wait for a connection slot shared with other replicas: %w", err)
+	default:
+		return nil, fmt.Errorf("%w: %w", ErrConnSlots, err)
+	}
+}
+
 func (p *Pool) releaseRelay(rp *relayPool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -372,6 +434,9 @@ func (p *Pool) putBack(rp *relayPool, s *session, maxMsgs int) {
 		p.discard(rp, s, "broken")
 	case s.messages >= maxMsgs:
 		p.closeAsync(rp, s, "limit")
+	case s.lease != nil && s.lease.Lost():
+		// Another replica may have its slot by now.
+		p.closeAsync(rp, s, "slot_lost")
 	default:
 		p.mu.Lock()
 		closed := p.closed
@@ -418,6 +483,9 @@ func (p *Pool) closeAsync(rp *relayPool, s *session, reason string) {
 }
 
 func (p *Pool) countClose(s *session, reason string) {
+	if s.lease != nil {
+		s.lease.Release()
+	}
 	p.closedConns.Add(1)
 	p.m.closed.WithLabelValues(reason).Inc()
 	p.m.perConn.Observe(float64(s.messages))

@@ -117,3 +117,36 @@ func TestTestRelay_showsPostfixsWords(t *testing.T) {
 		}
 	}
 }
+
+func TestPool_pipelinesThroughPostfixAndMapsEachRcptReply(t *testing.T) {
+	pf := postfixServer{testkit.StartPostfix(t, testkit.PostfixOptions{
+		Hostname:  postfixDomain,
+		SASLUsers: map[string]string{postfixUser: postfixPassword},
+		MainCF: map[string]string{
+			"smtpd_recipient_restrictions": "check_recipient_access inline:{nobody@example.org=REJECT}, permit",
+		},
+	})}
+	p := newTestPool(t, PoolConfig{RootCAs: pf.Cert.CAPool})
+	// Postfix offers PIPELINING; its refusal of the second recipient must
+	// land on that recipient only.
+	res, err := p.Send(context.Background(), pf.relay(SecurityStartTLS, MechanismPlain, postfixPassword),
+		testMsg("first@example.org", "nobody@example.org", "third@example.org"))
+	if err != nil {
+		t.Fatalf("Send: %v\nPostfix log:\n%s", err, pf.Log())
+	}
+	for i, rc := range res.Recipients {
+		refused := i == 1
+		if (rc.Err != nil) != refused || (refused && (rc.Err.Code/100 != 5 || rc.Err.Stage != "rcpt")) || (!refused && rc.Rcpt.Code != 250) {
+			t.Errorf("%s: RCPT reply %v, error %+v", rc.Address, rc.Rcpt, rc.Err)
+		}
+	}
+	if res.Data.Code != 250 {
+		t.Fatalf("final reply %v", res.Data)
+	}
+	queueID := strings.TrimSpace(res.Data.Text[strings.LastIndex(res.Data.Text, " ")+1:])
+	pf.WaitLog(t, queueID+": to=<first@example.org>", "status=sent")
+	pf.WaitLog(t, queueID+": to=<third@example.org>", "status=sent")
+	if strings.Contains(pf.Log(), "improper command pipelining") {
+		t.Errorf("Postfix saw improper pipelining:\n%s", pf.Log())
+	}
+}

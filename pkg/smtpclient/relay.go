@@ -100,8 +100,9 @@ type Relay struct {
 	PlaintextFallback bool
 	// HeloName is the EHLO name; defaults to PoolConfig.HeloName.
 	HeloName string
-	// MaxConns caps the connections to this relay in the process; 0 means
-	// PoolConfig.MaxConnsPerRelay.
+	// MaxConns caps the connections to this relay (over every process
+	// sharing PoolConfig.Slots, else in this one); 0 means
+	// PoolConfig.MaxConnsPerRelay. The relay's max_connections.
 	MaxConns int
 	// MaxMessagesPerConn caps the messages sent over one connection; 0
 	// means PoolConfig.MaxMessagesPerConn.

@@ -92,8 +92,8 @@ func replyFromError(err error) (Reply, bool) {
 // go-smtp returns nothing for a successful command, but the sender logs the
 // server's words for every recipient (a 250 often carries the relay's queue
 // id), and a relay test shows them for every step. The stream mixes what
-// the client wrote and what it read, in order; because this client never
-// pipelines, a command's reply is the last complete reply block in the
+// the client wrote and what it read, in order; because go-smtp never
+// pipelines (pipelined transactions bypass it), a command's reply is the last complete reply block in the
 // stream when the command returns. Reply lines start with three digits and
 // a space or hyphen, which no command, base64 AUTH line or dot terminator
 // does; message lines that happen to look like replies come before the

@@ -65,9 +65,13 @@ type session struct {
 	relay Relay
 	fp    string
 	raw   net.Conn // TCP: deadlines and abrupt close
+	conn  net.Conn // what go-smtp speaks over: raw, or TLS over it
 	c     *smtp.Client
-	rec   *recorder
-	t     Timeouts
+	// pipe reads and writes pipelined transactions on conn (see
+	// pipelinedTransaction); made at the first one.
+	pipe *textproto.Conn
+	rec  *recorder
+	t    Timeouts
 	// greeting is the banner as read, for replaying to go-smtp.
 	greeting []byte
 	tls      bool
@@ -84,6 +88,9 @@ type session struct {
 	broken bool
 	// trace reports the steps of a relay test; nil for pooled sends.
 	trace tracer
+	// lease is the connection's shared slot (PoolConfig.Slots), given
+	// back when it closes.
+	lease ConnLease
 }
 
 // open connects to r and gets the session ready for MAIL FROM, falling back
@@ -271,6 +278,7 @@ func command(tp *textproto.Conn, expect int, line string) (Reply, error) {
 // greeting, already read, is replayed to go-smtp, which insists on reading
 // one; after STARTTLS this is the EHLO that RFC 3207 requires.
 func (s *session) handOver(conn net.Conn, helo string, trace tracer) error {
+	s.conn = conn
 	s.c = smtp.NewClient(&replayConn{Conn: conn, pending: s.greeting})
 	s.greeting = nil
 	s.c.DebugWriter = s.rec
@@ -397,7 +405,12 @@ func (s *session) send(ctx context.Context, m *Message, res *Result) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.raw.Close() })
 	defer stop()
-	err := s.transaction(ctx, m, res)
+	var err error
+	if ok, _ := s.c.Extension("PIPELINING"); ok {
+		err = s.pipelinedTransaction(m, res)
+	} else {
+		err = s.transaction(ctx, m, res)
+	}
 	s.lastUsed = time.Now()
 	if err != nil && ctx.Err() != nil {
 		s.broken = true

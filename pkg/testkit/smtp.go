@@ -158,6 +158,11 @@ type SMTPMessage struct {
 	// when it did not.
 	AuthMechanism string
 	AuthUser      string
+	// Pipelined counts the commands the client had already sent when the
+	// server got to answer its MAIL FROM: RCPT TO and DATA for a client
+	// that pipelines (RFC 2920), 0 for one that waits for every reply.
+	// SMTPAwaitPipelining makes the count exact.
+	Pipelined int
 }
 
 type smtpSecurity int
@@ -185,6 +190,7 @@ type smtpConfig struct {
 	smtputf8          bool
 	replies           []SMTPReplyFunc
 	discard           bool
+	awaitPipelining   bool
 }
 
 // SMTPOption configures StartSMTP.
@@ -276,6 +282,13 @@ func SMTPReplies(fs ...SMTPReplyFunc) SMTPOption {
 	return func(c *smtpConfig) { c.replies = append(c.replies, fs...) }
 }
 
+// SMTPAwaitPipelining makes the server hold its reply to MAIL FROM until
+// the client has sent DATA too (for 20 seconds at most), as a client that
+// pipelines does without waiting, so that SMTPMessage.Pipelined does not
+// depend on how the network cut the client's writes. A client that does
+// not pipeline waits out the 20 seconds at every MAIL FROM.
+func SMTPAwaitPipelining() SMTPOption { return func(c *smtpConfig) { c.awaitPipelining = true } }
+
 // SMTPDiscard keeps envelopes but not message bytes, for benchmarks that
 // send many messages.
 func SMTPDiscard() SMTPOption { return func(c *smtpConfig) { c.discard = true } }
@@ -295,6 +308,7 @@ type SMTPServer struct {
 	msgs     []SMTPMessage
 	received int
 	fronts   map[*smtpFront]struct{}
+	peakOpen int
 	accepted int
 	closed   bool
 	changed  chan struct{}
@@ -435,6 +449,13 @@ func (s *SMTPServer) OpenConnections() int {
 	return len(s.fronts)
 }
 
+// PeakOpenConnections is the most connections that were open at once.
+func (s *SMTPServer) PeakOpenConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakOpen
+}
+
 // WaitOpenConnections waits until exactly n connections are open (for
 // instance 0 after a client pool closed its idle connections).
 func (s *SMTPServer) WaitOpenConnections(t testing.TB, n int) {
@@ -554,6 +575,7 @@ func (l smtpListener) Accept() (net.Conn, error) {
 	s.accepted++
 	f := newSMTPFront(s, c, s.accepted)
 	s.fronts[f] = struct{}{}
+	s.peakOpen = max(s.peakOpen, len(s.fronts))
 	s.fronts0.Add(1)
 	closed := s.closed
 	s.notifyLocked()
@@ -706,6 +728,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		ClientCertCN:  ss.f.clientCertCN(),
 		AuthMechanism: ss.authMech,
 		AuthUser:      ss.authUser,
+		Pipelined:     ss.f.pipelined,
 	}
 	if st := ss.f.tlsState; st != nil {
 		m.TLS, m.TLSVersion, m.TLSServerName = true, st.Version, st.ServerName

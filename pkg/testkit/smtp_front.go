@@ -48,6 +48,7 @@ type smtpFront struct {
 	refusing  bool // a non-2xx greeting was given: only QUIT works
 	delayNext bool // SMTPLatency: the next write answers a client line
 	messages  int
+	pipelined int // commands sent before the current MAIL FROM's reply
 
 	killOnce  sync.Once
 	closeOnce sync.Once
@@ -193,6 +194,7 @@ func (f *smtpFront) intercept(line []byte) (bool, error) {
 		step = SMTPStepMail
 		f.messages++
 		arg = smtpPath(arg, "FROM:")
+		f.pipelined = f.commandsAhead()
 	case "RCPT":
 		step = SMTPStepRcpt
 		arg = smtpPath(arg, "TO:")
@@ -231,6 +233,36 @@ func (f *smtpFront) intercept(line []byte) (bool, error) {
 		f.expect = "DATA"
 	}
 	return false, nil
+}
+
+// commandsAhead counts the complete command lines the client sent after
+// the one being handled, before any reply to it; with SMTPAwaitPipelining
+// it first waits until they include DATA.
+func (f *smtpFront) commandsAhead() int {
+	if f.s.cfg.awaitPipelining {
+		_ = f.raw.SetReadDeadline(time.Now().Add(smtpWaitTimeout))
+		for !hasDataLine(f.buffered()) {
+			if _, err := f.br.Peek(f.br.Buffered() + 1); err != nil {
+				break
+			}
+		}
+		_ = f.raw.SetReadDeadline(time.Time{})
+	}
+	return bytes.Count(f.buffered(), []byte("\n"))
+}
+
+func (f *smtpFront) buffered() []byte {
+	b, _ := f.br.Peek(f.br.Buffered())
+	return b
+}
+
+func hasDataLine(b []byte) bool {
+	for _, l := range bytes.SplitAfter(b, []byte("\n")) {
+		if strings.EqualFold(strings.TrimRight(string(l), "\r\n"), "DATA") && bytes.HasSuffix(l, []byte("\n")) {
+			return true
+		}
+	}
+	return false
 }
 
 // smtpPath returns the address of "FROM:<a@b> PARAMS" or "TO:<a@b>".

@@ -71,6 +71,8 @@ func TestConfigService_rejectsInvalidRequestsNamingTheField(t *testing.T) {
 		{"host with space", relay(func(r *pb.Relay) { r.Host = "smtp acme" }), "relay.host", "not a host name"},
 		{"negative daily limit", relay(func(r *pb.Relay) { r.DailyLimit = -1 }), "relay.daily_limit", "must not be negative, got -1"},
 		{"negative rate", relay(func(r *pb.Relay) { r.RatePerSecond = -0.5 }), "relay.rate_per_second", "non-negative"},
+		{"negative connection limit", relay(func(r *pb.Relay) { r.MaxConnections = -1 }), "relay.max_connections", "must be 0 (the default) to 1000, got -1"},
+		{"connection limit too high", relay(func(r *pb.Relay) { r.MaxConnections = 5000 }), "relay.max_connections", "got 5000"},
 		{"PLAIN without password", relay(func(r *pb.Relay) { r.Auth.Password = "" }), "relay.auth.password", "required for PLAIN"},
 		{"LOGIN without username", relay(func(r *pb.Relay) {
 			r.Auth.Mechanism = pb.AuthMechanism_AUTH_MECHANISM_LOGIN
@@ -716,7 +718,8 @@ func TestSeed_appliesTheExampleAndIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Host != "127.0.0.1" || r.Port != 1025 || r.Security != pb.RelaySecurity_RELAY_SECURITY_NONE || r.Domains[0] != "acme.example" || !r.Active {
+	if r.Host != "127.0.0.1" || r.Port != 1025 || r.Security != pb.RelaySecurity_RELAY_SECURITY_NONE || r.Domains[0] != "acme.example" || !r.Active ||
+		r.MaxConnections != 20 {
 		t.Errorf("relay = %v", r)
 	}
 	ds, err := st.GetDefaultServer(ctx)

@@ -76,6 +76,7 @@ type seedRelay struct {
 	Domains            []string `yaml:"domains"`
 	DailyLimit         int64    `yaml:"daily_limit"`
 	RatePerSecond      float64  `yaml:"rate_per_second"`
+	MaxConnections     int32    `yaml:"max_connections"`
 	Active             *bool    `yaml:"active"`
 	AllowPlaintextAuth bool     `yaml:"allow_plaintext_auth"`
 }
@@ -333,6 +334,7 @@ func seedRelayProto(sr *seedRelay, tenantID string) (*pb.Relay, error) {
 		},
 		FromFilter: sr.FromFilter, Priority: sr.Priority, Domains: sr.Domains, DailyLimit: sr.DailyLimit,
 		RatePerSecond: sr.RatePerSecond, Active: orTrue(sr.Active), AllowPlaintextAuth: sr.AllowPlaintextAuth,
+		MaxConnections: sr.MaxConnections,
 	}
 	for i, k := range sr.Kinds {
 		kind, err := parseEnum(k, "EMAIL_KIND_", pb.EmailKind_value)

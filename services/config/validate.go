@@ -342,6 +342,9 @@ func validateRelay(r *pb.Relay, prefix string, create, system bool) error {
 	if r.RatePerSecond < 0 || math.IsNaN(r.RatePerSecond) || math.IsInf(r.RatePerSecond, 0) {
 		v.add(f("rate_per_second"), "must be a non-negative number, got %v", r.RatePerSecond)
 	}
+	if r.MaxConnections < 0 || r.MaxConnections > maxRelayConnections {
+		v.add(f("max_connections"), "must be 0 (the default) to %d, got %d", maxRelayConnections, r.MaxConnections)
+	}
 	r.CreateTime, r.UpdateTime = nil, nil
 	return v.err()
 }
@@ -506,6 +509,10 @@ func pageToken(after string) string {
 const (
 	defaultPageSize = 100
 	maxPageSize     = 1000
+	// maxRelayConnections bounds a relay's max_connections: far beyond
+	// what any relay allows one client, and every connection of every
+	// sender replica holds a lease in Redis.
+	maxRelayConnections = 1000
 )
 
 // page decodes a page request.

@@ -5,6 +5,20 @@
 // and deferred recipients to the delayed retry topics (which it also
 // consumes). The decisions live in internal/deliver, SMTP in
 // pkg/smtpclient.
+//
+// # Concurrency
+//
+// Each replica handles many deliveries at once, whatever the partition
+// count (bus.Router.HandleConcurrent): up to Config.Concurrency.Records
+// records, and Concurrency.Bytes of their payloads, with each partition's
+// offsets committed in order. What bounds the SMTP transactions in flight
+// is the relay: its max_connections (default DefaultMaxConnsPerRelay),
+// counted over every replica through leases in Redis (limits.ConnSlots),
+// each connection carrying one transaction at a time. Deliveries waiting
+// for one of a relay's connections do not hold up deliveries to other
+// relays from the same partition, as long as the replica's record budget
+// has room; a delivery that waits longer than the handler timeout is
+// deferred.
 package sender
 
 import (
@@ -31,6 +45,12 @@ import (
 type Config struct {
 	Bus  bus.Config
 	Pool smtpclient.PoolConfig
+	// Concurrency bounds the deliveries in flight in this replica; zero
+	// fields take DefaultConcurrency's.
+	Concurrency bus.Concurrency
+	// ConnLeaseTTL is how long a crashed replica's relay connections keep
+	// counting against the relays' limits; default 30s.
+	ConnLeaseTTL time.Duration
 	// DNSServers are the resolvers for direct MX delivery ("host:port");
 	// empty means /etc/resolv.conf.
 	DNSServers []string
@@ -59,6 +79,7 @@ type Service struct {
 	cfg     Config
 	deps    Deps
 	log     *slog.Logger
+	slots   *limits.ConnSlots
 	pool    *smtpclient.Pool
 	d       *deliver.Deliverer
 	ledger  *limits.KafkaLedger
@@ -85,16 +106,30 @@ func New(cfg Config, deps Deps) *Service {
 	if pc.HeloName == "" {
 		pc.HeloName = cfg.HeloName
 	}
+	if pc.MaxConnsPerRelay <= 0 {
+		pc.MaxConnsPerRelay = DefaultMaxConnsPerRelay
+	}
+	slots := limits.NewConnSlots(deps.Redis, limits.ConnSlotsOptions{TTL: cfg.ConnLeaseTTL, Log: log})
+	pc.Slots = connSlots{slots}
 	pool := smtpclient.NewPool(pc)
 	var resolver *mx.Resolver
 	if len(cfg.DNSServers) > 0 {
 		resolver = mx.NewResolver(cfg.DNSServers...)
 	}
+	if cfg.Concurrency.Records <= 0 {
+		cfg.Concurrency.Records = DefaultConcurrency.Records
+	}
+	if cfg.Concurrency.PerPartition <= 0 {
+		cfg.Concurrency.PerPartition = DefaultConcurrency.PerPartition
+	}
+	if cfg.Concurrency.Bytes <= 0 {
+		cfg.Concurrency.Bytes = DefaultConcurrency.Bytes
+	}
 	// The ledger keeps a relay that failed three times disabled for the
 	// day even when Redis loses its data (see pkg/limits).
 	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	s := &Service{
-		cfg: cfg, deps: deps, log: log, pool: pool, ledger: ledger,
+		cfg: cfg, deps: deps, log: log, pool: pool, slots: slots, ledger: ledger,
 		d: deliver.New(deps.Config, pool, resolver, limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger)), deps.Classify,
 			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now}, log),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -115,8 +150,22 @@ func New(cfg Config, deps Deps) *Service {
 // Pool exposes the connection pool's statistics (for benchmarks).
 func (s *Service) Pool() *smtpclient.Pool { return s.pool }
 
-// Run consumes until ctx is cancelled.
+// DefaultMaxConnsPerRelay is a relay's connection limit when it sets none:
+// Postfix's default_destination_concurrency_limit.
+const DefaultMaxConnsPerRelay = 20
+
+// DefaultConcurrency bounds a replica's deliveries in flight. 500 records
+// keep a few relays at 100 connections busy while a record waits at most a
+// few seconds for a connection; 64 MiB of payloads (each also held decoded)
+// keep what a replica holds for its deliveries far under a 512 MiB
+// container however many connections carry 25 MB messages.
+var DefaultConcurrency = bus.Concurrency{Records: 500, PerPartition: 1000, Bytes: 64 << 20}
+
+// Run consumes until ctx is cancelled, then drains the deliveries in
+// flight (bus.Config.CloseTimeout bounds it) and gives the relay
+// connection slots back.
 func (s *Service) Run(ctx context.Context) error {
+	defer s.slots.Close()
 	defer s.pool.Close()
 	defer func() {
 		if err := s.ledger.Close(); err != nil {
@@ -128,7 +177,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.pub = r.Publisher()
-	if err := r.Handle("deliver", bus.TopicSigned, bus.Handle(s.handle)); err != nil {
+	if err := r.HandleConcurrent("deliver", bus.TopicSigned, s.cfg.Concurrency, bus.Handle(s.handle)); err != nil {
 		return err
 	}
 	if err := delay.Register(r, bus.TopicSigned, s.deps.Now); err != nil {
@@ -149,6 +198,17 @@ func (s *Service) tooLarge(d *mailbusv1.Delivery, err error) *mailbusv1.Delivery
 // recordTimeout bounds writing the record of a finished attempt, which
 // goes on after the handler's context is cancelled.
 const recordTimeout = 10 * time.Second
+
+// connSlots gives the pool the Redis-shared connection slots.
+type connSlots struct{ *limits.ConnSlots }
+
+func (c connSlots) Acquire(ctx context.Context, relayKey string, max int) (smtpclient.ConnLease, error) {
+	l, err := c.ConnSlots.Acquire(ctx, relayKey, max)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
 
 func doneKey(d *mailbusv1.Delivery) string {
 	return fmt.Sprintf("mb:sent:{%s}:%s:%d", d.GetTenantId(), d.GetDeliveryId(), d.GetAttempt())

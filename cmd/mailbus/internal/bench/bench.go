@@ -39,7 +39,6 @@ import (
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
-	"github.com/mailbus/mailbus/services/sender"
 )
 
 // Options tune the run.
@@ -48,7 +47,13 @@ type Options struct {
 	Size        int
 	Partitions  int
 	SinkLatency time.Duration
-	RedisAddr   string
+	// SinkDataDelay delays only the sink's reply after the final dot, as
+	// a relay that scans each message does (Postfix's smtp-sink -w).
+	SinkDataDelay time.Duration
+	// MaxConnections is the sink relay's max_connections; 0 leaves the
+	// sender's default.
+	MaxConnections int
+	RedisAddr      string
 	// KafkaBrokers runs the pipeline on this Kafka instead of the embedded
 	// broker; missing topics are created. Give it a Kafka of its own:
 	// records an earlier run left are not counted, but the pipeline still
@@ -73,6 +78,15 @@ type Result struct {
 	BrokerKind    string
 	SinkConns     int
 	DeliveredLate int
+	// SinkDataDelay and MaxConnections repeat the options.
+	SinkDataDelay  time.Duration
+	MaxConnections int
+	// InFlight is the most SMTP transactions the sink had in flight at
+	// once (between MAIL FROM and its final reply).
+	InFlight int
+	// PeakRSS is the process's peak resident set (every stage, the
+	// embedded broker and the sink run in it); 0 where unknown.
+	PeakRSS int64
 }
 
 // Run runs the benchmark and prints a report to w.
@@ -107,6 +121,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	}
 	var res Result
 	res.Messages = o.Messages
+	res.SinkDataDelay, res.MaxConnections = o.SinkDataDelay, o.MaxConnections
 	fmt.Fprintf(progress, "measuring the raw RSA-2048 signing ceiling on %d cores...\n", runtime.GOMAXPROCS(0))
 	res.SignCeiling = signingCeiling(2 * time.Second)
 
@@ -117,7 +132,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	defer stopRedis()
 	res.RedisKind = redisKind
 
-	snk, err := startSink(o.SinkLatency, o.Warmup)
+	snk, err := startSink(o.SinkLatency, o.SinkDataDelay, o.Warmup)
 	if err != nil {
 		return res, err
 	}
@@ -130,7 +145,11 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	defer os.RemoveAll(dir)
 	seed := filepath.Join(dir, "seed.yaml")
 	host, port, _ := net.SplitHostPort(snk.Addr())
-	if err := os.WriteFile(seed, []byte(fmt.Sprintf(seedYAML, host, port)), 0o600); err != nil {
+	conns := ""
+	if o.MaxConnections > 0 {
+		conns = "\n        max_connections: " + strconv.Itoa(o.MaxConnections)
+	}
+	if err := os.WriteFile(seed, []byte(fmt.Sprintf(seedYAML, host, port, conns)), 0o600); err != nil {
 		return res, err
 	}
 	res.BrokerKind = "embedded broker"
@@ -145,7 +164,6 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	st, err := stack.Start(ctx, stack.Options{
 		DataDir: dir, SeedFile: seed, KafkaBrokers: o.KafkaBrokers, KafkaAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NoCatcher: true,
 		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log,
-		TuneSender: func(c *sender.Config) { c.Pool.MaxConnsPerRelay = o.Partitions * 2 },
 	})
 	if err != nil {
 		return res, err
@@ -187,7 +205,9 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	res.Elapsed = snk.last.Sub(start)
 	lat := slices.Clone(snk.latencies)
 	res.SinkConns = snk.conns
+	res.InFlight = snk.peakInFlight
 	snk.mu.Unlock()
+	res.PeakRSS = peakRSS()
 	res.Rate = float64(o.Messages) / res.Elapsed.Seconds()
 	slices.Sort(lat)
 	if len(lat) > 0 {
@@ -209,11 +229,22 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 // Report prints a result.
 func Report(w io.Writer, r Result) {
 	fmt.Fprintf(w, "\nmailbus pipeline benchmark: %d messages, RSA-2048 DKIM, %s, %s, SMTP sink\n", r.Messages, r.RedisKind, r.BrokerKind)
+	if r.SinkDataDelay > 0 {
+		conns := "the sender's default"
+		if r.MaxConnections > 0 {
+			conns = strconv.Itoa(r.MaxConnections)
+		}
+		fmt.Fprintf(w, "  slow relay: the sink answers each message %s after its final dot; relay max_connections %s\n", r.SinkDataDelay, conns)
+	}
 	fmt.Fprintf(w, "  end to end:        %.0f messages/s (%.1fs)\n", r.Rate, r.Elapsed.Seconds())
 	fmt.Fprintf(w, "  latency publish → SMTP accepted: p50 %s  p99 %s\n", r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond))
 	fmt.Fprintf(w, "  RSA-2048 signing ceiling (raw, all cores): %.0f signatures/s\n", r.SignCeiling)
 	fmt.Fprintf(w, "  pipeline / ceiling: %.0f%%\n", 100*r.Rate/r.SignCeiling)
 	fmt.Fprintf(w, "  SMTP messages per connection: %.1f\n", r.MsgsPerConn)
+	fmt.Fprintf(w, "  SMTP transactions in flight at the sink (peak): %d\n", r.InFlight)
+	if r.PeakRSS > 0 {
+		fmt.Fprintf(w, "  peak RSS of the process (all stages, broker, sink): %d MiB\n", r.PeakRSS>>20)
+	}
 	fmt.Fprintf(w, "  CPU per message by stage (from a CPU profile of the run; %.0f µs/message in all):\n", float64(r.TotalCPU.Microseconds())/float64(r.Messages))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	for _, s := range r.Stages {
@@ -287,6 +318,7 @@ func (s *sink) reset(want int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count, s.want, s.latencies, s.done, s.since = 0, want, nil, make(chan struct{}), time.Now()
+	s.peakInFlight = s.inFlight
 }
 
 // waitKafka waits until the Kafka at brokers answers metadata requests
@@ -407,7 +439,7 @@ const seedYAML = `tenants:
         auth:
           mechanism: none
         priority: 1
-        domains: [bench.example]
+        domains: [bench.example]%s
 default_server:
   mode: relay
   relay:

@@ -18,9 +18,10 @@ import (
 // the current phase began (a previous run's leftovers on a reused Kafka)
 // are accepted but not counted.
 type sink struct {
-	srv     *smtp.Server
-	ln      net.Listener
-	latency time.Duration
+	srv       *smtp.Server
+	ln        net.Listener
+	latency   time.Duration
+	dataDelay time.Duration
 
 	mu        sync.Mutex
 	count     int
@@ -31,14 +32,18 @@ type sink struct {
 	done      chan struct{}
 	want      int
 	since     time.Time
+	// inFlight counts the transactions between MAIL FROM and their end;
+	// peakInFlight is its maximum since the last reset.
+	inFlight     int
+	peakInFlight int
 }
 
-func startSink(latency time.Duration, want int) (*sink, error) {
+func startSink(latency, dataDelay time.Duration, want int) (*sink, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &sink{ln: ln, latency: latency, want: want, done: make(chan struct{}), since: time.Now()}
+	s := &sink{ln: ln, latency: latency, dataDelay: dataDelay, want: want, done: make(chan struct{}), since: time.Now()}
 	s.srv = smtp.NewServer(s)
 	s.srv.Domain = "sink.bench"
 	s.srv.MaxMessageBytes = 64 << 20
@@ -57,17 +62,44 @@ func (s *sink) NewSession(*smtp.Conn) (smtp.Session, error) {
 	return &sinkSession{s: s}, nil
 }
 
-type sinkSession struct{ s *sink }
+type sinkSession struct {
+	s     *sink
+	inTxn bool
+}
+
+// begin and end count the session's transaction in flight.
+func (ss *sinkSession) begin() {
+	if ss.inTxn {
+		return
+	}
+	ss.inTxn = true
+	s := ss.s
+	s.mu.Lock()
+	s.inFlight++
+	s.peakInFlight = max(s.peakInFlight, s.inFlight)
+	s.mu.Unlock()
+}
+
+func (ss *sinkSession) end() {
+	if !ss.inTxn {
+		return
+	}
+	ss.inTxn = false
+	s := ss.s
+	s.mu.Lock()
+	s.inFlight--
+	s.mu.Unlock()
+}
 
 func (ss *sinkSession) pause() {
 	if ss.s.latency > 0 {
 		time.Sleep(ss.s.latency)
 	}
 }
-func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { ss.pause(); return nil }
+func (ss *sinkSession) Mail(string, *smtp.MailOptions) error { ss.begin(); ss.pause(); return nil }
 func (ss *sinkSession) Rcpt(string, *smtp.RcptOptions) error { ss.pause(); return nil }
-func (ss *sinkSession) Reset()                               {}
-func (ss *sinkSession) Logout() error                        { return nil }
+func (ss *sinkSession) Reset()                               { ss.end() }
+func (ss *sinkSession) Logout() error                        { ss.end(); return nil }
 
 var publishedHeader = []byte("X-Bench-Published: ")
 
@@ -85,6 +117,10 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	}
 	_, _ = io.Copy(io.Discard, br)
 	ss.pause()
+	if ss.s.dataDelay > 0 {
+		time.Sleep(ss.s.dataDelay)
+	}
+	defer ss.end()
 	now := time.Now()
 	s := ss.s
 	s.mu.Lock()

@@ -24,6 +24,8 @@ to SMTP acceptance, CPU per message per stage, and the RSA-2048 ceiling.`,
 	f.IntVar(&o.Size, "size", 10*1024, "approximate message size in bytes")
 	f.IntVar(&o.Partitions, "partitions", 8, "partitions per topic")
 	f.DurationVar(&o.SinkLatency, "sink-latency", 0, "artificial reply latency of the SMTP sink")
+	f.DurationVar(&o.SinkDataDelay, "sink-data-delay", 0, "how long the SMTP sink waits before its reply to the message (after the final dot), like a relay that scans mail; other commands are answered at once")
+	f.IntVar(&o.MaxConnections, "max-connections", 0, "the sink relay's max_connections (default: the sender's default)")
 	f.StringVar(&o.RedisAddr, "redis", "", "Redis address (default: start a redis-server, else in-process)")
 	f.StringSliceVar(&o.KafkaBrokers, "kafka", nil, "Kafka bootstrap brokers, host:port[,...] (default: the embedded broker)")
 	return cmd

@@ -965,8 +965,12 @@ type Relay struct {
 	AllowPlaintextAuth bool                   `protobuf:"varint,16,opt,name=allow_plaintext_auth,json=allowPlaintextAuth,proto3" json:"allow_plaintext_auth,omitempty"`
 	CreateTime         *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime         *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// SMTP connections open to this relay at once, over all sender replicas
+	// together (each connection carries one transaction at a time); 0 = the
+	// sender's default (20, Postfix's default per destination).
+	MaxConnections int32 `protobuf:"varint,19,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Relay) Reset() {
@@ -1123,6 +1127,13 @@ func (x *Relay) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Relay) GetMaxConnections() int32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
 }
 
 // DefaultServer is the platform's own outbound, used when no tenant relay can
@@ -3603,7 +3614,7 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x0eclient_key_pem\x18\x06 \x01(\tR\fclientKeyPem\x12!\n" +
 	"\fhas_password\x18\a \x01(\bR\vhasPassword\x12&\n" +
 	"\x0fhas_oauth_token\x18\b \x01(\bR\rhasOauthToken\x12$\n" +
-	"\x0ehas_client_key\x18\t \x01(\bR\fhasClientKey\"\x8d\x05\n" +
+	"\x0ehas_client_key\x18\t \x01(\bR\fhasClientKey\"\xb6\x05\n" +
 	"\x05Relay\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x12\n" +
@@ -3627,7 +3638,8 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\vcreate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x88\x01\n" +
+	"updateTime\x12'\n" +
+	"\x0fmax_connections\x18\x13 \x01(\x05R\x0emaxConnections\"\x88\x01\n" +
 	"\rDefaultServer\x121\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x1d.mailbus.v1.DefaultServerModeR\x04mode\x12'\n" +
 	"\x05relay\x18\x02 \x01(\v2\x11.mailbus.v1.RelayR\x05relay\x12\x1b\n" +

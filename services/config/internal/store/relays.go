@@ -17,7 +17,7 @@ import (
 
 const relayColumns = `id, tenant_id, name, host, port, security, skip_cert_verify, auth_mechanism, auth_username,
 	sealed_password, sealed_oauth_token, client_cert_pem, sealed_client_key, from_filter, priority, kinds,
-	daily_limit, rate_per_second, active, allow_plaintext_auth, create_time, update_time`
+	daily_limit, rate_per_second, active, allow_plaintext_auth, max_connections, create_time, update_time`
 
 // defaultServerID is the resource id of the default server in changes.
 const defaultServerID = "default"
@@ -47,7 +47,7 @@ func scanRelay(row scanner) (*relayRow, error) {
 	)
 	err := row.Scan(&r.Id, &tenant, &r.Name, &r.Host, &r.Port, &security, &r.SkipCertVerify, &mech, &auth.Username,
 		&sec.password, &sec.oauthToken, &auth.ClientCertPem, &sec.clientKey, &r.FromFilter, &r.Priority, &kinds,
-		&r.DailyLimit, &r.RatePerSecond, &r.Active, &r.AllowPlaintextAuth, &created, &updated)
+		&r.DailyLimit, &r.RatePerSecond, &r.Active, &r.AllowPlaintextAuth, &r.MaxConnections, &created, &updated)
 	if err != nil {
 		return nil, err
 	}
@@ -331,14 +331,14 @@ func relayArgs(r *pb.Relay, sec sealedSecrets) []any {
 	}
 	return []any{r.Name, r.Host, r.Port, int32(r.Security), r.SkipCertVerify, int32(mech), r.GetAuth().GetUsername(),
 		sec.password, sec.oauthToken, r.GetAuth().GetClientCertPem(), sec.clientKey, r.FromFilter, r.Priority, jsonList(kinds),
-		r.DailyLimit, r.RatePerSecond, r.Active, r.AllowPlaintextAuth}
+		r.DailyLimit, r.RatePerSecond, r.Active, r.AllowPlaintextAuth, r.MaxConnections}
 }
 
 // insertRelay inserts a relay row; tenant is nil for the default relay.
 func (w *writer) insertRelay(ctx context.Context, r *pb.Relay, tenant any, sec sealedSecrets, domainIDs []string) error {
 	args := append([]any{r.Id, tenant}, relayArgs(r, sec)...)
 	args = append(args, micros(w.now), micros(w.now))
-	_, err := w.tx.ExecContext(ctx, `INSERT INTO relays (`+relayColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+	_, err := w.tx.ExecContext(ctx, `INSERT INTO relays (`+relayColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
 	if err != nil {
 		return fmt.Errorf("storing relay: %w", err)
 	}
@@ -350,7 +350,7 @@ func (w *writer) updateRelay(ctx context.Context, r *pb.Relay, sec sealedSecrets
 	_, err := w.tx.ExecContext(ctx, `UPDATE relays SET name = ?, host = ?, port = ?, security = ?, skip_cert_verify = ?,
 		auth_mechanism = ?, auth_username = ?, sealed_password = ?, sealed_oauth_token = ?, client_cert_pem = ?,
 		sealed_client_key = ?, from_filter = ?, priority = ?, kinds = ?, daily_limit = ?, rate_per_second = ?,
-		active = ?, allow_plaintext_auth = ?, update_time = ? WHERE id = ?`, args...)
+		active = ?, allow_plaintext_auth = ?, max_connections = ?, update_time = ? WHERE id = ?`, args...)
 	if err != nil {
 		return fmt.Errorf("updating relay: %w", err)
 	}

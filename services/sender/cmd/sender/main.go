@@ -1,12 +1,16 @@
 // Command sender runs the mailbus SMTP delivery stage. Environment: see
 // pkg/svcenv; MAILBUS_SECRET_KEY opens relay credentials, MAILBUS_HELO_NAME
 // is the EHLO name, MAILBUS_DNS_SERVERS (comma separated host:port) the
-// resolvers for direct MX delivery.
+// resolvers for direct MX delivery, MAILBUS_SENDER_MAX_IN_FLIGHT and
+// MAILBUS_SENDER_MAX_IN_FLIGHT_BYTES the deliveries and payload bytes one
+// replica handles at once (see sender.DefaultConcurrency).
 package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/mailbus/mailbus/pkg/svcenv"
@@ -19,6 +23,21 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	cfg := sender.Config{Bus: env.Bus, HeloName: os.Getenv("MAILBUS_HELO_NAME")}
 	if s := os.Getenv("MAILBUS_DNS_SERVERS"); s != "" {
 		cfg.DNSServers = strings.Split(s, ",")
+	}
+	for _, v := range []struct {
+		name string
+		set  func(n int64)
+	}{
+		{"MAILBUS_SENDER_MAX_IN_FLIGHT", func(n int64) { cfg.Concurrency.Records = int(n) }},
+		{"MAILBUS_SENDER_MAX_IN_FLIGHT_BYTES", func(n int64) { cfg.Concurrency.Bytes = n }},
+	} {
+		if s := os.Getenv(v.name); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("%s=%q: want a positive number", v.name, s)
+			}
+			v.set(n)
+		}
 	}
 	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true, Redis: true})
 	if err != nil {

@@ -104,8 +104,8 @@ type Outcome struct {
 }
 
 // Deliver makes one attempt. Errors are returned only for what a retry of
-// the whole record can fix (Redis unreachable); SMTP outcomes are never
-// errors.
+// the whole record can fix (Redis unreachable, for the failure counts or
+// the shared connection slots); SMTP outcomes are never errors.
 func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcome, error) {
 	tenant, ok := d.cfg.Tenant(dl.GetTenantId())
 	if !ok {
@@ -127,6 +127,9 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 			return d.fallback(ctx, dl, tenant, "relay_misconfigured", err.Error(), false)
 		}
 		res, err := d.pool.Send(ctx, relay, msg)
+		if errors.Is(err, smtpclient.ErrConnSlots) {
+			return Outcome{}, err
+		}
 		if smtpclient.IsRelayFailure(err) {
 			return d.fallback(ctx, dl, tenant, "relay_failed", err.Error(), true)
 		}
@@ -144,6 +147,9 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 			return d.deferAll(dl, "default_relay_misconfigured", err.Error()), nil
 		}
 		res, err := d.pool.Send(ctx, relay, msg)
+		if errors.Is(err, smtpclient.ErrConnSlots) {
+			return Outcome{}, err
+		}
 		return d.outcomes(dl, "default relay "+relay.Addr(), res, err), nil
 	case mailbusv1.RouteKind_ROUTE_KIND_DIRECT_MX:
 		return d.direct(ctx, dl, msg, firstNonEmpty(d.cfg.DefaultServer().HeloName, d.opts.HeloName)), nil
@@ -153,6 +159,10 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 
 // direct delivers to each recipient domain's MX hosts in preference order,
 // moving to the next host only on a failure of the host itself.
+//
+// Without a shared connection slot (Redis unreachable) a domain's
+// recipients are deferred like any other failure to connect: returning an
+// error would resend to the domains already done.
 func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smtpclient.Message, helo string) Outcome {
 	byDomain := map[string][]string{}
 	for _, r := range msg.To {
