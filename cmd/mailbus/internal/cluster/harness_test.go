@@ -138,6 +138,11 @@ type clusterOptions struct {
 	smtpOpts   []testkit.SMTPOption
 	// relayDailyLimit caps the tenant's relay; 0 is unlimited.
 	relayDailyLimit int
+	// relayMaxConnections is the relay's max_connections over every sender
+	// replica; 0 is the default (20).
+	relayMaxConnections int
+	// senderEnv is the first sender replica's own environment.
+	senderEnv []string
 	// controlledRedis runs a redis-server that the test can stop and
 	// start again, empty, on the same port (cluster.redis).
 	controlledRedis bool
@@ -151,6 +156,9 @@ func startCluster(t testing.TB, o clusterOptions) *cluster {
 	if o.partitions == 0 {
 		o.partitions = 4
 	}
+	if o.relayMaxConnections == 0 {
+		o.relayMaxConnections = 20
+	}
 	c := &cluster{
 		t: t, bin: binaries(t), dir: t.TempDir(), brokers: o.brokers,
 		smtp: testkit.StartSMTP(t, o.smtpOpts...), procs: map[string][]*proc{},
@@ -162,7 +170,7 @@ func startCluster(t testing.TB, o clusterOptions) *cluster {
 		c.redisAddr = testkit.StartRedis(t)
 	}
 	seed := filepath.Join(c.dir, "seed.yaml")
-	if err := os.WriteFile(seed, []byte(fmt.Sprintf(seedTemplate, c.smtp.Port(), o.relayDailyLimit, c.smtp.Port())), 0o600); err != nil {
+	if err := os.WriteFile(seed, []byte(fmt.Sprintf(seedTemplate, c.smtp.Port(), o.relayDailyLimit, o.relayMaxConnections, c.smtp.Port())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	secret := make([]byte, 32)
@@ -194,7 +202,7 @@ func startCluster(t testing.TB, o clusterOptions) *cluster {
 		case "bounce":
 			extra = []string{"MAILBUS_BOUNCE_SMTP_ADDR=" + c.bounceAddr, "MAILBUS_BOUNCE_GRPC_LISTEN=" + freeAddr(t)}
 		case "sender":
-			extra = []string{"MAILBUS_HELO_NAME=mailbus.test"}
+			extra = append([]string{"MAILBUS_HELO_NAME=mailbus.test"}, o.senderEnv...)
 		}
 		c.start(s, extra...)
 	}
@@ -394,6 +402,7 @@ const seedTemplate = `tenants:
           mechanism: none
         priority: 10
         daily_limit: %d
+        max_connections: %d
         domains: [acme.example]
 default_server:
   mode: relay
