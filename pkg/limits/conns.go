@@ -197,13 +197,6 @@ func (s *ConnSlots) hold(l *ConnLease) error {
 
 var errSlotsClosed = errors.New("connection slots closed")
 
-// Held is the number of slots this process holds.
-func (s *ConnSlots) Held() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.held)
-}
-
 func (s *ConnSlots) renewLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(s.ttl / 3)
