@@ -75,11 +75,13 @@ const concurrentFetchBuffer = 4
 // drains); what is still unfinished then has its context cancelled, is not
 // committed, and is redelivered to the partition's next owner.
 func (r *Router) HandleConcurrent(handler, topic string, c Concurrency, h message.NoPublishHandlerFunc) error {
-	sub, err := NewConcurrentSubscriber(r.cfg, Group(r.service, handler), c, r.log)
+	group := Group(r.service, handler)
+	sub, err := NewConcurrentSubscriber(r.cfg, group, c, r.log)
 	if err != nil {
 		return fmt.Errorf("subscribe %s to %s: %w", handler, topic, err)
 	}
 	r.router.AddConsumerHandler(handler, topic, sub, h)
+	r.subs = append(r.subs, groupTopic{group, topic})
 	return nil
 }
 
