@@ -1,13 +1,8 @@
 package stack_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,58 +17,9 @@ import (
 	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
-// kcatProduce publishes records with kcat, a Kafka client independent of
-// mailbus (librdkafka), so the test proves any producer can feed mailbus.
-func kcatProduce(t *testing.T, brokers []string, topic, key string, records ...string) {
-	t.Helper()
-	kcat, err := exec.LookPath("kcat")
-	if err != nil {
-		t.Fatal("kcat is not installed: apt-get install kcat (CI installs it)")
-	}
-	for _, rec := range records {
-		// kcat takes one record per line.
-		var compact bytes.Buffer
-		if json.Compact(&compact, []byte(rec)) == nil {
-			rec = compact.String()
-		}
-		cmd := exec.Command(kcat, "-P", "-b", strings.Join(brokers, ","), "-t", topic, "-k", key,
-			"-H", "content-type=application/json")
-		cmd.Stdin = strings.NewReader(rec)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("kcat produce: %v: %s", err, out)
-		}
-	}
-}
-
-// dkimpyVerify checks every DKIM-Signature of msg with dkimpy (Debian
-// python3-dkim), given the TXT records the config service published.
-func dkimpyVerify(t *testing.T, msg []byte, records map[string]string) []map[string]any {
-	t.Helper()
-	py := "/usr/bin/python3"
-	if out, err := exec.Command(py, "-c", "import dkim").CombinedOutput(); err != nil {
-		t.Fatalf("dkimpy is not installed (%v: %s): apt-get install python3-dkim (CI installs it)", err, out)
-	}
-	recFile := filepath.Join(t.TempDir(), "records.json")
-	b, _ := json.Marshal(records)
-	if err := os.WriteFile(recFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(py, "../../../../services/signer/internal/dkim/testdata/dkimpy_verify.py", recFile)
-	cmd.Stdin = bytes.NewReader(msg)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("dkimpy: %v", err)
-	}
-	var res []map[string]any
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("dkimpy output %q: %v", out, err)
-	}
-	return res
-}
-
 func TestPipeline_deliversKcatJSONSubmissionWithDKIMThatDkimpyVerifies(t *testing.T) {
 	p := startPipeline(t, nil, nil)
-	kcatProduce(t, p.Brokers, bus.TopicSubmit, "order-1001", `{
+	testkit.KcatProduce(t, p.Brokers, bus.TopicSubmit, "order-1001", `{
 		"idempotencyId": "order-1001", "tenantId": "acme", "userId": "u-alice", "kind": "EMAIL_KIND_TRANSACTIONAL",
 		"from": {"name": "Alice Ärger", "email": "alice@acme.example"},
 		"to": [{"name": "Bob", "email": "bob@example.net"}],
@@ -95,13 +41,13 @@ func TestPipeline_deliversKcatJSONSubmissionWithDKIMThatDkimpyVerifies(t *testin
 	for _, k := range dom.GetDomain().GetDkimKeys() {
 		records[k.GetDnsName()] = k.GetDnsTxtValue()
 	}
-	results := dkimpyVerify(t, got.Data, records)
+	results := testkit.VerifyDKIMWithDkimpy(t, got.Data, records)
 	algs := map[string]bool{}
 	for _, r := range results {
-		if r["ok"] != true {
-			t.Errorf("dkimpy rejects the %v signature of %v: %v", r["a"], r["d"], r["error"])
+		if !r.OK {
+			t.Errorf("dkimpy rejects the %v signature of %v: %v", r.Algorithm, r.Domain, r.Error)
 		}
-		algs[fmt.Sprint(r["a"])] = true
+		algs[r.Algorithm] = true
 	}
 	if !algs["rsa-sha256"] || !algs["ed25519-sha256"] {
 		t.Errorf("want RSA and Ed25519 signatures, dkimpy saw %v", results)
@@ -139,7 +85,7 @@ func TestPipeline_refusesBadInputWithAPreciseReasonAndKeepsThePartitionFlowing(t
 	records = append(records, sub("good-after-bad", `, "subject": "still flowing"`))
 	// One key puts every record on one partition: the good record must
 	// still get through after the bad ones.
-	kcatProduce(t, p.Brokers, bus.TopicSubmit, "same-partition", records...)
+	testkit.KcatProduce(t, p.Brokers, bus.TopicSubmit, "same-partition", records...)
 
 	for _, c := range cases {
 		t.Run(c.id, func(t *testing.T) {
