@@ -86,6 +86,7 @@ type Service struct {
 	pub     message.Publisher
 	results *prometheus.CounterVec
 	skipped prometheus.Counter
+	claims  attemptClaims
 }
 
 // New builds the sender.
@@ -220,6 +221,11 @@ func doneKey(d *mailbusv1.Delivery) string {
 // server's 250 and that mark is the one duplicate at-least-once allows.
 func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
 	key := doneKey(d)
+	release, err := s.claims.acquire(ctx, key)
+	if err != nil {
+		return fmt.Errorf("wait for the other copy of delivery %s in flight: %w", d.GetDeliveryId(), err)
+	}
+	defer release()
 	if n, err := s.deps.Redis.Exists(ctx, key).Result(); err != nil {
 		return fmt.Errorf("check whether delivery %s was sent: %w", d.GetDeliveryId(), err)
 	} else if n > 0 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -106,12 +107,14 @@ func (g *gate) maxHeld() int {
 	return g.peak
 }
 
-// startSender runs a sender until the test ends.
-func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) {
+// startSender runs a sender until the test ends and returns the registry
+// of its metrics.
+func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) *prometheus.Registry {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	reg := prometheus.NewRegistry()
 	svc := sender.New(sender.Config{Bus: busCfg, HeloName: "sender.test"},
-		sender.Deps{Log: log, Config: cfg, Redis: rdb})
+		sender.Deps{Log: log, Config: cfg, Redis: rdb, Metrics: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
@@ -121,6 +124,7 @@ func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg
 			t.Errorf("sender Run: %v", err)
 		}
 	})
+	return reg
 }
 
 // publishDeliveries publishes n deliveries through relayID to mail.signed.
@@ -172,6 +176,58 @@ func TestSender_deliversOnePartitionsRecordsConcurrentlyUpToTheRelaysConnectionL
 	if peak := srv.PeakOpenConnections(); peak > 4 {
 		t.Errorf("%d connections were open at once, want at most 4", peak)
 	}
+}
+
+// Copies of one delivery attempt share a partition, and the concurrent
+// consumer runs them side by side: the router's once-a-day notice planned
+// by two fallbacks, or a record redelivered while the first copy is still
+// in its SMTP transaction. Only one may reach the relay.
+func TestSender_sendsCopiesOfOneDeliveryInFlightTogetherOnce(t *testing.T) {
+	busCfg := testkit.BusConfig(testkit.StartBroker(t))
+	busCfg.HandlerTimeout = 2 * time.Minute
+	rdb := redis.NewClient(&redis.Options{Addr: testkit.StartRedis(t)})
+	t.Cleanup(func() { _ = rdb.Close() })
+	g := newGate()
+	srv := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
+	releaseAtEnd(t, g)
+	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true},
+		relays: map[string]*configclient.RelayWithSecrets{"r1": relayTo("r1", srv, 4)}}
+
+	for range 3 {
+		publishDeliveries(t, busCfg, "r1", 0, 1)
+	}
+	publishDeliveries(t, busCfg, "r1", 1, 1)
+	reg := startSender(t, busCfg, rdb, cfg)
+
+	// d0 and d1 are held at the final dot; the relay has room for two
+	// more, which copies of d0 would take if nothing kept them back.
+	g.waitHeld(t, 2)
+	g.release()
+	srv.WaitMessages(t, 2)
+	testkit.Eventually(t, time.Minute, func() bool {
+		return counterValue(t, reg, "mailbus_sender_attempts_already_made_total") == 2
+	}, "the two later copies of d0 to be skipped")
+	if peak, n := g.maxHeld(), srv.Received(); peak != 2 || n != 2 {
+		t.Errorf("the relay held %d transactions at once and received %d messages; want 2 and 2 (d0 once, d1)", peak, n)
+	}
+}
+
+// counterValue is the sum of the named counter's series in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 func TestSender_aSlowRelayDoesNotHoldUpAnotherRelaysMailOnTheSamePartition(t *testing.T) {
