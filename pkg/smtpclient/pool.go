@@ -59,6 +59,11 @@ type PoolConfig struct {
 	MaxMessagesPerConn int
 	// IdleTimeout closes connections unused for this long (default 30s).
 	IdleTimeout time.Duration
+	// SharedIdleTimeout closes sooner the idle connections that hold a
+	// slot shared with other processes (default 2s): an idle connection
+	// is a slot another replica may be waiting for, and under load a
+	// connection is never idle that long.
+	SharedIdleTimeout time.Duration
 	// HealthCheckIdle is how long a connection may sit idle before it is
 	// checked with NOOP ahead of its next message (default 2s). Below that
 	// it is used at once, and if it turns out dead at MAIL FROM the message
@@ -114,6 +119,9 @@ func (c PoolConfig) withDefaults() PoolConfig {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 30 * time.Second
+	}
+	if c.SharedIdleTimeout <= 0 {
+		c.SharedIdleTimeout = min(2*time.Second, c.IdleTimeout)
 	}
 	if c.HealthCheckIdle <= 0 {
 		c.HealthCheckIdle = 2 * time.Second
@@ -409,7 +417,11 @@ func (p *Pool) lease(ctx context.Context, relay Relay, rp *relayPool) (ConnLease
 	rp.mu.Lock()
 	max := rp.max
 	rp.mu.Unlock()
-	l, err := p.cfg.Slots.Acquire(ctx, rp.key, max)
+	budget := relay.Budget
+	if budget == "" {
+		budget = rp.key
+	}
+	l, err := p.cfg.Slots.Acquire(ctx, budget, max)
 	switch {
 	case err == nil:
 		return l, nil
@@ -437,6 +449,11 @@ func (p *Pool) putBack(rp *relayPool, s *session, maxMsgs int) {
 	case s.lease != nil && s.lease.Lost():
 		// Another replica may have its slot by now.
 		p.closeAsync(rp, s, "slot_lost")
+	case rp.overMax():
+		// The relay's limit came down (a throttling pause ramping back
+		// up, or a new max_connections): idle connections above it would
+		// keep carrying messages.
+		p.closeAsync(rp, s, "limit")
 	default:
 		p.mu.Lock()
 		closed := p.closed
@@ -495,7 +512,7 @@ func (p *Pool) countClose(s *session, reason string) {
 // nobody uses.
 func (p *Pool) reap() {
 	defer p.wg.Done()
-	every := max(p.cfg.IdleTimeout/4, 10*time.Millisecond)
+	every := max(min(p.cfg.IdleTimeout, p.cfg.SharedIdleTimeout)/4, 10*time.Millisecond)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -515,7 +532,11 @@ func (p *Pool) reap() {
 			rp.mu.Lock()
 			kept := rp.idle[:0]
 			for _, s := range rp.idle {
-				if now.Sub(s.lastUsed) >= p.cfg.IdleTimeout {
+				limit := p.cfg.IdleTimeout
+				if s.lease != nil {
+					limit = min(limit, p.cfg.SharedIdleTimeout)
+				}
+				if now.Sub(s.lastUsed) >= limit {
 					old = append(old, expired{rp, s})
 				} else {
 					kept = append(kept, s)
@@ -550,6 +571,12 @@ type relayPool struct {
 	waiters []chan struct{}
 	// tokens maps a configured XOAUTH2 token to the one that replaced it.
 	tokens map[string]string
+}
+
+func (rp *relayPool) overMax() bool {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return rp.open > rp.max
 }
 
 // get returns an idle session, or nil when the caller may open a new one

@@ -107,6 +107,11 @@ type Relay struct {
 	// MaxMessagesPerConn caps the messages sent over one connection; 0
 	// means PoolConfig.MaxMessagesPerConn.
 	MaxMessagesPerConn int
+	// Budget names the connection budget this relay's connections count
+	// against in PoolConfig.Slots, MaxConns in all; default Key(). The MX
+	// hosts of one provider share one budget ("site:google"): a provider
+	// limits connections per sending IP, not per host.
+	Budget string
 }
 
 func (r Relay) port() int {

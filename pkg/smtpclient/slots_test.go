@@ -10,12 +10,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
-// redisSlots adapts limits.ConnSlots, as the sender does.
-type redisSlots struct{ *limits.ConnSlots }
+// redisSlots adapts health.ConnSlots, as the sender does.
+type redisSlots struct{ *health.ConnSlots }
 
 func (r redisSlots) Acquire(ctx context.Context, key string, max int) (ConnLease, error) {
 	l, err := r.ConnSlots.Acquire(ctx, key, max)
@@ -31,7 +31,7 @@ func replicaPool(t *testing.T, redisAddr string, cfg PoolConfig) *Pool {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
 	t.Cleanup(func() { _ = rdb.Close() })
-	slots := limits.NewConnSlots(rdb, limits.ConnSlotsOptions{})
+	slots := health.NewConnSlots(rdb, health.ConnSlotsOptions{})
 	t.Cleanup(func() { _ = slots.Close() })
 	cfg.Slots = redisSlots{slots}
 	return newTestPool(t, cfg)

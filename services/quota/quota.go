@@ -27,6 +27,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 )
 
@@ -211,10 +212,7 @@ func (s *Service) pace(ctx context.Context, meta message.Metadata, d *mailbusv1.
 func (s *Service) fallback(meta message.Metadata, d *mailbusv1.Delivery, now time.Time, reason, detail string) error {
 	s.decision.WithLabelValues(reason).Inc()
 	e := events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail+"; routing again", now)
-	if id := d.GetRoute().GetRelayId(); id != "" {
-		d.ExcludedRelayIds = append(d.ExcludedRelayIds, id)
-	}
-	if err := bus.Publish(s.pub, bus.TopicFallback, d, meta); err != nil {
+	if err := bus.Publish(s.pub, bus.TopicFallback, health.Fallback(d), meta); err != nil {
 		return err
 	}
 	return bus.Publish(s.pub, bus.TopicEvents, e, meta)

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/infra"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/suppress"
@@ -26,7 +27,7 @@ func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Service, 
 	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	svc := New(cfg, Deps{
 		Log: log, Metrics: in.Metrics, Config: cc,
-		Health:       limits.Health{Limits: limits.New(in.Redis, limits.WithLedger(ledger)), Log: log},
+		Health:       health.New(in.Redis, limits.New(in.Redis, limits.WithLedger(ledger)), health.Options{Log: log}),
 		Suppressions: suppress.New(in.Redis),
 	})
 	return svc, func() { _ = ledger.Close(); _ = cc.Close() }, nil

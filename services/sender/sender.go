@@ -13,7 +13,7 @@
 // records, and Concurrency.Bytes of their payloads, with each partition's
 // offsets committed in order. What bounds the SMTP transactions in flight
 // is the relay: its max_connections (default DefaultMaxConnsPerRelay),
-// counted over every replica through leases in Redis (limits.ConnSlots),
+// counted over every replica through leases in Redis (health.ConnSlots),
 // each connection carrying one transaction at a time. Deliveries waiting
 // for one of a relay's connections do not hold up deliveries to other
 // relays from the same partition, as long as the replica's record budget
@@ -35,6 +35,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/deliver"
@@ -62,6 +63,9 @@ type Config struct {
 	// DoneTTL is how long the sender remembers an attempt it finished, so
 	// a redelivered record is not sent twice; default 7 days.
 	DoneTTL time.Duration
+	// Shaping is the traffic shaping of destinations; nil means
+	// health.DefaultShaping().
+	Shaping *health.Shaping
 }
 
 // Deps are the sender's collaborators.
@@ -79,7 +83,7 @@ type Service struct {
 	cfg     Config
 	deps    Deps
 	log     *slog.Logger
-	slots   *limits.ConnSlots
+	slots   *health.ConnSlots
 	pool    *smtpclient.Pool
 	d       *deliver.Deliverer
 	ledger  *limits.KafkaLedger
@@ -110,7 +114,7 @@ func New(cfg Config, deps Deps) *Service {
 	if pc.MaxConnsPerRelay <= 0 {
 		pc.MaxConnsPerRelay = DefaultMaxConnsPerRelay
 	}
-	slots := limits.NewConnSlots(deps.Redis, limits.ConnSlotsOptions{TTL: cfg.ConnLeaseTTL, Log: log})
+	slots := health.NewConnSlots(deps.Redis, health.ConnSlotsOptions{TTL: cfg.ConnLeaseTTL, Log: log})
 	pc.Slots = connSlots{slots}
 	pool := smtpclient.NewPool(pc)
 	var resolver *mx.Resolver
@@ -129,10 +133,13 @@ func New(cfg Config, deps Deps) *Service {
 	// The ledger keeps a relay that failed three times disabled for the
 	// day even when Redis loses its data (see pkg/limits).
 	ledger := limits.NewKafkaLedger(cfg.Bus, log)
+	lim := limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger))
+	h := health.New(deps.Redis, lim, health.Options{Log: log, Now: deps.Now})
 	s := &Service{
 		cfg: cfg, deps: deps, log: log, pool: pool, slots: slots, ledger: ledger,
-		d: deliver.New(deps.Config, pool, resolver, limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger)), deps.Classify,
-			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now}, log),
+		d: deliver.New(deps.Config, pool, resolver, lim, h, deps.Classify,
+			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now,
+				Shaping: cfg.Shaping, DefaultMaxConns: pc.MaxConnsPerRelay}, log),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
 			Help: "Recipient outcomes, by status.",
@@ -201,7 +208,7 @@ func (s *Service) tooLarge(d *mailbusv1.Delivery, err error) *mailbusv1.Delivery
 const recordTimeout = 10 * time.Second
 
 // connSlots gives the pool the Redis-shared connection slots.
-type connSlots struct{ *limits.ConnSlots }
+type connSlots struct{ *health.ConnSlots }
 
 func (c connSlots) Acquire(ctx context.Context, relayKey string, max int) (smtpclient.ConnLease, error) {
 	l, err := c.ConnSlots.Acquire(ctx, relayKey, max)

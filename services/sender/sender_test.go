@@ -109,12 +109,15 @@ func (g *gate) maxHeld() int {
 
 // startSender runs a sender until the test ends and returns the registry
 // of its metrics.
-func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig) *prometheus.Registry {
+func startSender(t testing.TB, busCfg bus.Config, rdb redis.UniversalClient, cfg staticConfig, opts ...func(*sender.Config)) *prometheus.Registry {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := prometheus.NewRegistry()
-	svc := sender.New(sender.Config{Bus: busCfg, HeloName: "sender.test"},
-		sender.Deps{Log: log, Config: cfg, Redis: rdb, Metrics: reg})
+	sc := sender.Config{Bus: busCfg, HeloName: "sender.test"}
+	for _, o := range opts {
+		o(&sc)
+	}
+	svc := sender.New(sc, sender.Deps{Log: log, Config: cfg, Redis: rdb, Metrics: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()

@@ -8,11 +8,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
-// healthPlanner is a planner whose relay health is limits.Health on a real
+// healthPlanner is a planner whose relay health is pkg/health on a real
 // redis-server, with a clock the test moves.
 func healthPlanner(t *testing.T, c *memConfig, now *time.Time) (*Planner, *limits.Limits) {
 	t.Helper()
@@ -20,7 +21,7 @@ func healthPlanner(t *testing.T, c *memConfig, now *time.Time) (*Planner, *limit
 	t.Cleanup(func() { rdb.Close() })
 	clock := func() time.Time { return *now }
 	lim := limits.New(rdb, limits.WithClock(clock))
-	return New(c, nil, limits.Health{Limits: lim}, Options{VERPKey: verpKey, Now: clock}), lim
+	return New(c, nil, health.New(rdb, lim, health.Options{}), Options{VERPKey: verpKey, Now: clock}), lim
 }
 
 func failThreeTimes(t *testing.T, lim *limits.Limits, tenant *mailbusv1.Tenant, relayID string) {

@@ -3,7 +3,9 @@
 // is the EHLO name, MAILBUS_DNS_SERVERS (comma separated host:port) the
 // resolvers for direct MX delivery, MAILBUS_SENDER_MAX_IN_FLIGHT and
 // MAILBUS_SENDER_MAX_IN_FLIGHT_BYTES the deliveries and payload bytes one
-// replica handles at once (see sender.DefaultConcurrency).
+// replica handles at once (see sender.DefaultConcurrency),
+// MAILBUS_SENDER_SHAPING_FILE the traffic shaping of MX provider sites over
+// the built-in one (deploy/shaping.example.yaml).
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/svcenv"
 	"github.com/mailbus/mailbus/services/sender"
 )
@@ -39,6 +42,11 @@ func run(ctx context.Context, env *svcenv.Env) error {
 			v.set(n)
 		}
 	}
+	shaping, err := health.LoadShaping(os.Getenv("MAILBUS_SENDER_SHAPING_FILE"))
+	if err != nil {
+		return fmt.Errorf("MAILBUS_SENDER_SHAPING_FILE: %w", err)
+	}
+	cfg.Shaping = &shaping
 	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true, Redis: true})
 	if err != nil {
 		return err

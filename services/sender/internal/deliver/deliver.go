@@ -16,6 +16,13 @@
 //     relay. The third consecutive failure in a day disables the relay
 //     until the tenant's next midnight. On the default server there is
 //     nothing to fall back to, so a relay failure defers.
+//   - Every destination (a relay, the default relay, an MX provider site)
+//     is shaped by pkg/health: its connections shared by every replica,
+//     messages per connection and per minute. A throttling reply (Gmail's
+//     421 4.7.28, Yahoo's TSS04, ...) is neither a relay failure nor an
+//     ordinary deferral: it pauses the destination, and its recipients,
+//     and every later one for it until the pause ends, wait ("waiting:
+//     gmail.com throttled us: ...") and are retried when it ends.
 package deliver
 
 import (
@@ -32,6 +39,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/events"
 	"github.com/mailbus/mailbus/pkg/exterr"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
@@ -56,7 +64,17 @@ type Options struct {
 	MaxQueueLifetime time.Duration
 	// HeloName is the EHLO name.
 	HeloName string
-	Now      func() time.Time
+	// Shaping is the destinations' budgets; nil means
+	// health.DefaultShaping().
+	Shaping *health.Shaping
+	// DefaultMaxConns is a relay's connection limit when it sets none
+	// (the pool's MaxConnsPerRelay); default 20.
+	DefaultMaxConns int
+	// MaxRateWait is how long a delivery may wait in the sender for a
+	// destination's messages-per-minute budget before it is deferred
+	// instead; default 30s.
+	MaxRateWait time.Duration
+	Now         func() time.Time
 }
 
 // Deliverer sends deliveries.
@@ -65,16 +83,30 @@ type Deliverer struct {
 	pool     *smtpclient.Pool
 	resolver *mx.Resolver
 	limits   *limits.Limits
+	health   *health.Health
+	shaping  health.Shaping
 	classify Classifier
 	opts     Options
 	log      *slog.Logger
 }
 
 // New builds a deliverer. resolver may be nil when no tenant uses direct
-// MX delivery (the system resolver is used then); classify may be nil.
-func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.Limits, classify Classifier, opts Options, log *slog.Logger) *Deliverer {
+// MX delivery (the system resolver is used then); classify may be nil. lim
+// releases the quota of deliveries that fall back; h is the destinations'
+// health.
+func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.Limits, h *health.Health, classify Classifier, opts Options, log *slog.Logger) *Deliverer {
 	if opts.MaxQueueLifetime <= 0 {
 		opts.MaxQueueLifetime = 5 * 24 * time.Hour
+	}
+	shaping := health.DefaultShaping()
+	if opts.Shaping != nil {
+		shaping = *opts.Shaping
+	}
+	if opts.DefaultMaxConns <= 0 {
+		opts.DefaultMaxConns = 20
+	}
+	if opts.MaxRateWait <= 0 {
+		opts.MaxRateWait = 30 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -90,7 +122,7 @@ func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.L
 			return "undefined", false
 		}
 	}
-	return &Deliverer{cfg: cfg, pool: pool, resolver: resolver, limits: lim, classify: classify, opts: opts, log: log}
+	return &Deliverer{cfg: cfg, pool: pool, resolver: resolver, limits: lim, health: h, shaping: shaping, classify: classify, opts: opts, log: log}
 }
 
 // Outcome is what to publish after a delivery attempt.
@@ -126,17 +158,19 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if err != nil {
 			return d.fallback(ctx, dl, tenant, "relay_misconfigured", err.Error(), false)
 		}
-		res, err := d.pool.Send(ctx, relay, msg)
+		dest := d.shaping.ForRelay(tenant.GetId(), rs.Relay)
+		res, err, held := d.send(ctx, dl, dest, relay, msg)
+		if held != nil {
+			return *held, nil
+		}
 		if errors.Is(err, smtpclient.ErrConnSlots) {
 			return Outcome{}, err
 		}
 		if smtpclient.IsRelayFailure(err) {
 			return d.fallback(ctx, dl, tenant, "relay_failed", err.Error(), true)
 		}
-		if err := d.limits.RecordSuccess(ctx, tenant.GetId(), rs.Relay.GetId(), limits.Zone(tenant.GetTimeZone())); err != nil {
-			d.log.Warn("cannot reset relay failure count", "relay_id", rs.Relay.GetId(), "err", err)
-		}
-		return d.outcomes(dl, relayLabel(rs.Relay), res, err), nil
+		d.health.RelaySucceeded(ctx, tenant, rs.Relay.GetId())
+		return d.outcomes(dl, relayLabel(rs.Relay), res, err, nil), nil
 	case mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY:
 		ds := d.cfg.DefaultServer()
 		if ds.Relay == nil {
@@ -146,11 +180,14 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if err != nil {
 			return d.deferAll(dl, "default_relay_misconfigured", err.Error()), nil
 		}
-		res, err := d.pool.Send(ctx, relay, msg)
+		res, err, held := d.send(ctx, dl, d.shaping.ForDefaultRelay(relay.Addr(), relay.MaxConns), relay, msg)
+		if held != nil {
+			return *held, nil
+		}
 		if errors.Is(err, smtpclient.ErrConnSlots) {
 			return Outcome{}, err
 		}
-		return d.outcomes(dl, "default relay "+relay.Addr(), res, err), nil
+		return d.outcomes(dl, "default relay "+relay.Addr(), res, err, nil), nil
 	case mailbusv1.RouteKind_ROUTE_KIND_DIRECT_MX:
 		return d.direct(ctx, dl, msg, firstNonEmpty(d.cfg.DefaultServer().HeloName, d.opts.HeloName)), nil
 	}
@@ -180,26 +217,39 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 		m.To = byDomain[dom]
 		hosts, err := d.resolver.Lookup(ctx, dom)
 		if err != nil {
-			out.merge(d.outcomes(dl, "MX of "+dom, failedResult(m.To, err), err))
+			out.merge(d.outcomes(dl, "MX of "+dom, failedResult(m.To, err), err, nil))
 			continue
 		}
+		names := make([]string, len(hosts))
+		for i, h := range hosts {
+			names[i] = h.Name
+		}
+		dest := d.shaping.ForMX(dom, names)
 		var res *smtpclient.Result
 		var sendErr error
+		var held *Outcome
 		where := "MX of " + dom
 	hostLoop:
 		for _, h := range hosts {
 			for _, a := range h.Addrs {
 				relay := smtpclient.Relay{Host: a.String(), Port: 25, ServerName: h.Name, Security: smtpclient.SecurityOpportunistic,
-					PlaintextFallback: true, HeloName: helo, SkipVerify: true}
+					PlaintextFallback: true, HeloName: helo, SkipVerify: true,
+					Budget: dest.Key, MaxConns: dest.Rule.MaxConnections, MaxMessagesPerConn: dest.Rule.MaxMessagesPerConnection}
 				// MX certificates are rarely valid for the MX name (RFC
 				// 7672 needs DANE for that); opportunistic TLS encrypts
 				// without authenticating, as Postfix's "may" level does.
-				res, sendErr = d.pool.Send(ctx, relay, &m)
+				res, sendErr, held = d.send(ctx, dl, dest, relay, &m)
 				where = h.Name + " (" + a.String() + ")"
-				if !smtpclient.IsRelayFailure(sendErr) {
+				if held != nil || !smtpclient.IsRelayFailure(sendErr) {
+					// A throttling provider is throttling from every
+					// host: the next one would only be refused again.
 					break hostLoop
 				}
 			}
+		}
+		if held != nil {
+			out.merge(*held)
+			continue
 		}
 		if res == nil {
 			res = failedResult(m.To, sendErr)
@@ -215,7 +265,7 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 			sendErr = &tmp
 			res = failedResult(m.To, sendErr)
 		}
-		out.merge(d.outcomes(dl, where, res, sendErr))
+		out.merge(d.outcomes(dl, where, res, sendErr, nil))
 	}
 	return out
 }
@@ -244,8 +294,9 @@ func (o *Outcome) merge(p Outcome) {
 	}
 }
 
-// outcomes turns a transaction's result into events and a retry.
-func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclient.Result, sendErr error) Outcome {
+// outcomes turns a transaction's result into events and a retry. The
+// deferred recipients wait for hold when it is set.
+func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclient.Result, sendErr error, h *hold) Outcome {
 	now := d.opts.Now()
 	if res == nil {
 		return d.deferAll(dl, "send_error", fmt.Sprint(sendErr))
@@ -275,7 +326,7 @@ func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclie
 		out.Events = append(out.Events, e)
 	}
 	if len(deferred) > 0 {
-		out.merge(d.retry(dl, deferred, lastTemp, where, now))
+		out.merge(d.retry(dl, deferred, lastTemp, where, now, h))
 	}
 	return out
 }
@@ -286,10 +337,16 @@ func (d *Deliverer) outcomes(dl *mailbusv1.Delivery, where string, res *smtpclie
 // fails "expired". A retry that would come after the lifetime is brought
 // forward to it, so that the last attempt is made at the lifetime rather
 // than skipped (up to 6 hours too early) or made up to 6 hours late.
-func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTPError, where string, now time.Time) Outcome {
+//
+// Recipients held back by a destination's pause or rate (h set) wait for
+// it to end instead of the usual backoff, and say so.
+func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTPError, where string, now time.Time, h *hold) Outcome {
 	var out Outcome
 	queued := dl.GetQueueTime().AsTime()
 	next := bus.RetryTopicFor(int(dl.GetAttempt())).Delay
+	if h != nil {
+		next = max(h.until.Sub(now), time.Second)
+	}
 	if dl.GetQueueTime() != nil {
 		if left := queued.Add(d.opts.MaxQueueLifetime).Sub(now); left < next {
 			next = left
@@ -298,6 +355,9 @@ func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTP
 	detail := "deferred by " + where
 	if why != nil && why.Stage != "" {
 		detail += " at " + why.Stage
+	}
+	if h != nil {
+		detail = h.detail
 	}
 	if dl.GetQueueTime() != nil && next <= 0 {
 		e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, "expired",
@@ -310,10 +370,13 @@ func (d *Deliverer) retry(dl *mailbusv1.Delivery, rcpts []string, why *mail.SMTP
 		return out
 	}
 	e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "",
-		fmt.Sprintf("%s; attempt %d, next in %s", detail, dl.GetAttempt(), next), now, rcpts...)
+		fmt.Sprintf("%s; attempt %d, next in %s", detail, dl.GetAttempt(), next.Round(time.Second)), now, rcpts...)
 	if why != nil {
 		e.Reason, _ = d.classify(why.Code, why.Enhanced, why.Message)
 		events.WithReply(e, why.Code, why.Enhanced, why.Message)
+	}
+	if h != nil {
+		e.Reason = h.reason
 	}
 	out.Events = append(out.Events, e)
 	r := cloneDelivery(dl)
@@ -329,7 +392,7 @@ func (d *Deliverer) fallback(ctx context.Context, dl *mailbusv1.Delivery, tenant
 	relayID := dl.GetRoute().GetRelayId()
 	var out Outcome
 	if countFailure {
-		n, disabled, err := d.limits.RecordFailure(ctx, tenant.GetId(), relayID, limits.Zone(tenant.GetTimeZone()))
+		n, disabled, err := d.health.RelayFailed(ctx, tenant, relayID)
 		if err != nil {
 			return Outcome{}, fmt.Errorf("record failure of relay %s: %w", relayID, err)
 		}
@@ -347,9 +410,7 @@ func (d *Deliverer) fallback(ctx context.Context, dl *mailbusv1.Delivery, tenant
 	}
 	e := events.ForDelivery(dl, events.StageSender, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail+"; falling back", now)
 	out.Events = append(out.Events, e)
-	f := cloneDelivery(dl)
-	f.ExcludedRelayIds = append(f.ExcludedRelayIds, relayID)
-	out.Fallback = f
+	out.Fallback = health.Fallback(dl)
 	return out, nil
 }
 
@@ -360,7 +421,7 @@ func (d *Deliverer) failAll(dl *mailbusv1.Delivery, reason, detail string) Outco
 }
 
 func (d *Deliverer) deferAll(dl *mailbusv1.Delivery, reason, detail string) Outcome {
-	return d.retry(dl, dl.GetEnvelope().GetRcptTo(), &mail.SMTPError{Message: detail, Stage: reason}, "the default server", d.opts.Now())
+	return d.retry(dl, dl.GetEnvelope().GetRcptTo(), &mail.SMTPError{Message: detail, Stage: reason}, "the default server", d.opts.Now(), nil)
 }
 
 func relayLabel(r *mailbusv1.Relay) string {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/configclient"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
@@ -45,7 +46,11 @@ func (c *clock) Now() time.Time { return c.now }
 type harness struct {
 	d     *deliver.Deliverer
 	clock *clock
+	cfg   staticConfig
 }
+
+// setMaxConnections sets the relay's max_connections.
+func (h *harness) setMaxConnections(n int32) { h.cfg.relay.Relay.MaxConnections = n }
 
 var t0 = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
 
@@ -62,9 +67,10 @@ func newHarness(t *testing.T, srv *testkit.SMTPServer, lifetime time.Duration) *
 	}
 	c := &clock{now: t0}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := deliver.New(cfg, pool, nil, limits.New(rdb), nil,
-		deliver.Options{MaxQueueLifetime: lifetime, HeloName: "sender.test", Now: c.Now}, log)
-	return &harness{d: d, clock: c}
+	shaping := health.Shaping{Default: health.Rule{ThrottlePause: 10 * time.Minute, RampStep: time.Minute}}
+	d := deliver.New(cfg, pool, nil, limits.New(rdb), health.New(rdb, limits.New(rdb), health.Options{Now: c.Now}), nil,
+		deliver.Options{MaxQueueLifetime: lifetime, HeloName: "sender.test", Now: c.Now, Shaping: &shaping}, log)
+	return &harness{d: d, clock: c, cfg: cfg}
 }
 
 func delivery(rcpts ...string) *mailbusv1.Delivery {

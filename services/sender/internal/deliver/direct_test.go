@@ -15,6 +15,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/bounce"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
@@ -106,7 +107,7 @@ func TestDeliver_directMXLooksUpMXBouncesNullMXAndNXDOMAINAndDefersADNSTimeout(t
 	// The timeout is what slow.example costs, and what every answer may
 	// take on a busy machine.
 	resolver := &mx.Resolver{Servers: []string{dnsAddr}, Timeout: 5 * time.Second}
-	d := New(directConfig{}, pool, resolver, limits.New(rdb), bounce.Classify, Options{HeloName: "mailbus.test"}, slog.New(slog.DiscardHandler))
+	d := New(directConfig{}, pool, resolver, limits.New(rdb), health.New(rdb, limits.New(rdb), health.Options{}), bounce.Classify, Options{HeloName: "mailbus.test"}, slog.New(slog.DiscardHandler))
 
 	dl := &mailbusv1.Delivery{
 		DeliveryId: "m1.0", MessageId: "m1", TenantId: "acme", Attempt: 1,

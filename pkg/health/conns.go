@@ -1,4 +1,4 @@
-package limits
+package health
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mailbus/mailbus/pkg/limits"
 )
 
 // DefaultConnLeaseTTL is how long a connection slot stays taken without a
@@ -50,7 +52,7 @@ type ConnSlots struct {
 
 // ConnSlotsOptions tune NewConnSlots; zero fields take the defaults.
 type ConnSlotsOptions struct {
-	// KeyPrefix starts every key; default DefaultKeyPrefix.
+	// KeyPrefix starts every key; default limits.DefaultKeyPrefix.
 	KeyPrefix string
 	// TTL is the lease time; default DefaultConnLeaseTTL.
 	TTL time.Duration
@@ -61,7 +63,7 @@ type ConnSlotsOptions struct {
 // NewConnSlots returns connection slots kept in rdb.
 func NewConnSlots(rdb redis.UniversalClient, o ConnSlotsOptions) *ConnSlots {
 	if o.KeyPrefix == "" {
-		o.KeyPrefix = DefaultKeyPrefix
+		o.KeyPrefix = limits.DefaultKeyPrefix
 	}
 	if o.TTL <= 0 {
 		o.TTL = DefaultConnLeaseTTL
@@ -147,7 +149,7 @@ return 1
 // are taken, until ctx ends. The error is ctx's, or Redis's.
 func (s *ConnSlots) Acquire(ctx context.Context, relay string, max int) (*ConnLease, error) {
 	if max <= 0 {
-		return nil, fmt.Errorf("%w: connection limit %d for %s", ErrInvalid, max, relay)
+		return nil, fmt.Errorf("%w: connection limit %d for %s", limits.ErrInvalid, max, relay)
 	}
 	l := &ConnLease{s: s, key: s.connKey(relay), member: s.holder + ":" + strconv.FormatInt(s.seq.Add(1), 10)}
 	wait := 10 * time.Millisecond

@@ -1,4 +1,4 @@
-package limits
+package health
 
 import (
 	"context"
@@ -11,8 +11,7 @@ import (
 
 func newSlots(t *testing.T, addr string, ttl time.Duration) (*ConnSlots, *redis.Client) {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { _ = rdb.Close() })
+	rdb := newClient(t, addr)
 	s := NewConnSlots(rdb, ConnSlotsOptions{TTL: ttl})
 	t.Cleanup(func() { _ = s.Close() })
 	return s, rdb
