@@ -214,10 +214,10 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 		res.P50, res.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
 	}
 	after := st.Sender.Pool().Stats()
-	if n := after.ConnectionsOpened - before.ConnectionsOpened; n > 0 {
+	// The run's messages went over the connections the warm-up left open
+	// and those it opened itself.
+	if n := after.ConnectionsOpened - before.ConnectionsOpened + int64(before.Open); n > 0 {
 		res.MsgsPerConn = float64(after.Messages-before.Messages) / float64(n)
-	} else {
-		res.MsgsPerConn = float64(after.Messages - before.Messages)
 	}
 	if path := os.Getenv("MAILBUS_BENCH_PROFILE"); path != "" {
 		_ = os.WriteFile(path, prof.Bytes(), 0o644)
