@@ -34,6 +34,9 @@ type Config struct {
 	// VERPKey signs VERP return paths; without it the return path is the
 	// From address.
 	VERPKey []byte
+	// UnsubscribeURL is the base of one-click unsubscribe links, served by
+	// the bounce service (see plan.Options.UnsubscribeURL).
+	UnsubscribeURL string
 }
 
 // Deps are the router's collaborators.
@@ -72,7 +75,7 @@ func New(cfg Config, deps Deps) *Service {
 		log: deps.Log.With("service", "router"),
 		planner: plan.New(deps.Config, deps.Suppressions, deps.Health, plan.Options{
 			MaxMessageBytes: cfg.MaxMessageBytes, MaxRecordBytes: cfg.Bus.DeliveryLimit(),
-			MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, Now: deps.Now,
+			MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, UnsubscribeURL: cfg.UnsubscribeURL, Now: deps.Now,
 		}),
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "router", Name: "submissions_total",

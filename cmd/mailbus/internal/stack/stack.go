@@ -63,6 +63,9 @@ type Options struct {
 	// domains). Empty picks a free loopback port, so that tests and the
 	// benchmark never collide; mailbus dev passes 127.0.0.1:2525.
 	BounceAddr string
+	// UnsubscribeAddr serves the one-click unsubscribe links (plain HTTP
+	// on loopback in development); empty picks a free loopback port.
+	UnsubscribeAddr string
 	// AdminAddr serves /metrics, /healthz, /readyz; empty disables it.
 	AdminAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
@@ -97,6 +100,9 @@ type Stack struct {
 	Redis     redis.UniversalClient
 	// BounceAddr is where the bounce listener accepts SMTP.
 	BounceAddr string
+	// UnsubscribeURL is the base of the one-click unsubscribe links the
+	// router writes into mass mail.
+	UnsubscribeURL string
 	// Suppressions is the tenants' suppression lists.
 	Suppressions *suppress.Store
 	// AdminToken is an admin API token (also written to DataDir/admin.token).
@@ -299,11 +305,6 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	s.closers = append(s.closers, closeSnd)
 	s.Sender = snd
-	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, in)
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, closeRtr)
 	qta, closeQta, err := quota.NewApplication(ctx, quota.Config{Bus: busCfg}, in)
 	if err != nil {
 		return nil, err
@@ -314,7 +315,8 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeSgn)
-	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}
+	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey},
+		UnsubscribeAddr: orDefault(o.UnsubscribeAddr, "127.0.0.1:0")}
 	if o.TuneBounce != nil {
 		o.TuneBounce(&bounceCfg)
 	}
@@ -328,6 +330,18 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.BounceAddr = baddr.String()
+	uaddr, err := bnc.ListenUnsubscribe()
+	if err != nil {
+		return nil, err
+	}
+	// The router writes the links, so it starts once their address is
+	// known.
+	s.UnsubscribeURL = "http://" + uaddr.String() + "/unsubscribe/"
+	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes, UnsubscribeURL: s.UnsubscribeURL}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeRtr)
 
 	s.goRun("router", rtr.Run)
 	s.goRun("quota", qta.Run)

@@ -28,6 +28,7 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/unsub"
 	"github.com/mailbus/mailbus/services/router/internal/route"
 )
 
@@ -60,7 +61,10 @@ type Config interface {
 // Suppressions reports which recipients are on the tenant's suppression
 // list, with the reason they are.
 type Suppressions interface {
-	Suppressed(ctx context.Context, tenantID string, addrs []string) (map[string]string, error)
+	// SuppressedFor returns the addrs suppressed for a message of the
+	// tenant; mass says whether it is mass mail, which unsubscribed
+	// addresses also stop.
+	SuppressedFor(ctx context.Context, tenantID string, addrs []string, mass bool) (map[string]string, error)
 }
 
 // RelayHealth reports relays disabled for today after repeated failures.
@@ -83,8 +87,15 @@ type Options struct {
 	// EnvelopeRecipients bounds one envelope when not using VERP; default
 	// 50, Postfix's smtp_destination_recipient_limit.
 	EnvelopeRecipients int
-	// VERPKey signs VERP return paths.
+	// VERPKey signs VERP return paths, and the one-click unsubscribe
+	// links (pkg/unsub).
 	VERPKey []byte
+	// UnsubscribeURL is where the bounce service serves one-click
+	// unsubscribe links ("https://links.example.com/unsubscribe/"); the
+	// signed token is appended. Empty: mass mail gets only the mailto:
+	// link on the tenant's bounce domain, and no List-Unsubscribe-Post
+	// (RFC 8058 one-click needs an HTTPS link).
+	UnsubscribeURL string
 	Now     func() time.Time
 }
 
@@ -165,7 +176,7 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 
 	// Suppressed recipients are dropped before anything else happens.
 	if p.supp != nil {
-		supp, err := p.supp.Suppressed(ctx, tenant.GetId(), rcpts)
+		supp, err := p.supp.SuppressedFor(ctx, tenant.GetId(), rcpts, sub.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_MASS)
 		if err != nil {
 			return Result{}, fmt.Errorf("check suppression list of %s: %w", tenant.GetId(), err)
 		}
@@ -448,9 +459,13 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	if dec.Kind == mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY {
 		r.RelayId = ""
 	}
+	if !mail.HasHeader(msg, "Feedback-ID") {
+		msg = mail.PrependFields(msg, "Feedback-ID: "+feedbackID(tenant.GetId(), d))
+	}
+	unsubscribe := p.wantsUnsubscribe(tenant, d) && !mail.HasHeader(msg, "List-Unsubscribe")
 	verp, returnPath := p.returnPath(tenant, dec.HeaderFrom)
 	var envelopes [][]string
-	if verp {
+	if verp || unsubscribe {
 		for _, rc := range rcpts {
 			envelopes = append(envelopes, []string{rc})
 		}
@@ -463,6 +478,9 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	for i, env := range envelopes {
 		nd := proto.Clone(d).(*mailbusv1.Delivery)
 		nd.Message = msg
+		if unsubscribe {
+			nd.Message = mail.PrependFields(msg, p.unsubscribeFields(tenant, env[0], d.GetMessageId())...)
+		}
 		nd.Route = r
 		nd.DeliveryId = idFor(i)
 		mailFrom := returnPath
@@ -477,6 +495,62 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 		out = append(out, nd)
 	}
 	return out, nil
+}
+
+// UnsubscribeMetadata in a submission's metadata asks for the one-click
+// unsubscribe headers on mail that is not of kind mass ("true").
+const UnsubscribeMetadata = "list_unsubscribe"
+
+// wantsUnsubscribe reports whether d gets List-Unsubscribe: mass mail, and
+// any submission that asks, when a link can be made (an HTTPS endpoint or
+// the tenant's bounce domain, and the signing key). mailbus's own notices
+// never do.
+func (p *Planner) wantsUnsubscribe(tenant *mailbusv1.Tenant, d *mailbusv1.Delivery) bool {
+	if isNotice(d) || len(p.opts.VERPKey) == 0 || (p.opts.UnsubscribeURL == "" && tenant.GetBounceDomain() == "") {
+		return false
+	}
+	return d.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_MASS || d.GetMetadata()[UnsubscribeMetadata] == "true"
+}
+
+// unsubscribeFields are the RFC 2369/8058 fields of one recipient's copy:
+// a signed HTTPS link that takes a one-click POST, and a mailto: on the
+// bounce domain that the bounce service reads. Each link sits on its own
+// folded line, so the field stays readable and under 998 octets.
+func (p *Planner) unsubscribeFields(tenant *mailbusv1.Tenant, rcpt, messageID string) []string {
+	var links []string
+	token := unsub.Token(p.opts.VERPKey, unsub.Link{Tenant: tenant.GetId(), Recipient: rcpt, MessageID: messageID})
+	if p.opts.UnsubscribeURL != "" {
+		links = append(links, "<"+p.opts.UnsubscribeURL+token+">")
+	}
+	if bd := tenant.GetBounceDomain(); bd != "" {
+		// The subject's token names the message for the message log.
+		links = append(links, "<mailto:"+unsub.MailtoLocal(p.opts.VERPKey, tenant.GetId(), rcpt)+"@"+bd+"?subject=unsubscribe%20"+token+">")
+	}
+	fields := []string{"List-Unsubscribe: " + strings.Join(links, ",\r\n ")}
+	if p.opts.UnsubscribeURL != "" {
+		fields = append(fields, "List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+	}
+	return fields
+}
+
+// feedbackID is Gmail's Feedback-ID, "campaign:kind:tenant:mailbus" (the
+// last part names the sender; Gmail's feedback loop reports complaint
+// rates per value of each part). Colons and spaces would shift the parts.
+func feedbackID(tenantID string, d *mailbusv1.Delivery) string {
+	clean := func(s string) string {
+		s = strings.Map(func(r rune) rune {
+			if r == ':' || r <= ' ' || r > '~' {
+				return '-'
+			}
+			return r
+		}, s)
+		if s == "" {
+			return "none"
+		}
+		return s
+	}
+	kind := strings.ToLower(strings.TrimPrefix(d.GetKind().String(), "EMAIL_KIND_"))
+	return clean(d.GetCampaignId()) + ":" + clean(kind) + ":" + clean(tenantID) + ":mailbus"
 }
 
 // returnPath applies the sender domain's return-path policy. A domain
