@@ -50,7 +50,6 @@ const (
 // ScopeMass limits an entry to mass mail; the empty scope is all mail.
 const ScopeMass = "mass"
 
-
 // Entry is one suppressed address.
 type Entry struct {
 	// Address is the lower-cased address.

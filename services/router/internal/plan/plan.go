@@ -96,7 +96,7 @@ type Options struct {
 	// link on the tenant's bounce domain, and no List-Unsubscribe-Post
 	// (RFC 8058 one-click needs an HTTPS link).
 	UnsubscribeURL string
-	Now     func() time.Time
+	Now            func() time.Time
 }
 
 // Planner plans deliveries.
