@@ -17,7 +17,7 @@ import (
 func main() { svcenv.Main("tracker", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	in, cleanup, err := env.Infra(ctx, svcenv.Need{})
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Redis: true})
 	if err != nil {
 		return err
 	}

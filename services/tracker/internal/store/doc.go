@@ -40,7 +40,7 @@
 //     was already sent, so a later sent only means that the clocks of the
 //     two stages disagree).
 //   - A retry that the tracker records (stage "tracker", reason
-//     ReasonRetryRequested, status queued) puts failed and deferred
+//     ReasonRetryRequested, status queued) puts failed and bounced
 //     recipients back to queued and leaves the others alone.
 //   - Events with status unspecified (warnings) only go into the history.
 //

@@ -1,0 +1,121 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"google.golang.org/protobuf/proto"
+
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+)
+
+// DefaultRetention is how long the store keeps a message's submission for
+// RetryMessage when the tracker sets none.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// ErrRetentionEnded is returned for a submission kept past its retention:
+// the message can no longer be sent again. It is wrapped by a
+// *RetentionError that says when.
+var ErrRetentionEnded = errors.New("the message's content is past its retention")
+
+// RetentionError says when a submission's retention ended.
+type RetentionError struct {
+	MessageID string
+	KeptUntil time.Time
+}
+
+func (e *RetentionError) Error() string {
+	return fmt.Sprintf("message %s: its content was kept until %s for retries and is deleted: %v",
+		e.MessageID, e.KeptUntil.UTC().Format(time.RFC3339), ErrRetentionEnded)
+}
+
+func (e *RetentionError) Unwrap() error { return ErrRetentionEnded }
+
+// Submissions are compressed with zstd: mail bodies and their HTML compress
+// several times over, and zstd decodes faster than gzip at a better
+// ratio. One encoder and decoder serve every call (EncodeAll and DecodeAll
+// are safe for concurrent use).
+var (
+	zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0))
+)
+
+// KeepSubmission stores the submission of message msgID until keepUntil.
+// The first one stored stays: a submission published again with the same
+// idempotency id is the same message, which the router sends once.
+func (s *Store) KeepSubmission(ctx context.Context, msgID string, sub *mailbusv1.Submission, keepUntil time.Time) error {
+	raw, err := proto.Marshal(sub)
+	if err != nil {
+		return fmt.Errorf("encoding submission of message %s: %w", msgID, err)
+	}
+	body := zenc.EncodeAll(raw, make([]byte, 0, len(raw)/3))
+	_, err = s.db.ExecContext(ctx, `INSERT INTO tracker_submissions (message_id, tenant_id, stored_ns, keep_until_ns, raw_bytes, body)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING`,
+		msgID, sub.GetTenantId(), s.now().UnixNano(), keepUntil.UnixNano(), len(raw), body)
+	if err != nil {
+		return fmt.Errorf("storing submission of message %s: %w", msgID, err)
+	}
+	return nil
+}
+
+// Submission returns the submission of a message: ErrNotFound when none
+// was stored, a *RetentionError when it is past its retention (purged or
+// not yet).
+func (s *Store) Submission(ctx context.Context, msgID string) (*mailbusv1.Submission, error) {
+	var keepNS int64
+	var body []byte
+	err := s.db.QueryRowContext(ctx, `SELECT keep_until_ns, body FROM tracker_submissions WHERE message_id = ?`, msgID).Scan(&keepNS, &body)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading submission of message %s: %w", msgID, err)
+	}
+	if keep := time.Unix(0, keepNS); !s.now().Before(keep) {
+		return nil, &RetentionError{MessageID: msgID, KeptUntil: keep}
+	}
+	raw, err := zdec.DecodeAll(body, nil)
+	if err != nil {
+		return nil, fmt.Errorf("decompressing submission of message %s: %w", msgID, err)
+	}
+	sub := &mailbusv1.Submission{}
+	if err := proto.Unmarshal(raw, sub); err != nil {
+		return nil, fmt.Errorf("decoding submission of message %s: %w", msgID, err)
+	}
+	return sub, nil
+}
+
+// PurgeSubmissions deletes up to limit submissions past their retention
+// and returns how many it deleted; the caller repeats while it gets limit.
+// Small batches keep each transaction (and SQLite's write lock) short.
+func (s *Store) PurgeSubmissions(ctx context.Context, limit int) (int, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	res, err := s.db.ExecContext(ctx, `DELETE FROM tracker_submissions WHERE message_id IN
+		(SELECT message_id FROM tracker_submissions WHERE keep_until_ns <= ? ORDER BY keep_until_ns LIMIT ?)`,
+		s.now().UnixNano(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("purging expired submissions: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("purging expired submissions: %w", err)
+	}
+	return int(n), nil
+}
+
+// SubmissionStats sums the stored submissions: how many, and their bytes
+// before and after compression.
+func (s *Store) SubmissionStats(ctx context.Context) (count, rawBytes, storedBytes int64, err error) {
+	err = s.db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(raw_bytes), 0), COALESCE(SUM(LENGTH(body)), 0) FROM tracker_submissions`).
+		Scan(&count, &rawBytes, &storedBytes)
+	if err != nil {
+		err = fmt.Errorf("summing stored submissions: %w", err)
+	}
+	return count, rawBytes, storedBytes, err
+}

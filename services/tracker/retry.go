@@ -1,0 +1,105 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
+	"github.com/mailbus/mailbus/services/tracker/internal/messagesvc"
+	"github.com/mailbus/mailbus/services/tracker/internal/store"
+)
+
+// keep stores a submission for later retries under the message id that
+// the router derives from the same record. The record is acknowledged only
+// once the row is committed; a redelivered one changes nothing.
+func (s *Service) keep(ctx context.Context, _ *message.Message, sub *mailbusv1.Submission) error {
+	idem := sub.GetIdempotencyId()
+	if idem == "" {
+		part, _ := kafka.MessagePartitionFromCtx(ctx)
+		off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+		idem = ids.RecordKey(bus.TopicSubmit, part, off)
+	}
+	msgID := ids.MessageID(sub.GetTenantId(), idem)
+	if err := s.store.KeepSubmission(ctx, msgID, sub, s.store.Now().Add(s.cfg.Retention)); err != nil {
+		return err
+	}
+	s.kept.Inc()
+	return nil
+}
+
+// purger deletes submissions past their retention every PurgeInterval,
+// in small batches.
+func (s *Service) purger(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PurgeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			n, err := s.store.PurgeSubmissions(ctx, 1000)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("purging submissions past their retention", "err", err)
+				}
+				break
+			}
+			s.purged.Add(float64(n))
+			if n < 1000 {
+				break
+			}
+		}
+	}
+}
+
+// busResubmitter sends a retry to the router: the stored submission and
+// the recipients to send to again, on mail.resubmit.
+type busResubmitter struct {
+	store     *store.Store
+	pub       message.Publisher
+	retention time.Duration
+}
+
+func (b *busResubmitter) Resubmit(ctx context.Context, r messagesvc.Resubmission) error {
+	m := r.Message
+	sub, err := b.store.Submission(ctx, m.GetId())
+	var expired *store.RetentionError
+	if errors.Is(err, store.ErrNotFound) {
+		// Purged, or never stored: the message's age tells which.
+		if keep := m.GetCreateTime().AsTime().Add(b.retention); !b.store.Now().Before(keep) {
+			err = &store.RetentionError{MessageID: m.GetId(), KeptUntil: keep}
+		} else {
+			return status.Errorf(codes.FailedPrecondition,
+				"message %s cannot be retried: its submission is not stored (it was submitted before the tracker kept submissions, or the tracker has not read it from %s yet)",
+				m.GetId(), bus.TopicSubmit)
+		}
+	}
+	if errors.As(err, &expired) {
+		return status.Errorf(codes.FailedPrecondition, "message %s cannot be retried: its content is kept for %s for retries, that ended at %s, and it is deleted",
+			m.GetId(), b.retention, expired.KeptUntil.UTC().Format(time.RFC3339))
+	}
+	if err != nil {
+		return err
+	}
+	rec := &mailbusv1.Resubmission{
+		RetryId: r.ID, MessageId: m.GetId(), Retry: r.Retry, Recipients: r.Recipients, Submission: sub, RequestedBy: r.By,
+	}
+	meta := message.Metadata{}
+	meta.Set(bus.MetaTenantID, m.GetTenantId())
+	meta.Set(bus.MetaMessageID, m.GetId())
+	if err := bus.Publish(b.pub, bus.TopicResubmit, rec, meta); err != nil {
+		return fmt.Errorf("send retry %d of message %s to the router: %w", r.Retry, m.GetId(), err)
+	}
+	return nil
+}
