@@ -141,4 +141,3 @@ func TestStore_listsByCampaignAndRelay(t *testing.T) {
 		}
 	})
 }
-
