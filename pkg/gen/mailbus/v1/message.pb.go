@@ -751,7 +751,7 @@ func (x *MessageFilter) GetCampaignId() string {
 type RetryMessagesRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Filter *MessageFilter         `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
-	// The most messages looked at in this call: 1..1000, default 100.
+	// The most messages looked at in this call: 1..500, default 100.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Continues after the previous call's next_page_token, same filter.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
