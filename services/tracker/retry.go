@@ -12,11 +12,24 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/cancelled"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/services/tracker/internal/messagesvc"
 	"github.com/mailbus/mailbus/services/tracker/internal/store"
 )
+
+// keepRecord keeps a record of mail.submit. One that is not a submission,
+// or has no tenant, is the router's to report (it poisons it with the
+// reason); the tracker has nothing to keep and does not poison a second
+// copy.
+func (s *Service) keepRecord(msg *message.Message) error {
+	sub := &mailbusv1.Submission{}
+	if err := bus.Decode(msg, sub); err != nil || sub.GetTenantId() == "" {
+		return nil
+	}
+	return s.keep(msg.Context(), msg, sub)
+}
 
 // keep stores a submission for later retries under the message id that
 // the router derives from the same record. The record is acknowledged only
@@ -61,6 +74,37 @@ func (s *Service) purger(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// RestoreCancelMarks sets the cancel markers of the messages that the log
+// says were cancelled within cancelled.TTL, each for what is left of its
+// TTL, and returns how many it set. Run calls it at start, so that a Redis
+// that lost its data (or a new one) stops cancelled messages again; the
+// log is the durable record of a cancellation, the marker its fast copy.
+func (s *Service) RestoreCancelMarks(ctx context.Context) (int, error) {
+	if s.redis == nil {
+		return 0, nil
+	}
+	now := s.store.Now()
+	ms, err := s.store.CancelledSince(ctx, now.Add(-cancelled.TTL))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ms {
+		ttl := m.Created.Add(cancelled.TTL).Sub(now)
+		if ttl <= 0 {
+			continue
+		}
+		if err := cancelled.Mark(ctx, s.redis, m.TenantID, m.ID, ttl); err != nil {
+			return n, err
+		}
+		n++
+	}
+	if n > 0 {
+		s.log.Info("cancel markers restored from the message log", "messages", n)
+	}
+	return n, nil
 }
 
 // busResubmitter sends a retry to the router: the stored submission and

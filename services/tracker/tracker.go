@@ -99,6 +99,7 @@ type Service struct {
 	outcome outcomes
 	kept    prometheus.Counter
 	purged  prometheus.Counter
+	redis   redis.UniversalClient
 }
 
 type applyReq struct {
@@ -139,7 +140,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		})
 	}
 	s := &Service{
-		cfg: cfg, log: log, store: st,
+		cfg: cfg, log: log, store: st, redis: deps.Redis,
 		srv:  messagesvc.New(st, messagesvc.Deps{Resubmit: resubmit, Cancel: canceller, Log: log}),
 		reqs: make(chan applyReq, cfg.MaxBatch),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -174,7 +175,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("log", bus.TopicEvents, bus.Handle(s.handle)); err != nil {
 		return err
 	}
-	if err := r.Handle("keep", bus.TopicSubmit, bus.Handle(s.keep)); err != nil {
+	if err := r.Handle("keep", bus.TopicSubmit, s.keepRecord); err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
@@ -182,6 +183,11 @@ func (s *Service) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); s.batcher(bctx) }()
 	go func() { defer wg.Done(); s.purger(bctx) }()
+	go func() {
+		if _, err := s.RestoreCancelMarks(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("restoring cancel markers from the message log", "err", err)
+		}
+	}()
 	err = r.Run(ctx)
 	// The router has returned, so no handler waits on the batcher any more.
 	stop()

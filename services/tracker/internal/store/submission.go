@@ -119,3 +119,35 @@ func (s *Store) SubmissionStats(ctx context.Context) (count, rawBytes, storedByt
 	}
 	return count, rawBytes, storedBytes, err
 }
+
+// CancelledMessage names a message with cancelled recipients.
+type CancelledMessage struct {
+	TenantID string
+	ID       string
+	Created  time.Time
+}
+
+// CancelledSince returns the messages created at or after since that have
+// cancelled recipients: those whose cancel markers must still be in Redis.
+func (s *Store) CancelledSince(ctx context.Context, since time.Time) ([]CancelledMessage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant_id, id, create_ns FROM tracker_messages
+		WHERE create_ns >= ? AND n_cancelled > 0 ORDER BY create_ns, id`, since.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("listing cancelled messages: %w", err)
+	}
+	defer rows.Close()
+	var out []CancelledMessage
+	for rows.Next() {
+		var c CancelledMessage
+		var ns int64
+		if err := rows.Scan(&c.TenantID, &c.ID, &ns); err != nil {
+			return nil, fmt.Errorf("listing cancelled messages: %w", err)
+		}
+		c.Created = time.Unix(0, ns)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing cancelled messages: %w", err)
+	}
+	return out, nil
+}
