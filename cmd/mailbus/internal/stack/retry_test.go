@@ -1,6 +1,7 @@
 package stack_test
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/cli"
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/cancelled"
@@ -205,6 +207,19 @@ func TestRetry_bulkRetriesTheBouncedMessagesOfACampaignOnly(t *testing.T) {
 	if err != nil || m.GetMessage().GetStatus() != statusBounced {
 		t.Errorf("the autumn campaign's message was touched: %v, %v", m.GetMessage().GetStatus(), err)
 	}
+
+	// The operator's command does the same.
+	var out bytes.Buffer
+	root := cli.Root()
+	root.SetOut(&out)
+	root.SetArgs([]string{"messages", "retry", "--api", p.GRPCAddr, "--token", p.AdminToken, "--campaign", "autumn", "--status", "bounced"})
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("mailbus messages retry: %v", err)
+	}
+	if got := out.String(); !strings.Contains(got, "1 messages matched: 1 retried (1 recipients), 0 with nothing to retry, 0 refused") {
+		t.Errorf("mailbus messages retry printed %q", got)
+	}
+	p.waitMessage(t, autumn, hasStatus(statusSent))
 }
 
 func TestRetry_afterTheRetentionIsRefusedWithTheReason(t *testing.T) {
