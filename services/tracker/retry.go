@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/cancelled"
@@ -41,12 +42,75 @@ func (s *Service) keep(ctx context.Context, _ *message.Message, sub *mailbusv1.S
 		off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
 		idem = ids.RecordKey(bus.TopicSubmit, part, off)
 	}
-	msgID := ids.MessageID(sub.GetTenantId(), idem)
-	if err := s.store.KeepSubmission(ctx, msgID, sub, s.store.Now().Add(s.cfg.Retention)); err != nil {
-		return err
+	req := keepReq{
+		k:    store.Kept{MessageID: ids.MessageID(sub.GetTenantId(), idem), Submission: sub, KeepUntil: s.store.Now().Add(s.cfg.Retention)},
+		size: proto.Size(sub), done: make(chan error, 1),
 	}
-	s.kept.Inc()
-	return nil
+	select {
+	case s.keeps <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type keepReq struct {
+	k    store.Kept
+	size int
+	done chan error
+}
+
+// maxKeepBytes cuts a batch of submissions: they are up to tens of
+// megabytes each, and a batch is one transaction.
+const maxKeepBytes = 32 << 20
+
+// keeper writes the submissions that the partitions' handlers park in
+// s.keeps many per transaction, as the batcher does for events: one
+// transaction per submission would take SQLite's only write lock once per
+// message, away from the events.
+func (s *Service) keeper(ctx context.Context) {
+	batch := make([]keepReq, 0, s.cfg.MaxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-s.keeps:
+			batch = append(batch, r)
+		}
+		size := batch[0].size
+		timer := time.NewTimer(s.cfg.MaxBatchWait)
+	fill:
+		for len(batch) < s.cfg.MaxBatch && size < maxKeepBytes {
+			select {
+			case r := <-s.keeps:
+				batch = append(batch, r)
+				size += r.size
+			case <-timer.C:
+				break fill
+			}
+		}
+		timer.Stop()
+		ks := make([]store.Kept, len(batch))
+		for i, r := range batch {
+			ks[i] = r.k
+		}
+		err := s.store.KeepSubmissions(ctx, ks)
+		if err != nil {
+			s.log.Warn("keeping submissions for retries", "submissions", len(ks), "err", err)
+			err = fmt.Errorf("keep submissions: %w", err)
+		} else {
+			s.kept.Add(float64(len(ks)))
+		}
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
 }
 
 // purger deletes submissions past their retention every PurgeInterval,

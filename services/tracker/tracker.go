@@ -95,6 +95,7 @@ type Service struct {
 	store   *store.Store
 	srv     *messagesvc.Server
 	reqs    chan applyReq
+	keeps   chan keepReq
 	applied *prometheus.CounterVec
 	outcome outcomes
 	kept    prometheus.Counter
@@ -141,8 +142,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg, log: log, store: st, redis: deps.Redis,
-		srv:  messagesvc.New(st, messagesvc.Deps{Resubmit: resubmit, Cancel: canceller, Log: log}),
-		reqs: make(chan applyReq, cfg.MaxBatch),
+		srv:   messagesvc.New(st, messagesvc.Deps{Resubmit: resubmit, Cancel: canceller, Log: log}),
+		reqs:  make(chan applyReq, cfg.MaxBatch),
+		keeps: make(chan keepReq, cfg.MaxBatch),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "tracker", Name: "events_total",
 			Help: "Events handled, by result (applied, duplicate, rejected).",
@@ -180,8 +182,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	bctx, stop := context.WithCancel(context.Background())
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.batcher(bctx) }()
+	go func() { defer wg.Done(); s.keeper(bctx) }()
 	go func() { defer wg.Done(); s.purger(bctx) }()
 	go func() {
 		if _, err := s.RestoreCancelMarks(ctx); err != nil && ctx.Err() == nil {

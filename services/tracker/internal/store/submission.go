@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
 
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/sqlstore"
 )
 
 // DefaultRetention is how long the store keeps a message's submission for
@@ -48,18 +50,59 @@ var (
 // The first one stored stays: a submission published again with the same
 // idempotency id is the same message, which the router sends once.
 func (s *Store) KeepSubmission(ctx context.Context, msgID string, sub *mailbusv1.Submission, keepUntil time.Time) error {
-	raw, err := proto.Marshal(sub)
-	if err != nil {
-		return fmt.Errorf("encoding submission of message %s: %w", msgID, err)
+	return s.KeepSubmissions(ctx, []Kept{{MessageID: msgID, Submission: sub, KeepUntil: keepUntil}})
+}
+
+// Kept is a submission to keep.
+type Kept struct {
+	MessageID  string
+	Submission *mailbusv1.Submission
+	KeepUntil  time.Time
+}
+
+// submissionsPerStatement bounds a multi-row insert's size: bodies are up
+// to tens of megabytes, so a statement holds few.
+const submissionsPerStatement = 100
+
+// KeepSubmissions stores many submissions in one transaction (the keep
+// consumer's batch), each as KeepSubmission does.
+func (s *Store) KeepSubmissions(ctx context.Context, ks []Kept) error {
+	type row struct {
+		k    Kept
+		raw  int
+		body []byte
 	}
-	body := zenc.EncodeAll(raw, make([]byte, 0, len(raw)/3))
-	_, err = s.db.ExecContext(ctx, `INSERT INTO tracker_submissions (message_id, tenant_id, stored_ns, keep_until_ns, raw_bytes, body)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING`,
-		msgID, sub.GetTenantId(), s.now().UnixNano(), keepUntil.UnixNano(), len(raw), body)
-	if err != nil {
-		return fmt.Errorf("storing submission of message %s: %w", msgID, err)
+	rows := make([]row, 0, len(ks))
+	for _, k := range ks {
+		raw, err := proto.Marshal(k.Submission)
+		if err != nil {
+			return fmt.Errorf("encoding submission of message %s: %w", k.MessageID, err)
+		}
+		rows = append(rows, row{k: k, raw: len(raw), body: zenc.EncodeAll(raw, make([]byte, 0, len(raw)/3))})
 	}
-	return nil
+	now := s.now().UnixNano()
+	return s.db.InTx(ctx, func(tx *sqlstore.Tx) error {
+		for len(rows) > 0 {
+			chunk := rows[:min(len(rows), submissionsPerStatement)]
+			rows = rows[len(chunk):]
+			var b strings.Builder
+			b.WriteString(`INSERT INTO tracker_submissions (message_id, tenant_id, stored_ns, keep_until_ns, raw_bytes, body) VALUES `)
+			args := make([]any, 0, 6*len(chunk))
+			for i, r := range chunk {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteString("(?, ?, ?, ?, ?, ?)")
+				args = append(args, r.k.MessageID, r.k.Submission.GetTenantId(), now, r.k.KeepUntil.UnixNano(), r.raw, r.body)
+			}
+			// A batch may hold a redelivered record twice; the first stays.
+			b.WriteString(` ON CONFLICT (message_id) DO NOTHING`)
+			if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+				return fmt.Errorf("storing %d submissions: %w", len(chunk), err)
+			}
+		}
+		return nil
+	})
 }
 
 // Submission returns the submission of a message: ErrNotFound when none

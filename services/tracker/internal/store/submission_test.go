@@ -65,6 +65,16 @@ func TestStore_keepsSubmissionsCompressedUntilTheirRetentionEnds(t *testing.T) {
 		}
 		t.Logf("a %d-byte submission is stored in %d bytes", raw, stored)
 
+		// A batch that holds a redelivered record twice keeps it once.
+		dup := bigSubmission("order-3")
+		if err := s.KeepSubmissions(ctx, []store.Kept{
+			{MessageID: "m3", Submission: dup, KeepUntil: at(300)}, {MessageID: "m3", Submission: dup, KeepUntil: at(300)},
+		}); err != nil {
+			t.Fatalf("a batch with a repeat: %v", err)
+		}
+		if got, err := s.Submission(ctx, "m3"); err != nil || !proto.Equal(got, dup) {
+			t.Errorf("m3 = %v, %v", got.GetIdempotencyId(), err)
+		}
 		if _, err := s.Submission(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("unknown message: %v, want ErrNotFound", err)
 		}
