@@ -78,4 +78,13 @@
 // Re-folding reads the whole history of the message; that is cheap for the
 // usual message and costs more only for large messages whose events arrive
 // out of order.
+//
+// # Submissions
+//
+// For RetryMessage the store also keeps each message's original
+// Submission (tracker_submissions): protobuf compressed with zstd, keyed by
+// message id, first one wins, with the time it may be kept until.
+// Submission refuses one past that time with a *RetentionError even before
+// PurgeSubmissions deletes it, so a retry's answer does not depend on when
+// the sweep last ran.
 package store
