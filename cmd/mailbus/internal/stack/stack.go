@@ -82,6 +82,9 @@ type Options struct {
 	TuneBus func(*bus.Config)
 	// TuneSender adjusts the sender configuration.
 	TuneSender func(*sender.Config)
+	// TuneTracker adjusts the tracker's configuration (tests shorten the
+	// retention of submissions).
+	TuneTracker func(*tracker.Config)
 	// TuneBounce adjusts the bounce listener's configuration (its
 	// connection limits and idle timeout).
 	TuneBounce func(*bouncesvc.Config)
@@ -236,9 +239,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("start config service: %w", err)
 	}
 	s.closers = append(s.closers, func() { _ = cfgSvc.Close() })
-	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{
+	trkCfg := tracker.Config{
 		Bus: busCfg, DatabaseURL: orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")),
-	}, infra.Infra{Log: o.Log, Metrics: o.Metrics})
+	}
+	if o.TuneTracker != nil {
+		o.TuneTracker(&trkCfg)
+	}
+	trk, closeTrk, err := tracker.NewApplication(ctx, trkCfg, infra.Infra{Log: o.Log, Metrics: o.Metrics, Redis: rdb})
 	if err != nil {
 		return nil, err
 	}

@@ -140,21 +140,73 @@ func refuse(reason, format string, args ...any) error {
 	return &refusal{reason: reason, detail: fmt.Sprintf(format, args...)}
 }
 
-// Plan plans a submission. fallbackKey identifies the record when the
-// submission has no idempotency id (its Kafka position), so a redelivered
-// record still gets the same message id.
-func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackKey string) (Result, error) {
+// Plan plans a submission. recordKey identifies the record when the
+// submission has no idempotency id (ids.RecordKey of its Kafka position),
+// so a redelivered record still gets the same message id.
+func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, recordKey string) (Result, error) {
 	idem := sub.GetIdempotencyId()
 	if idem == "" {
-		idem = "record:" + fallbackKey
+		idem = recordKey
 	}
-	msgID := ids.MessageID(sub.GetTenantId(), idem)
+	return p.plan(ctx, sub, ids.MessageID(sub.GetTenantId(), idem), nil)
+}
+
+// ReasonRetried is the reason of the queued event of a retry.
+const ReasonRetried = "retried"
+
+// Retry plans a retry that the tracker asked for through mail.resubmit:
+// the message's original submission, sent again to the recipients named
+// in rs only, through the same checks as a new submission (tenant, kind,
+// suppression list, routing) and then quota's limits. The message keeps
+// its id, Message-ID header and log entry; the deliveries get new ids of
+// the retry (ids.RetryDeliveryID), so quota counts them and the sender
+// sends them, and the same retry planned twice gives the same ids and
+// events. A recipient on the suppression list stays suppressed: a retry
+// does not override the tenant's list.
+func (p *Planner) Retry(ctx context.Context, rs *mailbusv1.Resubmission) (Result, error) {
+	sub := rs.GetSubmission()
+	if rs.GetMessageId() == "" || rs.GetRetry() < 1 || sub == nil {
+		return Result{}, bus.Permanent(fmt.Errorf("resubmission %q needs a message id, a retry number and the submission", rs.GetRetryId()))
+	}
+	return p.plan(ctx, sub, rs.GetMessageId(), rs)
+}
+
+// plan plans sub as message msgID: a new submission, or a retry of some of
+// its recipients when rs is set.
+func (p *Planner) plan(ctx context.Context, sub *mailbusv1.Submission, msgID string, rs *mailbusv1.Resubmission) (Result, error) {
 	res := Result{MessageID: msgID}
 	now := p.opts.Now()
 	rcpts := recipients(sub)
 	summary := &mailbusv1.MessageSummary{
 		From: sub.GetFrom().GetEmail(), Subject: sub.GetSubject(), Kind: sub.GetKind(),
 		CampaignId: sub.GetCampaignId(), Recipients: rcpts, IdempotencyId: sub.GetIdempotencyId(),
+	}
+	deliveryID := func(i int) string { return ids.DeliveryID(msgID, i, 0) }
+	if rs != nil {
+		// The log has the message's summary; the retry only adds events.
+		summary = nil
+		want := map[string]bool{}
+		for _, a := range rs.GetRecipients() {
+			want[strings.ToLower(strings.TrimSpace(a))] = true
+		}
+		var only []string
+		for _, r := range rcpts {
+			if want[strings.ToLower(r)] {
+				only = append(only, r)
+			}
+		}
+		rcpts = only
+		deliveryID = func(i int) string { return ids.RetryDeliveryID(msgID, i, rs.GetRetry()) }
+		defer func() { markRetry(&res, rs) }()
+		if len(rcpts) == 0 {
+			// Nothing of what the tracker asked for is in the submission:
+			// the log says so instead of the retry vanishing.
+			e := events.ForMessage(sub.GetTenantId(), sub.GetUserId(), msgID, events.StageRouter,
+				mailbusv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED, ReasonNoRecipients,
+				"none of the retried recipients is a recipient of the stored submission", now, nil)
+			res.Events = append(res.Events, e)
+			return res, nil
+		}
 	}
 	fail := func(err error) (Result, error) {
 		var r *refusal
@@ -204,8 +256,10 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 	if err != nil {
 		return fail(err)
 	}
-	summary.HeaderMessageId = built.MessageID
-	summary.From = built.From.Email
+	if summary != nil {
+		summary.HeaderMessageId = built.MessageID
+		summary.From = built.From.Email
+	}
 
 	d := &mailbusv1.Delivery{
 		MessageId: msgID, TenantId: tenant.GetId(), UserId: sub.GetUserId(), Kind: sub.GetKind(),
@@ -214,21 +268,46 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 		Subject: sub.GetSubject(),
 		Route:   &mailbusv1.Route{OriginalFrom: built.From.Email},
 	}
-	deliveries, err := p.route(ctx, tenant, d, rcpts, func(i int) string { return ids.DeliveryID(msgID, i, 0) })
+	deliveries, err := p.route(ctx, tenant, d, rcpts, deliveryID)
 	if err == nil {
 		err = p.checkRecordSize(deliveries)
 	}
 	if err != nil {
 		return fail(err)
 	}
+	reason, detail := "", deliveries[0].GetRoute().GetReason()
+	if rs != nil {
+		reason = ReasonRetried
+		detail = fmt.Sprintf("retry %d requested by %s: %s", rs.GetRetry(), rs.GetRequestedBy(), detail)
+	}
 	queued := events.ForMessage(tenant.GetId(), sub.GetUserId(), msgID, events.StageRouter,
-		mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, "", deliveries[0].GetRoute().GetReason(), now, rcpts)
+		mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail, now, rcpts)
 	queued.Summary = summary
 	queued.RelayId = deliveries[0].GetRoute().GetRelayId()
 	queued.Attributes = routeAttributes(deliveries[0].GetRoute())
 	res.Deliveries = deliveries
 	res.Events = append(res.Events, queued)
 	return res, nil
+}
+
+// markRetry gives the events of a retry their own ids (the message's
+// first attempt made events about the same recipients with the same
+// status and reason) and says in their attributes which retry they are.
+func markRetry(res *Result, rs *mailbusv1.Resubmission) {
+	for _, e := range res.Events {
+		if e.GetMessageId() != res.MessageID {
+			continue
+		}
+		e.Attempt = rs.GetRetry() + 1
+		e.EventId = ids.EventID(res.MessageID, e.GetStage(), e.GetStatus().String(), e.GetAttempt(),
+			e.GetReason(), strings.Join(e.GetRecipients(), ","), "retry", rs.GetRetryId())
+		if e.Attributes == nil {
+			e.Attributes = map[string]string{}
+		}
+		e.Attributes["retry"] = fmt.Sprint(rs.GetRetry())
+		e.Attributes["retry_id"] = rs.GetRetryId()
+		e.Attributes["requested_by"] = rs.GetRequestedBy()
+	}
 }
 
 // Reroute plans a delivery again after its relay failed or was exhausted
