@@ -287,7 +287,7 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 
 	// Relays: status and usage, then a connection test in the server's words.
 	b.do("open the relays", chromedp.Navigate(base+"/relays"), chromedp.WaitVisible(chromedp.CSS("#relay-acme-relay")))
-	mustContain(t, "the relay card", b.text("#relay-acme-relay"), "active", "Today:", "Last failures", "nobody@example.net")
+	mustContain(t, "the relay card", b.text("#relay-acme-relay"), "active", "Today: 1", "nobody@example.net", "550 5.1.1")
 	b.shot("08-relays")
 	b.do("test the relay", chromedp.Click(chromedp.CSS("#relay-acme-relay .test-relay")), chromedp.WaitVisible(chromedp.CSS("#test-result")))
 	result := b.text("#test-result")
