@@ -1,0 +1,226 @@
+package stack_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
+	"github.com/mailbus/mailbus/pkg/testkit"
+)
+
+const (
+	acmeAdminToken = "console-test-acme-admin-token"
+	aliceToken     = "console-test-acme-alice-token"
+)
+
+// withTenantsAndTokens adds a second tenant and two tokens to the test
+// seed: acme's administrator and acme's user u-alice.
+func withTenantsAndTokens(t *testing.T, seedFile string) {
+	t.Helper()
+	b, err := os.ReadFile(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := strings.Replace(string(b), "default_server:\n", `  - id: globex
+    name: Globex
+    time_zone: UTC
+    default_from: noreply
+    domain_alias: globex.example
+    bounce_domain: bounce.globex.example
+    domains:
+      - id: globex-example
+        name: globex.example
+        return_path: from
+default_server:
+`, 1)
+	seed += `tokens:
+  - token: ` + acmeAdminToken + `
+    role: tenant_admin
+    tenant_id: acme
+    name: acme-admin
+  - token: ` + aliceToken + `
+    role: user
+    tenant_id: acme
+    user_id: u-alice
+    name: alice
+`
+	if !strings.Contains(seed, "id: globex") {
+		t.Fatalf("the seed changed shape; cannot add a tenant to:\n%s", b)
+	}
+	if err := os.WriteFile(seedFile, []byte(seed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// consoleClient is a browser without the browser: a cookie jar and forms.
+type consoleClient struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func newConsoleClient(t *testing.T, base string) *consoleClient {
+	jar, _ := cookiejar.New(nil)
+	return &consoleClient{t: t, base: base, c: &http.Client{Jar: jar}}
+}
+
+func (c *consoleClient) get(path string) (int, string) {
+	c.t.Helper()
+	resp, err := c.c.Get(c.base + path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (c *consoleClient) post(path string, form url.Values) (int, string) {
+	c.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, c.base+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", c.base)
+	resp, err := c.c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+var csrfInput = regexp.MustCompile(`name="_csrf" value="([^"]+)"`)
+
+// csrf is the CSRF token of the signed-in session, read from a page.
+func (c *consoleClient) csrf() string {
+	c.t.Helper()
+	_, body := c.get("/webhooks")
+	m := csrfInput.FindStringSubmatch(body)
+	if m == nil {
+		c.t.Fatalf("no CSRF token on the page:\n%s", body)
+	}
+	return m[1]
+}
+
+func (c *consoleClient) signIn(token string) {
+	c.t.Helper()
+	code, body := c.post("/signin", url.Values{"token": {token}, "next": {"/"}})
+	if code != http.StatusOK || !strings.Contains(body, "Sign out") {
+		c.t.Fatalf("sign in with a valid token: %d\n%s", code, body)
+	}
+}
+
+// TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee signs in to the
+// console with a tenant administrator's token and with a user's, and
+// checks that the console shows what MessageService lets each see and
+// nothing else: the tenant's messages but not another tenant's, the
+// user's own messages but not a colleague's. It also checks that a token
+// the services refuse does not sign in, and that a form without the
+// session's CSRF token changes nothing.
+func TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee(t *testing.T) {
+	p := startPipeline(t, nil, func(o *stack.Options) { withTenantsAndTokens(t, o.SeedFile) })
+	pub, err := bus.NewPublisher(testkit.BusConfig(p.Brokers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	send := func(tenant, user, from, idem, subject string) string {
+		sub := &mailbusv1.Submission{
+			IdempotencyId: idem, TenantId: tenant, UserId: user, Kind: mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+			From: &mailbusv1.Address{Email: from}, To: []*mailbusv1.Address{{Email: "rcpt@example.net"}},
+			Subject: subject, TextBody: "Hello",
+		}
+		if err := bus.Publish(pub, bus.TopicSubmit, sub, message.Metadata{}); err != nil {
+			t.Fatal(err)
+		}
+		return ids.MessageID(tenant, idem)
+	}
+	alice := send("acme", "u-alice", "alice@acme.example", "auth-alice", "Subject of Alice")
+	bob := send("acme", "u-bob", "bob@acme.example", "auth-bob", "Subject of Bob")
+	globex := send("globex", "u-gina", "gina@globex.example", "auth-globex", "Subject of Globex")
+	for _, id := range []string{alice, bob, globex} {
+		p.waitMessage(t, id, hasStatus(mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT))
+	}
+
+	t.Run("a token the services refuse does not sign in", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		code, body := c.post("/signin", url.Values{"token": {"not-a-token-anybody-has"}})
+		if code != http.StatusUnauthorized || !strings.Contains(body, "did not accept this token") {
+			t.Fatalf("sign in with an unknown token: %d\n%s", code, body)
+		}
+		if code, _ := c.get("/messages"); code != http.StatusOK {
+			t.Fatalf("GET /messages: %d", code)
+		}
+		if _, body := c.get("/messages"); !strings.Contains(body, `id="token"`) {
+			t.Fatal("the console shows messages without a sign-in")
+		}
+	})
+
+	t.Run("a tenant administrator sees the tenant, not another", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(acmeAdminToken)
+		_, body := c.get("/messages?tenant=globex")
+		if !strings.Contains(body, "Subject of Alice") || !strings.Contains(body, "Subject of Bob") {
+			t.Fatalf("acme's administrator does not see acme's messages:\n%s", body)
+		}
+		if strings.Contains(body, "Subject of Globex") || strings.Contains(body, "Globex") {
+			t.Fatalf("acme's administrator sees globex:\n%s", body)
+		}
+		code, body := c.get("/messages/" + globex)
+		if code != http.StatusNotFound || strings.Contains(body, "Subject of Globex") {
+			t.Fatalf("acme's administrator opened globex's message: %d\n%s", code, body)
+		}
+		_, body = c.get("/suppressions?tenant=globex")
+		if strings.Contains(body, "Globex") {
+			t.Fatalf("acme's administrator reached globex's suppression list:\n%s", body)
+		}
+	})
+
+	t.Run("a user sees their own messages only", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(aliceToken)
+		_, body := c.get("/messages")
+		if !strings.Contains(body, "Subject of Alice") || strings.Contains(body, "Subject of Bob") || strings.Contains(body, "Subject of Globex") {
+			t.Fatalf("alice's message list is not hers alone:\n%s", body)
+		}
+		if code, body := c.get("/messages/" + bob); code != http.StatusNotFound || strings.Contains(body, "Subject of Bob") {
+			t.Fatalf("alice opened bob's message: %d\n%s", code, body)
+		}
+		// A user may not change the suppression list: the service refuses,
+		// and the console says so.
+		code, body := c.post("/suppressions/add", url.Values{"_csrf": {c.csrf()}, "address": {"x@example.net"}})
+		if code != http.StatusOK || !strings.Contains(body, "Could not add x@example.net") || !strings.Contains(body, "may not change the suppression list") {
+			t.Fatalf("alice's suppression: %d\n%s", code, body)
+		}
+	})
+
+	t.Run("a form without the session's CSRF token changes nothing", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(acmeAdminToken)
+		for _, form := range []url.Values{
+			{"address": {"csrf@example.net"}},
+			{"address": {"csrf@example.net"}, "_csrf": {"forged"}},
+		} {
+			if code, _ := c.post("/suppressions/add", form); code != http.StatusForbidden {
+				t.Fatalf("POST without a valid CSRF token: %d, want 403", code)
+			}
+		}
+		resp, err := mailbusv1.NewSuppressionServiceClient(p.conn(t)).ListSuppressions(context.Background(),
+			&mailbusv1.ListSuppressionsRequest{TenantId: "acme", Addresses: []string{"csrf@example.net"}})
+		if err != nil || len(resp.GetSuppressions()) != 0 {
+			t.Fatalf("a forged form added a suppression: %v %v", resp, err)
+		}
+	})
+}
