@@ -34,10 +34,22 @@ type relayRow struct {
 	Failures []*relayFailure
 }
 
+// relayFailure is one thing that went wrong on a relay: a recipient it
+// refused or deferred, or an attempt that failed on the relay itself
+// (connection, TLS, authentication) and fell back.
 type relayFailure struct {
 	MessageID string
-	Recipient *mailbusv1.RecipientState
+	Who       string
+	Status    mailbusv1.DeliveryStatus
+	Reason    string
+	// Words are the server's reply, or the error when there was none.
+	Words string
+	When  time.Time
 }
+
+// historyScan is how many of today's newest messages the relays page
+// reads the history of, for relay failures.
+const historyScan = 50
 
 type relaysData struct {
 	Rows    []*relayRow
@@ -75,7 +87,11 @@ func (q *req) relays() error {
 		data.Rows = append(data.Rows, row)
 		// The router mails the tenant's administrators once per relay and
 		// day when a relay is disabled; the notice's message id derives
-		// from the relay and the day, so finding it finds the state.
+		// from the relay and the day, so finding it finds the state. (The
+		// id is the router's plan.RelayDisabledIdempotencyID, which is
+		// internal to it; TestConsole_showsARelayDisabledAfterThreeFailures
+		// keeps the two in step.) A tenant without admin_emails gets no
+		// notice, and the page cannot tell.
 		day := limits.DayKey(now, loc)
 		notice := ids.MessageID(tenant.GetId(), "relay-disabled/"+r.GetId()+"/"+day)
 		if _, err := q.s.api.Messages.GetMessage(ctx, &mailbusv1.GetMessageRequest{Id: notice}); err == nil {
@@ -102,17 +118,38 @@ func (q *req) relays() error {
 				row.SentToday++
 			case mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED, mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED,
 				mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED:
-				row.Failures = append(row.Failures, &relayFailure{MessageID: m.GetId(), Recipient: rc})
+				row.Failures = append(row.Failures, &relayFailure{
+					MessageID: m.GetId(), Who: rc.GetAddress(), Status: rc.GetStatus(), Reason: rc.GetReason(),
+					Words: orDash(replyText(rc.GetReply()), rc.GetDetail()), When: rc.GetUpdateTime().AsTime(),
+				})
 			}
+		}
+	}
+	// A failure of the relay itself (refused connection, TLS, AUTH) sends
+	// the delivery elsewhere, so the recipient's state no longer names the
+	// relay: it is in the message's history. The newest messages' histories
+	// are read for it.
+	for _, m := range msgs[:min(len(msgs), historyScan)] {
+		full, err := q.s.api.Messages.GetMessage(ctx, &mailbusv1.GetMessageRequest{Id: m.GetId()})
+		if err != nil {
+			continue
+		}
+		for _, ev := range full.GetMessage().GetHistory() {
+			row := byID[ev.GetRelayId()]
+			if row == nil || ev.GetReason() != "relay_failed" {
+				continue
+			}
+			row.Failures = append(row.Failures, &relayFailure{
+				MessageID: m.GetId(), Who: strings.Join(ev.GetRecipients(), ", "), Status: ev.GetStatus(), Reason: ev.GetReason(),
+				Words: orDash(replyText(ev.GetReply()), ev.GetDetail()), When: ev.GetOccurTime().AsTime(),
+			})
 		}
 	}
 	for _, row := range data.Rows {
 		if l := row.Relay.GetDailyLimit(); l > 0 {
 			row.UsagePercent = int(min(100, row.SentToday*100/l))
 		}
-		sort.Slice(row.Failures, func(i, j int) bool {
-			return row.Failures[i].Recipient.GetUpdateTime().AsTime().After(row.Failures[j].Recipient.GetUpdateTime().AsTime())
-		})
+		sort.Slice(row.Failures, func(i, j int) bool { return row.Failures[i].When.After(row.Failures[j].When) })
 		if len(row.Failures) > 3 {
 			row.Failures = row.Failures[:3]
 		}

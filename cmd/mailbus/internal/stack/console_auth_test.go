@@ -3,13 +3,16 @@ package stack_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -17,6 +20,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
+	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/testkit"
 )
 
@@ -223,4 +227,62 @@ func TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee(t *testing.T) {
 			t.Fatalf("a forged form added a suppression: %v %v", resp, err)
 		}
 	})
+}
+
+// TestConsole_showsARelayDisabledAfterThreeFailures points
+// acme's relay at a port where nothing listens, so that every
+// delivery fails on it and falls back to the default server. After the
+// third failure the pipeline disables the relay for the rest of the
+// tenant's day and mails the administrators; the relays page must say so,
+// with the day's end, and show the failures in the error's own words.
+func TestConsole_showsARelayDisabledAfterThreeFailures(t *testing.T) {
+	dead := freePort(t)
+	p := startPipeline(t, nil, func(o *stack.Options) {
+		b, err := os.ReadFile(o.SeedFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed := regexp.MustCompile(`(?m)^        port: \d+$`).ReplaceAllString(string(b), "        port: "+dead)
+		seed = strings.Replace(seed, "    time_zone: Europe/Berlin\n", "    time_zone: Europe/Berlin\n    admin_emails: [ops@acme.example]\n", 1)
+		if err := os.WriteFile(o.SeedFile, []byte(seed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for i := range 4 {
+		id := submit(t, p, "disable-"+strconv.Itoa(i), "carol@example.net")
+		// Each one still leaves, through the default server.
+		p.waitMessage(t, id, hasStatus(mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT))
+	}
+	c := newConsoleClient(t, p.ConsoleURL)
+	c.signIn(p.AdminToken)
+	var body string
+	deadline := time.Now().Add(stack.WaitTimeout)
+	for {
+		_, body = c.get("/relays")
+		if strings.Contains(body, "disabled until") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	loc, _ := time.LoadLocation("Europe/Berlin")
+	midnight := limits.NextMidnight(time.Now(), loc).UTC().Format("2006-01-02 15:04")
+	if !strings.Contains(body, "disabled until "+midnight) {
+		t.Fatalf("the relays page does not show the relay disabled until %s UTC:\n%s", midnight, body)
+	}
+	// The failures were the relay's own, not a recipient's: they are in
+	// the messages' histories, in the words of the connection's error.
+	if !strings.Contains(body, "relay failed") || !strings.Contains(body, "connection refused") {
+		t.Fatalf("the relays page does not show the relay's last failures:\n%s", body)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	return port
 }
