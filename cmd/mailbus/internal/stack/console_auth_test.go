@@ -131,8 +131,10 @@ func (c *consoleClient) signIn(token string) {
 // checks that the console shows what MessageService lets each see and
 // nothing else: the tenant's messages but not another tenant's, the
 // user's own messages but not a colleague's. It also checks that a token
-// the services refuse does not sign in, and that a form without the
-// session's CSRF token changes nothing.
+// the services refuse does not sign in, that a form without the session's
+// CSRF token changes nothing, and, as the tenant's administrator, creating
+// a relay (refused first with the API's message), exporting the
+// suppression list as CSV and filtering the log by time, status and sender.
 func TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee(t *testing.T) {
 	p := startPipeline(t, nil, func(o *stack.Options) { withTenantsAndTokens(t, o.SeedFile) })
 	pub, err := bus.NewPublisher(testkit.BusConfig(p.Brokers), nil)
@@ -207,6 +209,64 @@ func TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee(t *testing.T) {
 		code, body := c.post("/suppressions/add", url.Values{"_csrf": {c.csrf()}, "address": {"x@example.net"}})
 		if code != http.StatusOK || !strings.Contains(body, "Could not add x@example.net") || !strings.Contains(body, "may not change the suppression list") {
 			t.Fatalf("alice's suppression: %d\n%s", code, body)
+		}
+	})
+
+	t.Run("a tenant administrator creates a relay, refused first with the API's words", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(acmeAdminToken)
+		form := url.Values{"_csrf": {c.csrf()}, "id": {"console-made"}, "name": {"Made in the console"}, "host": {"smtp.acme.example"},
+			"port": {"99999"}, "security": {"RELAY_SECURITY_STARTTLS"}, "auth_mechanism": {"AUTH_MECHANISM_NONE"},
+			"priority": {"20"}, "daily_limit": {"500"}, "domains": {"acme.example"}, "kinds": {"EMAIL_KIND_MASS"}, "active": {"on"}}
+		code, body := c.post("/relays/new", form)
+		if code != http.StatusUnprocessableEntity || !strings.Contains(body, "relay.port: must be 1-65535, got 99999") {
+			t.Fatalf("a bad port: %d\n%s", code, body)
+		}
+		form.Set("port", "587")
+		code, body = c.post("/relays/new", form)
+		if code != http.StatusOK || !strings.Contains(body, "Relay Made in the console saved.") || !strings.Contains(body, `id="relay-console-made"`) {
+			t.Fatalf("a good relay: %d\n%s", code, body)
+		}
+		got, err := mailbusv1.NewConfigServiceClient(p.conn(t)).GetRelay(context.Background(), &mailbusv1.GetRelayRequest{Id: "console-made"})
+		if err != nil || got.GetRelay().GetTenantId() != "acme" || got.GetRelay().GetPort() != 587 || got.GetRelay().GetDailyLimit() != 500 ||
+			len(got.GetRelay().GetKinds()) != 1 || got.GetRelay().GetKinds()[0] != mailbusv1.EmailKind_EMAIL_KIND_MASS {
+			t.Fatalf("the relay the console made: %v, %v", got.GetRelay(), err)
+		}
+	})
+
+	t.Run("the suppression list exports as CSV", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(acmeAdminToken)
+		for _, a := range []string{"csv-one@example.net", "csv-two@example.net"} {
+			if code, body := c.post("/suppressions/add", url.Values{"_csrf": {c.csrf()}, "address": {a}, "reason": {"=cmd()"}}); !strings.Contains(body, "Added "+a) {
+				t.Fatalf("add %s: %d\n%s", a, code, body)
+			}
+		}
+		resp, err := c.c.Get(p.ConsoleURL + "/suppressions.csv?q=csv-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/csv") || len(lines) != 3 ||
+			lines[0] != "address,reason,source,detail,added" || !strings.HasPrefix(lines[1], "csv-one@example.net,'=cmd(),api,") {
+			t.Fatalf("CSV export (%s):\n%s", ct, b)
+		}
+	})
+
+	t.Run("the message search filters by time and status", func(t *testing.T) {
+		c := newConsoleClient(t, p.ConsoleURL)
+		c.signIn(acmeAdminToken)
+		future := time.Now().UTC().Add(time.Hour).Format("2006-01-02T15:04")
+		if _, body := c.get("/messages?from=" + future); strings.Contains(body, "Subject of Alice") || !strings.Contains(body, "No message matches.") {
+			t.Fatalf("messages after %s:\n%s", future, body)
+		}
+		if _, body := c.get("/messages?status=bounced"); strings.Contains(body, "Subject of Alice") {
+			t.Fatalf("bounced messages show a sent one:\n%s", body)
+		}
+		if _, body := c.get("/messages?sender=alice%40acme&status=sent"); !strings.Contains(body, "Subject of Alice") || strings.Contains(body, "Subject of Bob") {
+			t.Fatalf("sent messages from alice:\n%s", body)
 		}
 	})
 
