@@ -169,6 +169,7 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("GET /relays", s.authed((*req).relays))
 	mux.Handle("GET /relays/new", s.authed((*req).relayForm))
 	mux.Handle("POST /relays/new", s.authed((*req).relaySave))
+	mux.Handle("POST /relays/new/test", s.authed((*req).relayTestInline))
 	mux.Handle("GET /relays/{id}", s.authed((*req).relayForm))
 	mux.Handle("POST /relays/{id}", s.authed((*req).relaySave))
 	mux.Handle("POST /relays/{id}/test", s.authed((*req).relayTest))

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -166,6 +167,8 @@ type relayFormData struct {
 	Test    *mailbusv1.TestRelayResponse
 	TestErr *apiError
 	SendTo  string
+	// Inline says the test was of the form's settings, not the stored relay.
+	Inline bool
 }
 
 var allKinds = []mailbusv1.EmailKind{
@@ -305,5 +308,38 @@ func (q *req) relayTest() error {
 	}
 	d.TestErr = toAPIError(err)
 	q.render(http.StatusOK, "relay", "Relay "+d.Relay.GetName(), "relays", d, nil)
+	return nil
+}
+
+// relayTestInline tests the settings in the relay form before they are
+// saved. The config service uses the secrets typed into the form, never
+// stored ones (which would otherwise go to a host of the caller's
+// choosing), so an edited relay's password must be typed again to test
+// AUTH. The form comes back with its values and the steps; secrets are
+// never echoed.
+func (q *req) relayTestInline() error {
+	_, tenant, err := q.tenants()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(q.r.Context(), 2*time.Minute)
+	defer cancel()
+	ctx = outgoing(ctx, q.ss)
+	editing := strings.TrimSpace(q.r.PostFormValue("editing"))
+	rl := relayFromForm(q.r, tenant.GetId())
+	if editing != "" {
+		rl.Id = editing
+	}
+	d := relayFormData{New: editing == "", Kinds: allKinds, Domains: q.tenantDomains(ctx, tenant.GetId()), Inline: true}
+	test := proto.Clone(rl).(*mailbusv1.Relay)
+	test.Id = ""
+	d.Test, err = q.s.api.Config.TestRelay(ctx, &mailbusv1.TestRelayRequest{Relay: test})
+	if status.Code(err) == codes.Unauthenticated {
+		return err
+	}
+	d.TestErr = toAPIError(err)
+	rl.Auth.Password, rl.Auth.OauthToken = "", ""
+	d.Relay = rl
+	q.render(http.StatusOK, "relay", "Relay", "relays", d, nil)
 	return nil
 }

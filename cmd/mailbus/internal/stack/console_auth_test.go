@@ -218,7 +218,23 @@ func TestConsole_showsEachPersonOnlyWhatTheirTokenMaySee(t *testing.T) {
 		form := url.Values{"_csrf": {c.csrf()}, "id": {"console-made"}, "name": {"Made in the console"}, "host": {"smtp.acme.example"},
 			"port": {"99999"}, "security": {"RELAY_SECURITY_STARTTLS"}, "auth_mechanism": {"AUTH_MECHANISM_NONE"},
 			"priority": {"20"}, "daily_limit": {"500"}, "domains": {"acme.example"}, "kinds": {"EMAIL_KIND_MASS"}, "active": {"on"}}
-		code, body := c.post("/relays/new", form)
+		// Test the settings before saving them: the project's SMTP test
+		// server answers in its own words.
+		trial := url.Values{}
+		for k, v := range form {
+			trial[k] = v
+		}
+		trial.Set("host", "127.0.0.1")
+		trial.Set("port", strconv.Itoa(p.smtp.Port()))
+		trial.Set("security", "RELAY_SECURITY_NONE")
+		code, body := c.post("/relays/new/test", trial)
+		if code != http.StatusOK || !strings.Contains(body, "not saved yet: passed") || !strings.Contains(body, "ESMTP Service Ready") {
+			t.Fatalf("testing the settings before saving: %d\n%s", code, body)
+		}
+		if _, err := mailbusv1.NewConfigServiceClient(p.conn(t)).GetRelay(context.Background(), &mailbusv1.GetRelayRequest{Id: "console-made"}); err == nil {
+			t.Fatal("testing the settings saved the relay")
+		}
+		code, body = c.post("/relays/new", form)
 		if code != http.StatusUnprocessableEntity || !strings.Contains(body, "relay.port: must be 1-65535, got 99999") {
 			t.Fatalf("a bad port: %d\n%s", code, body)
 		}
