@@ -155,7 +155,9 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 			testkit.SMTPReplyToRcpt("later@example.net", testkit.SMTPReply{Code: 451, Enhanced: "4.2.0", Text: "greylisted, come back later"}),
 		))
 	dir := t.TempDir()
-	dev := startDevProcess(t, dir, writeSeed(t, dir, srv.Port()), 4)
+	seed := writeSeed(t, dir, srv.Port())
+	withDailyLimits(t, seed) // the relay's card shows its usage against one
+	dev := startDevProcess(t, dir, seed, 4)
 	if !strings.HasPrefix(dev.consoleURL, "http://127.0.0.1:") {
 		t.Fatalf("the ready line of mailbus dev names no console address (console=%q)", dev.consoleURL)
 	}
@@ -287,7 +289,7 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 
 	// Relays: status and usage, then a connection test in the server's words.
 	b.do("open the relays", chromedp.Navigate(base+"/relays"), chromedp.WaitVisible(chromedp.CSS("#relay-acme-relay")))
-	mustContain(t, "the relay card", b.text("#relay-acme-relay"), "active", "Today: 1", "nobody@example.net", "550 5.1.1")
+	mustContain(t, "the relay card", b.text("#relay-acme-relay"), "active", "Today: 1 of 1000", "nobody@example.net", "550 5.1.1")
 	b.shot("08-relays")
 	b.do("test the relay", chromedp.Click(chromedp.CSS("#relay-acme-relay .test-relay")), chromedp.WaitVisible(chromedp.CSS("#test-result")))
 	result := b.text("#test-result")
