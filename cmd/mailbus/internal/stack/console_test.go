@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -344,7 +345,10 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 	if look() != 1 {
 		t.Fatalf("the console said it added %s, but SuppressionService does not have it", addr)
 	}
-	b.do("remove it", chromedp.Click(chromedp.CSS(`button.remove[data-address="`+addr+`"]`)), chromedp.WaitVisible(chromedp.CSS("#flash")))
+	// From a page without a notice, so that the one waited for is new.
+	b.do("remove it", chromedp.Navigate(base+"/suppressions?q="+url.QueryEscape(addr)),
+		chromedp.WaitVisible(chromedp.CSS(`button.remove[data-address="`+addr+`"]`)),
+		chromedp.Click(chromedp.CSS(`button.remove[data-address="`+addr+`"]`)), chromedp.WaitVisible(chromedp.CSS("#flash")))
 	mustContain(t, "the notice after removing", b.text("#flash"), "Removed "+addr)
 	b.shot("13-suppression-removed")
 	if look() != 0 {
