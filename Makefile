@@ -13,7 +13,7 @@ KUSTOMIZE_VERSION          := v5.8.1
 
 BIN     := $(CURDIR)/bin
 MODULES := pkg services/config services/router services/quota services/signer \
-           services/sender services/bounce services/tracker cmd/mailbus
+           services/sender services/bounce services/tracker services/console cmd/mailbus
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 export PATH := $(BIN):$(PATH)
 
@@ -37,14 +37,14 @@ $(BIN)/kustomize:
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/kustomize ## install pinned tools into ./bin
 
 .PHONY: run
-run: ## run the whole pipeline in one process on embedded parts (mailbus dev)
+run: ## run the whole pipeline in one process on embedded parts (mailbus dev); the ready line names the console's address
 	go run ./cmd/mailbus dev --data ./.mailbus --config deploy/mailbus.example.yaml
 
 .PHONY: build
 build: ## build every service and the mailbus CLI into ./bin
 	go build -o $(BIN)/ ./cmd/mailbus ./services/config/cmd/config ./services/router/cmd/router \
 		./services/quota/cmd/quota ./services/signer/cmd/signer ./services/sender/cmd/sender \
-		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker
+		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker ./services/console/cmd/console
 
 .PHONY: proto
 proto: tools ## regenerate pkg/gen from proto/ with buf

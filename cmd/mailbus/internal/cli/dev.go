@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -53,8 +54,9 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 			if o.AdminAddr != "" {
 				admin = " metrics=http://" + o.AdminAddr + "/metrics"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "mailbus dev ready kafka=%s grpc=%s%s bounce-smtp=%s redis=%s%s data=%s\n",
-				strings.Join(st.Brokers, ","), st.GRPCAddr, web, st.BounceAddr, st.RedisAddr, admin, o.DataDir)
+			fmt.Fprintf(cmd.OutOrStdout(), "mailbus dev ready console=%s kafka=%s grpc=%s%s bounce-smtp=%s redis=%s%s data=%s\n",
+				st.ConsoleURL, strings.Join(st.Brokers, ","), st.GRPCAddr, web, st.BounceAddr, st.RedisAddr, admin, o.DataDir)
+			fmt.Fprintf(cmd.OutOrStdout(), "console: open %s and sign in with the token in %s\n", st.ConsoleURL, filepath.Join(o.DataDir, "admin.token"))
 			fmt.Fprintf(cmd.OutOrStdout(), "try: go run ./cmd/mailbus send --from alice@acme.example --to bob@example.net --subject hello --text 'Hello Bob'\n")
 			select {
 			case <-cmd.Context().Done():
@@ -74,6 +76,7 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 	f.StringVar(&o.SMTPAddr, "smtp-addr", "127.0.0.1:1025", "mail catcher SMTP address")
 	f.StringVar(&o.WebAddr, "web-addr", "127.0.0.1:8025", "mail catcher web page address")
 	f.StringVar(&o.BounceAddr, "bounce-addr", "127.0.0.1:2525", "bounce listener SMTP address (mail to the tenants' bounce domains)")
+	f.StringVar(&o.ConsoleAddr, "console-addr", "127.0.0.1:8080", "admin web console address")
 	f.StringVar(&o.AdminAddr, "admin-addr", "127.0.0.1:9090", "metrics and health address (empty disables)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

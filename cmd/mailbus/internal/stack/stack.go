@@ -37,6 +37,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/suppress"
 	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/config"
+	"github.com/mailbus/mailbus/services/console"
 	"github.com/mailbus/mailbus/services/quota"
 	"github.com/mailbus/mailbus/services/router"
 	"github.com/mailbus/mailbus/services/sender"
@@ -68,6 +69,9 @@ type Options struct {
 	UnsubscribeAddr string
 	// AdminAddr serves /metrics, /healthz, /readyz; empty disables it.
 	AdminAddr string
+	// ConsoleAddr is the admin web console. Empty picks a free loopback
+	// port, like BounceAddr; mailbus dev passes 127.0.0.1:8080.
+	ConsoleAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
 	NoCatcher bool
 	// ConfigDatabaseURL and TrackerDatabaseURL default to SQLite files in
@@ -106,6 +110,8 @@ type Stack struct {
 	// UnsubscribeURL is the base of the one-click unsubscribe links the
 	// router writes into mass mail.
 	UnsubscribeURL string
+	// ConsoleURL is the admin web console, http://host:port.
+	ConsoleURL string
 	// Suppressions is the tenants' suppression lists.
 	Suppressions *suppress.Store
 	// AdminToken is an admin API token (also written to DataDir/admin.token).
@@ -349,6 +355,19 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeRtr)
+	// The console calls the one gRPC server as whoever signed in to it,
+	// as it calls the three services in production.
+	con, closeCon, err := console.NewApplication(ctx, console.Config{Addr: orDefault(o.ConsoleAddr, "127.0.0.1:0")},
+		console.Endpoints{Config: s.GRPCAddr, Messages: s.GRPCAddr, Suppressions: s.GRPCAddr}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeCon)
+	caddr, err := con.Listen()
+	if err != nil {
+		return nil, err
+	}
+	s.ConsoleURL = "http://" + caddr.String()
 
 	s.goRun("router", rtr.Run)
 	s.goRun("quota", qta.Run)
@@ -356,6 +375,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
 	s.goRun("bounce", bnc.Run)
+	s.goRun("console", con.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
 		h.SetReady(true)
