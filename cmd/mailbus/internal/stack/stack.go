@@ -42,6 +42,7 @@ import (
 	"github.com/mailbus/mailbus/services/sender"
 	"github.com/mailbus/mailbus/services/signer"
 	"github.com/mailbus/mailbus/services/tracker"
+	"github.com/mailbus/mailbus/services/webhook"
 )
 
 // Options configure the stack. Empty addresses pick the defaults of
@@ -67,10 +68,11 @@ type Options struct {
 	AdminAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
 	NoCatcher bool
-	// ConfigDatabaseURL and TrackerDatabaseURL default to SQLite files in
-	// DataDir.
+	// ConfigDatabaseURL, TrackerDatabaseURL and WebhookDatabaseURL default
+	// to SQLite files in DataDir.
 	ConfigDatabaseURL  string
 	TrackerDatabaseURL string
+	WebhookDatabaseURL string
 	// MaxMessageBytes bounds a built message; 0 means 25 MiB. The Kafka
 	// record limit of every stage derives from it (bus.RecordLimit) unless
 	// TuneBus sets one.
@@ -237,9 +239,19 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeTrk)
+	// Development: endpoints may be http:// (a receiver on the laptop).
+	whk, closeWhk, err := webhook.NewApplication(ctx, webhook.Config{
+		Bus: busCfg, DatabaseURL: orDefault(o.WebhookDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "webhook.db")),
+		AllowHTTP: true,
+	}, infra.Infra{Log: o.Log, Metrics: o.Metrics, Sealer: sealer})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeWhk)
 	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
 	cfgSvc.Register(gsrv)
 	trk.Register(gsrv)
+	whk.Register(gsrv)
 	// SuppressionService shares the config server's authentication.
 	s.Suppressions = suppress.New(rdb)
 	mailbusv1.RegisterSuppressionServiceServer(gsrv, bouncesvc.NewSuppressionServer(s.Suppressions, o.Log))
@@ -334,6 +346,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	s.goRun("signer", sgn.Run)
 	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
+	s.goRun("webhook", whk.Run)
 	s.goRun("bounce", bnc.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
