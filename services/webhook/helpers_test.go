@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -46,7 +47,27 @@ type harness struct {
 	addr string
 }
 
+// sqliteURL is a fresh SQLite store in the test's temporary directory.
+func sqliteURL(t *testing.T) string {
+	return "sqlite://" + filepath.Join(t.TempDir(), "webhook.db")
+}
+
+// postgresOrSQLite is a fresh PostgreSQL schema when DATABASE_URL is set
+// (CI sets it), and SQLite otherwise. The large tests use it: the outbox
+// contract runs on both anyway, and SQLite's engine (pure Go) costs many
+// times more CPU under the race detector than a PostgreSQL server does.
+func postgresOrSQLite(t *testing.T) string {
+	if os.Getenv("DATABASE_URL") != "" {
+		return testkit.Postgres(t)
+	}
+	return sqliteURL(t)
+}
+
 func newHarness(t *testing.T, cfg webhook.Config) *harness {
+	return newHarnessOn(t, cfg, sqliteURL(t))
+}
+
+func newHarnessOn(t *testing.T, cfg webhook.Config, dbURL string) *harness {
 	t.Helper()
 	key, err := seal.GenerateKey()
 	if err != nil {
@@ -68,7 +89,7 @@ func newHarness(t *testing.T, cfg webhook.Config) *harness {
 	t.Cleanup(broker.Close)
 	cfg.Bus = testkit.BusConfig(broker.Addrs())
 	cfg.AllowHTTP = true
-	h := &harness{t: t, bus: cfg.Bus, dbURL: "sqlite://" + filepath.Join(t.TempDir(), "webhook.db"), sealer: sealer, cfg: cfg}
+	h := &harness{t: t, bus: cfg.Bus, dbURL: dbURL, sealer: sealer, cfg: cfg}
 	h.start()
 	t.Cleanup(h.shutdown)
 	return h
@@ -216,12 +237,12 @@ type received struct {
 	eventType          string
 }
 
-// receiver is a real HTTP server on loopback that answers in turns:
-// of every ten requests to a path, one gets 503, one hangs until the
+// receiver is a real HTTP server on loopback that answers in turns: of
+// every twenty requests to a path, one gets 503, one hangs until the
 // client gives up, one is processed but answered after the client gave up
 // (so it comes again: a duplicate), one has its connection closed without
-// an answer, and six are accepted with 204. Paths in dead hang on every
-// request.
+// an answer, and sixteen are accepted with 204. Paths in dead hang on
+// every request.
 type receiver struct {
 	srv  *httptest.Server
 	mu   sync.Mutex
@@ -265,7 +286,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	path := req.URL.Path
-	turn := r.n[path] % 10
+	turn := r.n[path] % 20
 	r.n[path]++
 	if r.dead[path] {
 		r.mu.Unlock()
@@ -288,17 +309,17 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 			sig: req.Header.Get("webhook-signature"), body: body, eventID: p.Data.EventID, messageID: p.Data.MessageID, eventType: p.Type})
 	}
 	switch turn {
-	case 2:
+	case 3:
 		r.mu.Unlock()
 		http.Error(w, "busy", http.StatusServiceUnavailable)
-	case 5:
+	case 8:
 		r.mu.Unlock()
 		hang()
-	case 8:
+	case 13:
 		record()
 		r.mu.Unlock()
 		hang()
-	case 9:
+	case 18:
 		r.mu.Unlock()
 		if hj, ok := w.(http.Hijacker); ok {
 			if c, _, err := hj.Hijack(); err == nil {

@@ -248,7 +248,8 @@ type Claimed struct {
 }
 
 // Claim leases up to limit ready due rows of an endpoint until now+lease,
-// longest due first.
+// longest due first. (ready = TRUE, not a bare ready: SQLite uses an index
+// column only in a comparison, and would scan and sort every due row.)
 func (s *Store) Claim(ctx context.Context, endpointID string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
 	var out []Claimed
 	err := s.write(func() error {
@@ -263,7 +264,7 @@ func (s *Store) claim(ctx context.Context, endpointID string, now time.Time, lea
 	rows, err := s.db.QueryContext(ctx, `UPDATE webhook_deliveries SET lease_ns = ?
 		WHERE seq IN (
 			SELECT seq FROM webhook_deliveries
-			WHERE endpoint_id = ? AND state = 0 AND ready AND next_ns <= ? AND lease_ns <= ?
+			WHERE endpoint_id = ? AND state = 0 AND ready = TRUE AND next_ns <= ? AND lease_ns <= ?
 			ORDER BY next_ns LIMIT ?)
 		  AND state = 0 AND lease_ns <= ?
 		RETURNING seq, webhook_id, endpoint_id, message_id, body, attempts, schedule_ns`,
