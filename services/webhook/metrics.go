@@ -10,6 +10,7 @@ type metrics struct {
 	dead       prometheus.Counter
 	latency    prometheus.Histogram
 	outbox     *prometheus.GaugeVec
+	unblocked  prometheus.Counter
 }
 
 func newMetrics() metrics {
@@ -39,6 +40,10 @@ func newMetrics() metrics {
 			Help:    "Duration of successful webhook POSTs.",
 			Buckets: prometheus.DefBuckets,
 		}),
+		unblocked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailbus_webhook_unblocked_total",
+			Help: "Outbox rows made ready by the periodic repair: enqueued while their message's previous event finished (PostgreSQL).",
+		}),
 		outbox: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mailbus_webhook_outbox",
 			Help: "Outbox rows by state (due, dead).",
@@ -47,5 +52,5 @@ func newMetrics() metrics {
 }
 
 func (m metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.events, m.enqueued, m.duplicates, m.attempts, m.dead, m.latency, m.outbox)
+	r.MustRegister(m.events, m.enqueued, m.duplicates, m.attempts, m.dead, m.latency, m.outbox, m.unblocked)
 }

@@ -386,8 +386,9 @@ func fill[T any](batch []T, ch <-chan T, max int, wait time.Duration) []T {
 	return batch
 }
 
-// maintain reloads endpoints, prunes delivered rows and updates the outbox
-// gauges until ctx ends.
+// maintain reloads endpoints, unblocks rows whose predecessor finished
+// while they were enqueued (see store.Unblock), prunes delivered rows and
+// updates the outbox gauges until ctx ends.
 func (s *Service) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.RefreshInterval)
 	defer t.Stop()
@@ -407,6 +408,20 @@ func (s *Service) maintain(ctx context.Context) {
 				s.log.Warn("prune delivered webhooks", "err", err)
 			} else if n > 0 {
 				s.log.Info("pruned delivered webhooks", "rows", n)
+			}
+		}
+		s.mu.Lock()
+		ids := make([]string, 0, len(s.endpoints))
+		for id := range s.endpoints {
+			ids = append(ids, id)
+		}
+		s.mu.Unlock()
+		for _, id := range ids {
+			if n, err := s.store.Unblock(ctx, id); err != nil {
+				s.log.Warn("unblock webhooks", "endpoint", id, "err", err)
+			} else if n > 0 {
+				s.m.unblocked.Add(float64(n))
+				s.wakeLanes([]store.Row{{EndpointID: id}})
 			}
 		}
 		if due, dead, err := s.store.Counts(ctx); err == nil {

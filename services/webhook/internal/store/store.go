@@ -352,6 +352,30 @@ func readyNext(ctx context.Context, tx *sqlstore.Tx, c Claimed) error {
 	return err
 }
 
+// Unblock makes ready the due rows of an endpoint that no earlier due row
+// of their message holds back, and returns how many it found. On
+// PostgreSQL an event can be enqueued (not ready: its predecessor is due)
+// while another transaction finishes the predecessor and, not seeing the
+// new row yet, readies nothing; this repairs that. (On SQLite the store's
+// writes are serialised and it finds nothing.)
+func (s *Store) Unblock(ctx context.Context, endpointID string) (int64, error) {
+	var n int64
+	err := s.write(func() error {
+		res, err := s.db.ExecContext(ctx, `UPDATE webhook_deliveries SET ready = TRUE
+			WHERE endpoint_id = ? AND state = 0 AND ready = FALSE
+			  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+			                  WHERE e.endpoint_id = webhook_deliveries.endpoint_id
+			                    AND e.message_id = webhook_deliveries.message_id
+			                    AND e.state = 0 AND e.seq < webhook_deliveries.seq)`, endpointID)
+		if err != nil {
+			return fmt.Errorf("unblock webhooks of endpoint %s: %w", endpointID, err)
+		}
+		n, _ = res.RowsAffected()
+		return nil
+	})
+	return n, err
+}
+
 // DeadLetter is a row that gave up.
 type DeadLetter struct {
 	Seq                                    int64
