@@ -235,6 +235,7 @@ type received struct {
 	body               []byte
 	eventID, messageID string
 	eventType          string
+	at                 time.Time
 }
 
 // receiver is a real HTTP server on loopback that answers in turns: of
@@ -306,7 +307,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		}
 		_ = json.Unmarshal(body, &p)
 		r.got = append(r.got, received{path: path, id: req.Header.Get("webhook-id"), ts: req.Header.Get("webhook-timestamp"),
-			sig: req.Header.Get("webhook-signature"), body: body, eventID: p.Data.EventID, messageID: p.Data.MessageID, eventType: p.Type})
+			sig: req.Header.Get("webhook-signature"), body: body, eventID: p.Data.EventID, messageID: p.Data.MessageID, eventType: p.Type, at: time.Now()})
 	}
 	switch turn {
 	case 3:
@@ -372,4 +373,10 @@ func describe(progress []func() string) string {
 		out += "; " + p()
 	}
 	return out
+}
+
+// hook is what the reference library verifies of a received webhook.
+func (g received) hook(secrets ...string) testkit.ReceivedWebhook {
+	return testkit.ReceivedWebhook{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: secrets,
+		ReceivedAt: float64(g.at.UnixNano()) / 1e9}
 }

@@ -145,7 +145,7 @@ func TestWebhook_deliversEveryEventSignedAndInOrderThroughAFailingReceiver(t *te
 			t.Fatalf("event %s came with webhook ids %s and %s", g.eventID, prev, g.id)
 		}
 		ids[g.eventID] = g.id
-		hooks = append(hooks, testkit.ReceivedWebhook{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: []string{secrets[g.path]}})
+		hooks = append(hooks, g.hook(secrets[g.path]))
 		key := g.path + " " + g.eventID
 		if seen[key] {
 			dups[g.path]++
@@ -247,7 +247,7 @@ func TestWebhook_deadLettersAreListedAndReplayed(t *testing.T) {
 		if !wantIDs[g.id] {
 			t.Fatalf("replayed webhook id %s is not a dead letter's", g.id)
 		}
-		hooks = append(hooks, testkit.ReceivedWebhook{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: []string{secret}})
+		hooks = append(hooks, g.hook(secret))
 	}
 	if v := testkit.VerifyStandardWebhooks(t, hooks); v.Verified != len(hooks) {
 		t.Fatalf("standardwebhooks verified %d of %d: %v", v.Verified, len(hooks), v.Failures)
@@ -284,7 +284,7 @@ func TestWebhook_rotatedSecretSignsWithBothSecretsDuringTheOverlap(t *testing.T)
 			if g.eventType != "message.bounced" || len(strings.Fields(g.sig)) != 1 {
 				t.Fatalf("bounces-only endpoint got %s signed %q", g.eventType, g.sig)
 			}
-			if v := testkit.VerifyStandardWebhooks(t, []testkit.ReceivedWebhook{{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: []string{bounceSecret}}}); v.Verified != 1 {
+			if v := testkit.VerifyStandardWebhooks(t, []testkit.ReceivedWebhook{g.hook(bounceSecret)}); v.Verified != 1 {
 				t.Fatalf("standardwebhooks: %+v", v)
 			}
 			continue
@@ -292,7 +292,7 @@ func TestWebhook_rotatedSecretSignsWithBothSecretsDuringTheOverlap(t *testing.T)
 		if n := len(strings.Fields(g.sig)); n != 2 {
 			t.Fatalf("%d signatures during the overlap: %q", n, g.sig)
 		}
-		hooks = append(hooks, testkit.ReceivedWebhook{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: []string{oldSecret, newSecret}})
+		hooks = append(hooks, g.hook(oldSecret, newSecret))
 	}
 	if v := testkit.VerifyStandardWebhooks(t, hooks); v.Verified != 2*len(hooks) {
 		t.Fatalf("standardwebhooks verified %d of %d: %v", v.Verified, 2*len(hooks), v.Failures)
