@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -379,4 +380,11 @@ func describe(progress []func() string) string {
 func (g received) hook(secrets ...string) testkit.ReceivedWebhook {
 	return testkit.ReceivedWebhook{ID: g.id, Timestamp: g.ts, Signature: g.sig, Body: string(g.body), Secrets: secrets,
 		ReceivedAt: float64(g.at.UnixNano()) / 1e9}
+}
+
+// requests returns how many requests each path got.
+func (r *receiver) requests() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.n)
 }

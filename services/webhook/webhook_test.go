@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -85,7 +86,7 @@ func TestWebhook_deliversEveryEventSignedAndInOrderThroughAFailingReceiver(t *te
 	progress := func() string {
 		rcv.mu.Lock()
 		defer rcv.mu.Unlock()
-		return fmt.Sprintf("requests %v", rcv.n)
+		return fmt.Sprintf("requests %v", maps.Clone(rcv.n))
 	}
 	waitFor(t, 5*time.Minute, "a third of the events", func() bool { return rcv.distinct("/all") >= len(acme)/3 }, progress)
 	h.restart()
@@ -166,7 +167,7 @@ func TestWebhook_deliversEveryEventSignedAndInOrderThroughAFailingReceiver(t *te
 		t.Fatalf("standardwebhooks verified %d of %d webhooks: %v", v.Verified, len(hooks), v.Failures)
 	}
 	t.Logf("%d events on %s in %s: %d webhooks received and verified by standardwebhooks (Python), 0 lost, order per message kept; duplicates (same webhook-id again) %v; requests per path %v",
-		len(acme), strings.SplitN(h.dbURL, ":", 2)[0], took.Round(time.Second), len(hooks), dups, rcv.n)
+		len(acme), strings.SplitN(h.dbURL, ":", 2)[0], took.Round(time.Second), len(hooks), dups, rcv.requests())
 
 	// The dead endpoint's events are still due, not lost: nothing gave up.
 	dl, err := h.client(adminToken).ListDeadLetters(context.Background(), &mailbusv1.ListDeadLettersRequest{})
