@@ -25,9 +25,11 @@
 // Order: a message's events reach an endpoint in the order they were
 // enqueued (the order of mail.events, which is keyed by message id): a row
 // is not posted while an earlier row of the same message to the same
-// endpoint is still due. Across messages there is no order. A dead letter
-// no longer holds the message's later events back, so a replayed dead
-// letter arrives after them.
+// endpoint is still due (on PostgreSQL, an event enqueued just as its
+// predecessor finished can wait up to RefreshInterval for the repair in
+// store.Unblock). Across messages there is no order. A dead letter no
+// longer holds the message's later events back, so a replayed dead letter
+// arrives after them.
 //
 // Duplicates: a timeout after the receiver processed the request, or a
 // crash between a 2xx and recording it, posts the event again with the
