@@ -13,7 +13,7 @@ KUSTOMIZE_VERSION          := v5.8.1
 
 BIN     := $(CURDIR)/bin
 MODULES := pkg services/config services/router services/quota services/signer \
-           services/sender services/bounce services/tracker services/console cmd/mailbus
+           services/sender services/bounce services/tracker services/webhook services/console cmd/mailbus
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 export PATH := $(BIN):$(PATH)
 
@@ -44,7 +44,7 @@ run: ## run the whole pipeline in one process on embedded parts (mailbus dev); t
 build: ## build every service and the mailbus CLI into ./bin
 	go build -o $(BIN)/ ./cmd/mailbus ./services/config/cmd/config ./services/router/cmd/router \
 		./services/quota/cmd/quota ./services/signer/cmd/signer ./services/sender/cmd/sender \
-		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker ./services/console/cmd/console
+		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker ./services/webhook/cmd/webhook ./services/console/cmd/console
 
 .PHONY: proto
 proto: tools ## regenerate pkg/gen from proto/ with buf

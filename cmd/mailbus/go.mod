@@ -16,6 +16,7 @@ require (
 	github.com/mailbus/mailbus/services/sender v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/signer v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/tracker v0.0.0-00010101000000-000000000000
+	github.com/mailbus/mailbus/services/webhook v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.72.1
@@ -116,4 +117,5 @@ replace (
 	github.com/mailbus/mailbus/services/sender => ../../services/sender
 	github.com/mailbus/mailbus/services/signer => ../../services/signer
 	github.com/mailbus/mailbus/services/tracker => ../../services/tracker
+	github.com/mailbus/mailbus/services/webhook => ../../services/webhook
 )

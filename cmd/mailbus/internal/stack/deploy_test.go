@@ -45,7 +45,7 @@ var externalMetrics = map[string]string{
 
 // services are mailbus's services: one Deployment, one compose service and
 // one binary each.
-var services = []string{"config", "router", "quota", "signer", "sender", "tracker", "bounce", "console"}
+var services = []string{"config", "router", "quota", "signer", "sender", "tracker", "webhook", "bounce", "console"}
 
 // TestDeploy_dashboardAlertsAndManifestsMatchWhatTheServicesExport runs the
 // pipeline, sends mail through it (delivered, deferred, bounced at SMTP time

@@ -43,6 +43,7 @@ import (
 	"github.com/mailbus/mailbus/services/sender"
 	"github.com/mailbus/mailbus/services/signer"
 	"github.com/mailbus/mailbus/services/tracker"
+	"github.com/mailbus/mailbus/services/webhook"
 )
 
 // Options configure the stack. Empty addresses pick the defaults of
@@ -74,10 +75,11 @@ type Options struct {
 	ConsoleAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
 	NoCatcher bool
-	// ConfigDatabaseURL and TrackerDatabaseURL default to SQLite files in
-	// DataDir.
+	// ConfigDatabaseURL, TrackerDatabaseURL and WebhookDatabaseURL default
+	// to SQLite files in DataDir.
 	ConfigDatabaseURL  string
 	TrackerDatabaseURL string
+	WebhookDatabaseURL string
 	// MaxMessageBytes bounds a built message; 0 means 25 MiB. The Kafka
 	// record limit of every stage derives from it (bus.RecordLimit) unless
 	// TuneBus sets one.
@@ -256,9 +258,19 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeTrk)
+	// Development: endpoints may be http:// (a receiver on the laptop).
+	whk, closeWhk, err := webhook.NewApplication(ctx, webhook.Config{
+		Bus: busCfg, DatabaseURL: orDefault(o.WebhookDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "webhook.db")),
+		AllowHTTP: true,
+	}, infra.Infra{Log: o.Log, Metrics: o.Metrics, Sealer: sealer})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeWhk)
 	gsrv := grpc.NewServer(cfgSvc.ServerOptions()...)
 	cfgSvc.Register(gsrv)
 	trk.Register(gsrv)
+	whk.Register(gsrv)
 	// SuppressionService shares the config server's authentication.
 	s.Suppressions = suppress.New(rdb)
 	mailbusv1.RegisterSuppressionServiceServer(gsrv, bouncesvc.NewSuppressionServer(s.Suppressions, o.Log))
@@ -374,6 +386,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	s.goRun("signer", sgn.Run)
 	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
+	s.goRun("webhook", whk.Run)
 	s.goRun("bounce", bnc.Run)
 	s.goRun("console", con.Run)
 	if o.AdminAddr != "" {
