@@ -258,7 +258,12 @@ func (w *writer) resolveSecrets(r *pb.Relay, old *relayRow) (sealedSecrets, erro
 		oldSec.oauthRefreshToken = ""
 	}
 	one := func(field, secret, plain, oldSealed string, uses bool) (string, error) {
-		return w.resolveSecret(r.Id, mech, field, secret, plain, oldSealed, uses, uses && !(secret == configclient.SecretOAuthToken && oauth != nil))
+		// The OAuth client's secrets are optional (a public client has no
+		// secret; the refresh token comes with CompleteRelayOAuth), and
+		// with a client the access token is too.
+		optional := secret == configclient.SecretOAuthClientSecret || secret == configclient.SecretOAuthRefreshToken ||
+			(secret == configclient.SecretOAuthToken && oauth != nil)
+		return w.resolveSecret(r.Id, mech, field, secret, plain, oldSealed, uses, uses && !optional)
 	}
 	var (
 		out sealedSecrets
