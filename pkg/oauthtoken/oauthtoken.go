@@ -314,11 +314,9 @@ func (t *Tokens) refresh(ctx context.Context, c Client, key string) (entry, erro
 	}
 	rctx, cancel := context.WithTimeout(ctx, t.opts.LockTTL)
 	defer cancel()
-	rctx = context.WithValue(rctx, oauth2.HTTPClient, t.opts.HTTPClient)
-	// An expired token makes the source use the refresh token at once.
-	tok, err := cfg.TokenSource(rctx, &oauth2.Token{RefreshToken: c.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
+	tok, err := c.fetch(rctx, cfg, t.opts.HTTPClient)
 	if err != nil {
-		return entry{}, fmt.Errorf("refresh the OAuth access token of relay %s at %s: %w", c.RelayID, cfg.Endpoint.TokenURL, err)
+		return entry{}, err
 	}
 	now := t.opts.Now()
 	e := entry{AccessToken: tok.AccessToken, Expiry: tok.Expiry}
@@ -349,3 +347,46 @@ func (t *Tokens) refresh(ctx context.Context, c Client, key string) (entry, erro
 	t.opts.Log.Info("refreshed OAuth access token", "relay_id", c.RelayID, "expires_in", life.Round(time.Second).String())
 	return e, nil
 }
+
+// fetch gets a new access token with the refresh token.
+func (c Client) fetch(ctx context.Context, cfg *oauth2.Config, hc *http.Client) (*oauth2.Token, error) {
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, hc)
+	// An expired token makes the source use the refresh token at once.
+	tok, err := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: c.RefreshToken, Expiry: time.Unix(1, 0)}).Token()
+	if err != nil {
+		return nil, fmt.Errorf("refresh the OAuth access token of relay %s at %s: %w", c.RelayID, cfg.Endpoint.TokenURL, err)
+	}
+	return tok, nil
+}
+
+// Direct hands out tokens fetched for each call, shared with no one: for a
+// relay test, which authenticates once.
+type Direct struct {
+	Client Client
+	// HTTP calls the token endpoint; nil means a client with a 30 s
+	// timeout.
+	HTTP *http.Client
+}
+
+// Token fetches a new access token.
+func (d Direct) Token(ctx context.Context) (string, error) {
+	if !d.Client.Usable() {
+		return "", fmt.Errorf("relay %s has no OAuth client id or refresh token (connect the account first)", d.Client.RelayID)
+	}
+	cfg, err := d.Client.Config("")
+	if err != nil {
+		return "", err
+	}
+	hc := d.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	tok, err := d.Client.fetch(ctx, cfg, hc)
+	if err != nil {
+		return "", err
+	}
+	return tok.AccessToken, nil
+}
+
+// Refresh fetches another access token.
+func (d Direct) Refresh(ctx context.Context, _ string) (string, error) { return d.Token(ctx) }

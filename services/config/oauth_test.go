@@ -216,3 +216,29 @@ func TestRelayOAuth_providerPresetsFillTheEndpointsAndScopes(t *testing.T) {
 	}
 	_ = context.Background()
 }
+
+// A relay test of an OAuth relay authenticates with a token fresh from the
+// provider, as the senders would; its stored access token is long dead.
+func TestRelayOAuth_relayTestSignsInWithAFreshToken(t *testing.T) {
+	e := start(t, config.Config{DatabaseURL: sqliteURL(t)}, "")
+	admin := client(t, e, adminToken)
+	setupAcme(t, admin)
+	ctx := ctxT(t)
+	srv := testkit.StartOAuthServer(t, time.Hour)
+	smtpSrv := testkit.StartSMTP(t, testkit.SMTPAllowInsecureAuth(), testkit.SMTPAuthMechanisms("XOAUTH2"),
+		testkit.SMTPBearerTokenFunc(func(user, token string) bool { return user == srv.User && srv.Valid(token) }))
+	r := oauthRelay("gmail", srv)
+	r.Host, r.Port, r.Security, r.AllowPlaintextAuth = smtpSrv.Host(), int32(smtpSrv.Port()), pb.RelaySecurity_RELAY_SECURITY_NONE, true
+	r.Auth.OauthToken = "expired-long-ago"
+	r.Auth.Oauth.RefreshToken = srv.IssueRefreshToken()
+	if _, err := admin.CreateRelay(ctx, &pb.CreateRelayRequest{Relay: r}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.TestRelay(ctx, &pb.TestRelayRequest{RelayId: "gmail"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Ok || srv.Grants("refresh_token") != 1 {
+		t.Errorf("relay test ok=%t after %d refreshes; steps %v", resp.Ok, srv.Grants("refresh_token"), resp.Steps)
+	}
+}
