@@ -233,6 +233,13 @@ func (t *Tokens) get(ctx context.Context, c Client, rejected string) (string, er
 			}
 			continue
 		}
+		// Another replica may have shared a token between the read above
+		// and taking the lock: check again under it.
+		if e, ok, err := t.shared(ctx, key, c.RelayID); err == nil && t.usable(e, ok, rejected) {
+			t.unlock(lock, hex.EncodeToString(token))
+			t.remember(key, e)
+			return e.AccessToken, nil
+		}
 		e, err = t.refresh(ctx, c, key)
 		t.unlock(lock, hex.EncodeToString(token))
 		if err != nil {
