@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -240,5 +242,55 @@ func TestRelayOAuth_relayTestSignsInWithAFreshToken(t *testing.T) {
 	}
 	if !resp.Ok || srv.Grants("refresh_token") != 1 {
 		t.Errorf("relay test ok=%t after %d refreshes; steps %v", resp.Ok, srv.Grants("refresh_token"), resp.Steps)
+	}
+}
+
+func TestSeed_storesAnOAuthRelaysClientAndRefreshTokenSealed(t *testing.T) {
+	e := start(t, config.Config{DatabaseURL: sqliteURL(t)}, "")
+	ctx := ctxT(t)
+	seed := filepath.Join(t.TempDir(), "seed.yaml")
+	if err := os.WriteFile(seed, []byte(`
+tenants:
+  - id: acme
+    name: ACME
+    time_zone: UTC
+    domains:
+      - name: acme.example
+    relays:
+      - id: acme-gmail
+        name: gmail
+        host: smtp.gmail.com
+        port: 587
+        security: starttls
+        auth:
+          mechanism: xoauth2
+          username: mailer@acme.example
+          oauth:
+            provider: google
+            client_id: 1234-abc.apps.googleusercontent.com
+            client_secret: GOCSPX-seeded-secret
+            refresh_token: 1//seeded-refresh-token
+        domains: [acme.example]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.SeedFromFile(ctx, e.store, seed); err != nil {
+		t.Fatal(err)
+	}
+	r, err := client(t, e, adminToken).GetRelay(ctx, &pb.GetRelayRequest{Id: "acme-gmail"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := r.Relay.Auth.Oauth; o.GetProvider() != "google" || !o.GetHasClientSecret() || !o.GetHasRefreshToken() || o.GetClientSecret()+o.GetRefreshToken() != "" {
+		t.Errorf("seeded relay's oauth = %v", o)
+	}
+	sec, err := e.store.GetRelaySecrets(ctx, "acme-gmail")
+	if err != nil || sec.OAuthClientSecret != "GOCSPX-seeded-secret" || sec.OAuthRefreshToken != "1//seeded-refresh-token" {
+		t.Errorf("seeded secrets: %v", err)
+	}
+	// Seeding again changes nothing.
+	res, err := config.SeedFromFile(ctx, e.store, seed)
+	if err != nil || res.Changes != 0 {
+		t.Errorf("second seed: %d changes, %v; want none", res.Changes, err)
 	}
 }
