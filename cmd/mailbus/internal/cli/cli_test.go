@@ -62,10 +62,18 @@ func TestAPIFlags_findTheDevDataDirectoryFromFlagEnvThenTheRecordMailbusDevWrote
 	}
 }
 
-// oauth-connect against a config service and a local OAuth server: the
-// test opens the printed URL as a browser would, the provider redirects to
-// the command's loopback listener, and the relay ends up connected.
-func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T) {
+// oauthEnv is a config service with relay gmail set up to connect to a
+// local OAuth server.
+type oauthEnv struct {
+	api   string
+	token string
+	store *config.Store
+	srv   *testkit.OAuthServer
+	ctx   context.Context
+}
+
+func startOAuthEnv(t *testing.T) oauthEnv {
+	t.Helper()
 	sealer, err := seal.New(map[byte][]byte{1: bytes.Repeat([]byte{9}, 32)}, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +96,7 @@ func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T
 	srv := testkit.StartOAuthServer(t, time.Hour)
 	st := svc.Store()
 	tctx, tcancel := context.WithTimeout(context.Background(), time.Minute)
-	defer tcancel()
+	t.Cleanup(tcancel)
 	if _, err := st.CreateTenant(tctx, &pb.Tenant{Id: "acme", Name: "ACME", TimeZone: "UTC", Active: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -98,13 +106,31 @@ func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T
 			Oauth: &pb.RelayOAuth{AuthUrl: srv.AuthURL, TokenUrl: srv.TokenURL, ClientId: srv.ClientID, ClientSecret: srv.ClientSecret}}}); err != nil {
 		t.Fatal(err)
 	}
+	return oauthEnv{api: lis.Addr().String(), token: token, store: st, srv: srv, ctx: tctx}
+}
 
+func (e oauthEnv) checkConnected(t *testing.T, printed string) {
+	t.Helper()
+	if !strings.Contains(printed, "relay gmail is connected to "+e.srv.User) {
+		t.Errorf("output:\n%s", printed)
+	}
+	sec, err := e.store.GetRelaySecrets(e.ctx, "gmail")
+	if err != nil || sec.OAuthRefreshToken == "" || e.srv.Grants("authorization_code") != 1 {
+		t.Errorf("refresh token stored %t after %d exchanges (%v)", sec.OAuthRefreshToken != "", e.srv.Grants("authorization_code"), err)
+	}
+}
+
+// oauth-connect against a config service and a local OAuth server: the
+// test opens the printed URL as a browser would, the provider redirects to
+// the command's loopback listener, and the relay ends up connected.
+func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T) {
+	e := startOAuthEnv(t)
 	outR, outW := io.Pipe()
 	cmd := Root()
-	cmd.SetArgs([]string{"relay", "oauth-connect", "gmail", "--api", lis.Addr().String(), "--token", token, "--timeout", "1m"})
+	cmd.SetArgs([]string{"relay", "oauth-connect", "gmail", "--api", e.api, "--token", e.token, "--timeout", "1m"})
 	cmd.SetOut(outW)
 	ran := make(chan error, 1)
-	go func() { ran <- cmd.ExecuteContext(tctx); outW.Close() }()
+	go func() { ran <- cmd.ExecuteContext(e.ctx); outW.Close() }()
 
 	// The browser: open the URL the command prints, follow the redirect.
 	var printed strings.Builder
@@ -113,7 +139,7 @@ func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T
 	for sc.Scan() {
 		line := sc.Text()
 		printed.WriteString(line + "\n")
-		if !opened && strings.HasPrefix(line, srv.AuthURL+"?") {
+		if !opened && strings.HasPrefix(line, e.srv.AuthURL+"?") {
 			opened = true
 			go func() {
 				resp, err := http.Get(line)
@@ -128,11 +154,40 @@ func TestRelayOAuthConnect_connectsARelayThroughTheLoopbackRedirect(t *testing.T
 	if err := <-ran; err != nil {
 		t.Fatalf("oauth-connect: %v\n%s", err, printed.String())
 	}
-	if !strings.Contains(printed.String(), "relay gmail is connected to "+srv.User) {
-		t.Errorf("output:\n%s", printed.String())
+	e.checkConnected(t, printed.String())
+}
+
+// With a registered redirect URI that nothing listens on, the user pastes
+// the address the browser ended up at.
+func TestRelayOAuthConnect_takesThePastedRedirectAddress(t *testing.T) {
+	e := startOAuthEnv(t)
+	outR, outW := io.Pipe()
+	inR, inW := io.Pipe()
+	cmd := Root()
+	cmd.SetArgs([]string{"relay", "oauth-connect", "gmail", "--api", e.api, "--token", e.token, "--timeout", "1m",
+		"--redirect-uri", "https://console.acme.example/oauth/callback"})
+	cmd.SetOut(outW)
+	cmd.SetIn(inR)
+	ran := make(chan error, 1)
+	go func() { ran <- cmd.ExecuteContext(e.ctx); outW.Close() }()
+
+	var printed strings.Builder
+	sc := bufio.NewScanner(outR)
+	for sc.Scan() {
+		line := sc.Text()
+		printed.WriteString(line + "\n")
+		if strings.HasPrefix(line, e.srv.AuthURL+"?") {
+			hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			resp, err := hc.Get(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			go func() { _, _ = io.WriteString(inW, resp.Header.Get("Location")+"\n") }()
+		}
 	}
-	sec, err := st.GetRelaySecrets(tctx, "gmail")
-	if err != nil || sec.OAuthRefreshToken == "" || srv.Grants("authorization_code") != 1 {
-		t.Errorf("refresh token stored %t after %d exchanges (%v)", sec.OAuthRefreshToken != "", srv.Grants("authorization_code"), err)
+	if err := <-ran; err != nil {
+		t.Fatalf("oauth-connect: %v\n%s", err, printed.String())
 	}
+	e.checkConnected(t, printed.String())
 }
