@@ -13,7 +13,7 @@ KUSTOMIZE_VERSION          := v5.8.1
 
 BIN     := $(CURDIR)/bin
 MODULES := pkg services/config services/router services/quota services/signer \
-           services/sender services/bounce services/tracker cmd/mailbus
+           services/sender services/bounce services/tracker services/console cmd/mailbus
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 export PATH := $(BIN):$(PATH)
 
@@ -42,7 +42,7 @@ tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/kustomiz
 # modules mailbus runs on (not the test-only ones) and compiles them, which
 # takes minutes on a fresh machine with nothing printed by go meanwhile,
 # hence the note.
-run: ## build ./bin/mailbus and run the whole pipeline in one process on embedded parts (mailbus dev)
+run: ## build ./bin/mailbus and run the whole pipeline in one process on embedded parts (mailbus dev); the ready line names the console's address
 	@if [ ! -x $(BIN)/mailbus ]; then echo "first build of ./bin/mailbus: downloading Go modules and compiling (about 3-5 minutes on a fresh machine, the pure-Go SQLite takes longest; later runs take seconds)"; fi
 	go build -o $(BIN)/mailbus ./cmd/mailbus
 	$(BIN)/mailbus dev --data ./.mailbus --config deploy/mailbus.example.yaml
@@ -51,7 +51,7 @@ run: ## build ./bin/mailbus and run the whole pipeline in one process on embedde
 build: ## build every service and the mailbus CLI into ./bin
 	go build -o $(BIN)/ ./cmd/mailbus ./services/config/cmd/config ./services/router/cmd/router \
 		./services/quota/cmd/quota ./services/signer/cmd/signer ./services/sender/cmd/sender \
-		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker
+		./services/bounce/cmd/bounce ./services/tracker/cmd/tracker ./services/console/cmd/console
 
 .PHONY: proto
 proto: tools ## regenerate pkg/gen from proto/ with buf

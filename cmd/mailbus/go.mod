@@ -4,11 +4,13 @@ go 1.26.8
 
 require (
 	github.com/ThreeDotsLabs/watermill v1.5.1
+	github.com/chromedp/chromedp v0.23.1
 	github.com/emersion/go-smtp v0.25.1
 	github.com/google/pprof v0.0.0-20261016150608-1facf8f91b50
 	github.com/mailbus/mailbus/pkg v0.0.0
 	github.com/mailbus/mailbus/services/bounce v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/config v0.0.0-00010101000000-000000000000
+	github.com/mailbus/mailbus/services/console v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/quota v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/router v0.0.0-00010101000000-000000000000
 	github.com/mailbus/mailbus/services/sender v0.0.0-00010101000000-000000000000
@@ -26,6 +28,12 @@ require (
 )
 
 require golang.org/x/oauth2 v0.37.0 // indirect
+
+require (
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/emersion/go-imap/v2 v2.0.0-beta.8 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+)
 
 require (
 	github.com/IBM/sarama v1.61.1
@@ -104,6 +112,7 @@ replace (
 	github.com/mailbus/mailbus/pkg => ../../pkg
 	github.com/mailbus/mailbus/services/bounce => ../../services/bounce
 	github.com/mailbus/mailbus/services/config => ../../services/config
+	github.com/mailbus/mailbus/services/console => ../../services/console
 	github.com/mailbus/mailbus/services/quota => ../../services/quota
 	github.com/mailbus/mailbus/services/router => ../../services/router
 	github.com/mailbus/mailbus/services/sender => ../../services/sender

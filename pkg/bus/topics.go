@@ -16,6 +16,12 @@ const (
 	// TopicFallback carries Delivery records whose relay failed or is
 	// exhausted back to the router, which picks the default server.
 	TopicFallback = "mail.fallback"
+	// TopicResubmit carries Resubmission records from the tracker to the
+	// router: retries of a message's failed and bounced recipients, asked
+	// for through MessageService. It is apart from mail.submit so that
+	// only the tracker can send mail again under an existing message id
+	// (Kafka ACLs can keep producers out of it).
+	TopicResubmit = "mail.resubmit"
 	// TopicEvents carries DeliveryEvent records from every stage.
 	TopicEvents = "mail.events"
 	// TopicPoison receives records that a handler could not process even
@@ -68,7 +74,7 @@ func RetryTopicFor(retry int) RetryTopic {
 func AllTopics() []string {
 	ts := []string{
 		TopicSubmit, TopicRouted, TopicAdmitted, TopicSigned,
-		TopicFallback, TopicEvents, TopicPoison, TopicQuotaLedger,
+		TopicFallback, TopicEvents, TopicPoison, TopicQuotaLedger, TopicResubmit,
 	}
 	for _, rt := range RetryTopics() {
 		ts = append(ts, rt.Topic)

@@ -50,3 +50,19 @@ func EventID(deliveryID, stage, status string, attempt int32, discriminator ...s
 	parts := append([]string{"event", deliveryID, stage, status, strconv.Itoa(int(attempt))}, discriminator...)
 	return "e" + digest(parts...)
 }
+
+// RecordKey names a Kafka record by its position. A submission without an
+// idempotency id gets its message id from it (MessageID(tenant,
+// RecordKey(...))), which the router and the tracker, reading the same
+// record, derive alike, and a redelivered record derives again.
+func RecordKey(topic string, partition int32, offset int64) string {
+	return "record:" + topic + "/" + strconv.Itoa(int(partition)) + "/" + strconv.FormatInt(offset, 10)
+}
+
+// RetryDeliveryID names envelope n of retry number retry (from 1) of a
+// message. Retried deliveries are new deliveries, so that quota counts
+// them again and the sender, idempotent on delivery ids, sends them; the
+// same retry planned twice gets the same ids.
+func RetryDeliveryID(messageID string, n int, retry int32) string {
+	return messageID + ".t" + strconv.Itoa(int(retry)) + "." + strconv.Itoa(n)
+}

@@ -359,3 +359,34 @@ func RewriteFrom(msg []byte, newFrom Address, via string) ([]byte, Address, erro
 	out.Write(msg[fromField.end:])
 	return out.Bytes(), orig, nil
 }
+
+// HasHeader reports whether msg's header has a field called name (any
+// case). A header that does not scan has none.
+func HasHeader(msg []byte, name string) bool {
+	fields, err := scanFields(msg[:headerBlock(msg)])
+	if err != nil {
+		return false
+	}
+	for i := range fields {
+		if strings.EqualFold(fields[i].name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// PrependFields returns msg with the fields (each "Name: value", without
+// CRLF; the caller has checked them with ValidateHeader) put in front of
+// its header. Field order carries no meaning, and the front is where the
+// fields a stage adds go without rewriting the rest (as trace fields do).
+func PrependFields(msg []byte, fields ...string) []byte {
+	n := len(msg)
+	for _, f := range fields {
+		n += len(f) + 2
+	}
+	out := make([]byte, 0, n)
+	for _, f := range fields {
+		out = append(append(out, f...), '\r', '\n')
+	}
+	return append(out, msg...)
+}

@@ -40,7 +40,15 @@ const (
 	SourceComplaint = "complaint"  // a feedback (ARF) report
 	SourceSoft      = "softbounce" // too many soft bounces in the window
 	SourceAPI       = "api"        // added through SuppressionService
+	// SourceUnsubscribe is a recipient who unsubscribed (RFC 8058
+	// one-click, the confirmation page, or the mailto: link). It
+	// suppresses mass mail only (ScopeMass): a password reset to the same
+	// address still goes out.
+	SourceUnsubscribe = "unsubscribe"
 )
+
+// ScopeMass limits an entry to mass mail; the empty scope is all mail.
+const ScopeMass = "mass"
 
 // Entry is one suppressed address.
 type Entry struct {
@@ -54,6 +62,9 @@ type Entry struct {
 	Detail string `json:"detail,omitempty"`
 	// Time is when the address was suppressed.
 	Time time.Time `json:"time"`
+	// Scope is ScopeMass for an entry that suppresses mass mail only;
+	// empty for all mail.
+	Scope string `json:"scope,omitempty"`
 }
 
 // Store is the suppression list of every tenant. It is safe for
@@ -109,9 +120,16 @@ func check(tenantID, addr string) error {
 	return nil
 }
 
-// Suppressed returns the addrs that are on the tenant's list, keyed by the
-// lower-cased address, with the entry's reason. One round trip.
+// Suppressed returns the addrs that are on the tenant's list for any mail,
+// mass-only entries included, keyed by the lower-cased address, with the
+// entry's reason. One round trip.
 func (s *Store) Suppressed(ctx context.Context, tenantID string, addrs []string) (map[string]string, error) {
+	return s.SuppressedFor(ctx, tenantID, addrs, true)
+}
+
+// SuppressedFor is Suppressed for one message: entries scoped to mass
+// mail count only when mass is true.
+func (s *Store) SuppressedFor(ctx context.Context, tenantID string, addrs []string, mass bool) (map[string]string, error) {
 	if len(addrs) == 0 {
 		return nil, nil
 	}
@@ -139,7 +157,10 @@ func (s *Store) Suppressed(ctx context.Context, tenantID string, addrs []string)
 		if json.Unmarshal([]byte(str), &e) != nil || e.Reason == "" {
 			// A damaged entry still suppresses: sending to an address
 			// someone meant to stop is worse than a vague reason.
-			e.Reason = "suppressed"
+			e.Reason, e.Scope = "suppressed", ""
+		}
+		if e.Scope == ScopeMass && !mass {
+			continue
 		}
 		out[fields[i]] = e.Reason
 	}
@@ -168,6 +189,48 @@ func (s *Store) Add(ctx context.Context, tenantID string, e Entry) (Entry, error
 		return Entry{}, fmt.Errorf("suppress: adding %s to tenant %s: %w", e.Address, tenantID, err)
 	}
 	return e, nil
+}
+
+// Unsubscribe puts an address on the tenant's list for mass mail, unless
+// an entry for all mail (a hard bounce, a complaint) is there already: an
+// unsubscribe must never narrow what an earlier entry stops. It reports
+// whether it wrote an entry.
+func (s *Store) Unsubscribe(ctx context.Context, tenantID, addr, detail string) (bool, error) {
+	e := Entry{Address: Normalize(addr), Reason: "unsubscribed", Source: SourceUnsubscribe, Detail: detail, Scope: ScopeMass}
+	if err := check(tenantID, e.Address); err != nil {
+		return false, err
+	}
+	e.Time = s.now().UTC().Truncate(time.Millisecond)
+	b, err := json.Marshal(e)
+	if err != nil {
+		return false, fmt.Errorf("suppress: encoding entry: %w", err)
+	}
+	key := s.listKey(tenantID)
+	wrote := false
+	// WATCH makes the read and the write one step: a hard bounce stored
+	// in between is not overwritten with the narrower entry.
+	err = s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		cur, err := tx.HGet(ctx, key, e.Address).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		if err == nil {
+			var old Entry
+			if json.Unmarshal([]byte(cur), &old) != nil || old.Scope == "" {
+				return nil
+			}
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, key, e.Address, b)
+			return nil
+		})
+		wrote = err == nil
+		return err
+	}, key)
+	if err != nil {
+		return false, fmt.Errorf("suppress: unsubscribing %s from tenant %s: %w", e.Address, tenantID, err)
+	}
+	return wrote, nil
 }
 
 // Remove takes an address off the tenant's list and forgets its soft

@@ -224,3 +224,27 @@ func BenchmarkStore_suppressedTenRecipients(b *testing.B) {
 		}
 	}
 }
+
+func TestStore_unsubscribeStopsMassMailOnlyAndNeverNarrowsAnEntryForAllMail(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	if wrote, err := s.Unsubscribe(ctx, "acme", "Ann@example.net", "one-click"); err != nil || !wrote {
+		t.Fatalf("Unsubscribe: wrote %v, err %v", wrote, err)
+	}
+	if got, _ := s.SuppressedFor(ctx, "acme", []string{"ann@example.net"}, true); got["ann@example.net"] != "unsubscribed" {
+		t.Errorf("mass mail to an unsubscribed address: %v, want suppressed", got)
+	}
+	if got, _ := s.SuppressedFor(ctx, "acme", []string{"ann@example.net"}, false); len(got) != 0 {
+		t.Errorf("transactional mail to an unsubscribed address is suppressed: %v", got)
+	}
+	// A hard bounce widens it to all mail; a later unsubscribe leaves it.
+	if _, err := s.Add(ctx, "acme", suppress.Entry{Address: "ann@example.net", Reason: "userunknown", Source: suppress.SourceBounce}); err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := s.Unsubscribe(ctx, "acme", "ann@example.net", "one-click"); err != nil || wrote {
+		t.Errorf("Unsubscribe over a hard bounce: wrote %v, err %v; want the bounce kept", wrote, err)
+	}
+	if got, _ := s.SuppressedFor(ctx, "acme", []string{"ann@example.net"}, false); got["ann@example.net"] != "userunknown" {
+		t.Errorf("after the bounce and a second unsubscribe, transactional mail: %v, want suppressed as userunknown", got)
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -80,6 +81,10 @@ type Config struct {
 	// Timeout bounds each write to the client and the processing of one
 	// message; default 2 minutes.
 	Timeout time.Duration
+	// UnsubscribeAddr is where the one-click unsubscribe links are served
+	// over HTTP (behind the deployment's TLS terminator, whose https://
+	// address is the router's MAILBUS_UNSUBSCRIBE_URL); empty serves none.
+	UnsubscribeAddr string
 	// Mailboxes are tenants' own bounce mailboxes that NewApplication
 	// polls over IMAP, for return paths that are not VERP addresses on a
 	// bounce domain.
@@ -195,8 +200,9 @@ type Service struct {
 	limiter *connLimiter
 	metrics metrics
 
-	mu  sync.Mutex
-	lis net.Listener
+	mu       sync.Mutex
+	lis      net.Listener
+	unsubLis net.Listener
 }
 
 type metrics struct {
@@ -272,6 +278,22 @@ func (s *Service) Listen() (net.Addr, error) {
 	return lis.Addr(), nil
 }
 
+// ListenUnsubscribe opens the unsubscribe HTTP port (Config.UnsubscribeAddr)
+// and returns its address; Run calls it when it has not been called.
+func (s *Service) ListenUnsubscribe() (net.Addr, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsubLis != nil {
+		return s.unsubLis.Addr(), nil
+	}
+	lis, err := net.Listen("tcp", s.cfg.UnsubscribeAddr)
+	if err != nil {
+		return nil, fmt.Errorf("bounce: listen for unsubscribe links on %s: %w", s.cfg.UnsubscribeAddr, err)
+	}
+	s.unsubLis = lis
+	return lis.Addr(), nil
+}
+
 // refuseConn tells a connection over a limit to come back later, as
 // Postfix does, and closes it.
 func (s *Service) refuseConn(c net.Conn, addr, limit string, first bool) {
@@ -304,13 +326,35 @@ func (s *Service) Run(ctx context.Context) error {
 	srv.MaxRecipients = s.cfg.MaxRecipients
 	srv.ReadTimeout, srv.WriteTimeout = s.cfg.IdleTimeout, s.cfg.Timeout
 	srv.ErrorLog = slogAdapter{s.log}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(s.lis) }()
 	s.log.InfoContext(ctx, "bounce listener serving", "addr", s.lis.Addr().String())
+	var web *http.Server
+	if s.cfg.UnsubscribeAddr != "" {
+		if _, err := s.ListenUnsubscribe(); err != nil {
+			_ = srv.Close()
+			return err
+		}
+		s.mu.Lock()
+		lis := s.unsubLis
+		s.mu.Unlock()
+		mux := http.NewServeMux()
+		mux.Handle("/unsubscribe/", s.UnsubscribeHandler())
+		web = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+		go func() {
+			if err := web.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve unsubscribe links: %w", err)
+			}
+		}()
+		s.log.InfoContext(ctx, "unsubscribe links served", "addr", lis.Addr().String())
+	}
 	var err error
 	select {
 	case <-ctx.Done():
 		shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if web != nil {
+			_ = web.Shutdown(shCtx)
+		}
 		if serr := srv.Shutdown(shCtx); serr != nil {
 			_ = srv.Close()
 		}

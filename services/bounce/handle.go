@@ -32,6 +32,9 @@ type target struct {
 	// feedback-loop address.
 	deliveryID string
 	rcptHash   string
+	// unsubscribe is the local part of an unsubscribe address
+	// (pkg/unsub); such a target is not about a bounce.
+	unsubscribe string
 }
 
 // match is what a record is about.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/suppress"
+	"github.com/mailbus/mailbus/pkg/unsub"
 )
 
 var (
@@ -46,6 +47,7 @@ func remoteIP(a net.Addr) string {
 type session struct {
 	s        *Service
 	ip       string
+	mailFrom string
 	targets  []target
 	messages int
 }
@@ -56,11 +58,11 @@ func (x *session) Logout() error { return nil }
 
 // Mail accepts any sender: bounces come from the null sender, complaint
 // reports from anyone.
-func (x *session) Mail(string, *smtp.MailOptions) error {
+func (x *session) Mail(from string, _ *smtp.MailOptions) error {
 	if x.messages >= x.s.cfg.MessagesPerConn {
 		return errTooManyMsg
 	}
-	x.targets = nil
+	x.targets, x.mailFrom = nil, from
 	return nil
 }
 
@@ -98,6 +100,15 @@ func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		x.s.metrics.rcpts.WithLabelValues("refused").Inc()
 		return errNoSuchUser
 	}
+	if local := addr[:at]; unsub.IsMailto(local) {
+		// Whose address it is shows only with the message (its sender),
+		// so DATA checks it; nothing is relayed either way.
+		for _, t := range owners {
+			x.targets = append(x.targets, target{tenant: t, unsubscribe: local})
+		}
+		x.s.metrics.rcpts.WithLabelValues("unsubscribe").Inc()
+		return nil
+	}
 	tenant, id, hash, err := verifyVERP(x.s.cfg.VERPKeys, owners, addr)
 	switch {
 	case errors.Is(err, mail.ErrVERPForged):
@@ -122,6 +133,28 @@ func (x *session) feedbackTenant(addr string) (string, bool) {
 	return "", false
 }
 
+// unsubscribe acts on mail to unsubscribe addresses: one of them must
+// have been made for its sender.
+func (x *session) unsubscribe(ctx context.Context, targets []target, raw []byte) error {
+	for _, t := range targets {
+		err := x.s.mailtoUnsubscribe(ctx, t, x.mailFrom, raw)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errNotTheRecipient):
+			continue
+		default:
+			x.s.log.Error("could not act on an unsubscribe; asking the sender to retry", "err", err)
+			return errTempFail
+		}
+	}
+	x.s.metrics.rcpts.WithLabelValues("forged").Inc()
+	return errNotYours
+}
+
+var errNotYours = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+	Message: "this unsubscribe address was issued to another recipient; unsubscribe with the link in the message you received"}
+
 // Data reads the message and processes it before answering, so that a 250
 // means the outcome is published: a failure answers 451 and the sending
 // MTA tries again later.
@@ -142,7 +175,24 @@ func (x *session) Data(r io.Reader) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), x.s.cfg.Timeout)
 	defer cancel()
-	if _, err := x.s.Process(ctx, x.targets, raw); err != nil {
+	bounces := x.targets[:0:0]
+	var unsubs []target
+	for _, t := range x.targets {
+		if t.unsubscribe != "" {
+			unsubs = append(unsubs, t)
+		} else {
+			bounces = append(bounces, t)
+		}
+	}
+	if len(unsubs) > 0 {
+		if err := x.unsubscribe(ctx, unsubs, raw); err != nil {
+			return err
+		}
+		if len(bounces) == 0 {
+			return nil
+		}
+	}
+	if _, err := x.s.Process(ctx, bounces, raw); err != nil {
 		x.s.log.Error("could not act on a bounce; asking the sender to retry", "err", err)
 		return errTempFail
 	}

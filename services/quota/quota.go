@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/cancelled"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
@@ -124,6 +125,13 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
 	now := s.deps.Now()
 	meta := bus.MetaFrom(msg)
+	// A cancelled message stops here before it is counted, also when it
+	// comes back from a retry topic.
+	if stop, err := cancelled.Is(ctx, s.deps.Redis, d); err != nil {
+		return err
+	} else if stop {
+		return s.emit(meta, cancelled.Event(d, events.StageQuota, now), "cancelled")
+	}
 	tenant, ok := s.deps.Config.Tenant(d.GetTenantId())
 	if !ok {
 		return s.emit(meta, events.ForDelivery(d, events.StageQuota, mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED,

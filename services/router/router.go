@@ -1,6 +1,7 @@
 // Package router is the first stage of mailbus: it consumes submissions
-// from mail.submit and re-routes deliveries from mail.fallback, and
-// publishes deliveries to mail.routed and events to mail.events. The
+// from mail.submit, retries the tracker asks for from mail.resubmit, and
+// re-routes deliveries from mail.fallback; it publishes deliveries to
+// mail.routed and events to mail.events. The
 // decisions live in internal/plan and internal/route; this file wires them
 // to the bus.
 package router
@@ -18,6 +19,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/services/router/internal/plan"
 )
 
@@ -34,6 +36,9 @@ type Config struct {
 	// VERPKey signs VERP return paths; without it the return path is the
 	// From address.
 	VERPKey []byte
+	// UnsubscribeURL is the base of one-click unsubscribe links, served by
+	// the bounce service (see plan.Options.UnsubscribeURL).
+	UnsubscribeURL string
 }
 
 // Deps are the router's collaborators.
@@ -72,7 +77,7 @@ func New(cfg Config, deps Deps) *Service {
 		log: deps.Log.With("service", "router"),
 		planner: plan.New(deps.Config, deps.Suppressions, deps.Health, plan.Options{
 			MaxMessageBytes: cfg.MaxMessageBytes, MaxRecordBytes: cfg.Bus.DeliveryLimit(),
-			MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, Now: deps.Now,
+			MaxRecipients: cfg.MaxRecipients, VERPKey: cfg.VERPKey, UnsubscribeURL: cfg.UnsubscribeURL, Now: deps.Now,
 		}),
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "router", Name: "submissions_total",
@@ -98,17 +103,31 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("reroute", bus.TopicFallback, bus.Handle(s.handleFallback)); err != nil {
 		return err
 	}
+	if err := r.Handle("retry", bus.TopicResubmit, bus.Handle(s.handleResubmission)); err != nil {
+		return err
+	}
 	return r.Run(ctx)
 }
 
 func (s *Service) handleSubmission(ctx context.Context, msg *message.Message, sub *mailbusv1.Submission) error {
 	part, _ := kafka.MessagePartitionFromCtx(ctx)
 	off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
-	res, err := s.planner.Plan(ctx, sub, fmt.Sprintf("%s/%d/%d", bus.TopicSubmit, part, off))
+	res, err := s.planner.Plan(ctx, sub, ids.RecordKey(bus.TopicSubmit, part, off))
 	if err != nil {
 		return err
 	}
 	return s.publishOrFail(msg, res, "submission")
+}
+
+// handleResubmission plans a retry that the tracker asked for: the same
+// checks, routing and (in quota) limits as a new submission.
+func (s *Service) handleResubmission(ctx context.Context, msg *message.Message, rs *mailbusv1.Resubmission) error {
+	res, err := s.planner.Retry(ctx, rs)
+	if err != nil {
+		return err
+	}
+	msg.Metadata.Set(bus.MetaTenantID, rs.GetSubmission().GetTenantId())
+	return s.publishOrFail(msg, res, "retry")
 }
 
 func (s *Service) handleFallback(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {

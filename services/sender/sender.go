@@ -32,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/cancelled"
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -252,6 +253,9 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 		s.log.Debug("delivery attempt already made, skipping redelivered record", "delivery_id", d.GetDeliveryId(), "attempt", d.GetAttempt())
 		return nil
 	}
+	if stop, err := s.stopCancelled(ctx, msg, d); stop || err != nil {
+		return err
+	}
 	out, err := s.d.Deliver(ctx, d)
 	if err != nil {
 		return err
@@ -300,4 +304,21 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 		s.log.Warn("cannot remember finished delivery attempt", "delivery_id", d.GetDeliveryId(), "err", err)
 	}
 	return nil
+}
+
+// stopCancelled reports whether d's message was cancelled, after
+// publishing the cancelled event instead of sending. It is the last check
+// before SMTP, and the one that deliveries released from the retry topics
+// meet (they come back through mail.signed).
+func (s *Service) stopCancelled(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) (bool, error) {
+	stop, err := cancelled.Is(ctx, s.deps.Redis, d)
+	if err != nil || !stop {
+		return false, err
+	}
+	e := cancelled.Event(d, events.StageSender, s.deps.Now())
+	if err := bus.Publish(s.pub, bus.TopicEvents, e, bus.MetaFrom(msg)); err != nil {
+		return true, fmt.Errorf("publish cancellation of delivery %s: %w", d.GetDeliveryId(), err)
+	}
+	s.results.WithLabelValues(e.GetStatus().String()).Add(float64(max(len(e.GetRecipients()), 1)))
+	return true, nil
 }

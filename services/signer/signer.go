@@ -12,11 +12,14 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/cancelled"
 	"github.com/mailbus/mailbus/pkg/configclient"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -41,6 +44,9 @@ type Deps struct {
 	Log     *slog.Logger
 	Metrics prometheus.Registerer
 	Keys    Keys
+	// Redis holds the cancel markers (pkg/cancelled); nil leaves the
+	// check to quota and the sender.
+	Redis redis.UniversalClient
 }
 
 // Service is the signer.
@@ -65,7 +71,7 @@ func New(cfg Config, deps Deps) *Service {
 		cfg: cfg, deps: deps, log: deps.Log.With("service", "signer"), signers: map[string]*dkim.Signer{},
 		signed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "signer", Name: "deliveries_total",
-			Help: "Deliveries handled, by result (signed, unsigned).",
+			Help: "Deliveries handled, by result (signed, unsigned, cancelled).",
 		}, []string{"result"}),
 	}
 	if deps.Metrics != nil {
@@ -119,7 +125,15 @@ func (s *Service) signer(domain string) (*dkim.Signer, error) {
 
 // handle signs a delivery. Signing is a pure function of the message and
 // the keys, so a redelivered record is signed again to the same effect.
-func (s *Service) handle(_ context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) error {
+	if s.deps.Redis != nil {
+		if stop, err := cancelled.Is(ctx, s.deps.Redis, d); err != nil {
+			return err
+		} else if stop {
+			s.signed.WithLabelValues("cancelled").Inc()
+			return bus.Publish(s.pub, bus.TopicEvents, cancelled.Event(d, events.StageSigner, time.Now()), bus.MetaFrom(msg))
+		}
+	}
 	domain := d.GetRoute().GetDkimDomain()
 	sg, err := s.signer(domain)
 	if err != nil {

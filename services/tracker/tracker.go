@@ -1,6 +1,34 @@
 // Package tracker keeps the message log: it consumes mail.events into the
 // store (SQLite or PostgreSQL) and serves MessageService. Event application
 // rules live in internal/store, the gRPC server in internal/messagesvc.
+//
+// # Retry and cancel
+//
+// RetryMessage needs the message again, and the pipeline keeps no bodies.
+// The tracker therefore also consumes mail.submit (consumer group
+// tracker.keep) and stores each submission, protobuf compressed with zstd,
+// in the message log's database under the message id the router derives
+// from the same record, for Config.Retention (7 days by default); a
+// sweeper deletes what is older. Reading mail.submit itself, rather than
+// having the router forward the submission, keeps "at least once, never
+// lost" with nothing new to get right: the offset is committed only after
+// the row is, a redelivered record stores nothing new (first wins), and
+// mail.submit's records, up to 25 MB, are not written to Kafka a second
+// time. The store is the database the tracker already runs (PostgreSQL in
+// production, SQLite in mailbus dev): a retry reads one row by key, the
+// retention is a range delete on an index, and backups and operations
+// stay those of one database.
+//
+// A retry publishes a mailbusv1.Resubmission (the stored submission, the
+// recipients to retry, the retry number and who asked) to mail.resubmit,
+// which the router plans like a new submission for those recipients only:
+// suppression list, routing, and quota's limits apply again. A retry past
+// the retention is refused with FailedPrecondition and the date the
+// content was deleted.
+//
+// CancelMessage sets the cancel marker in Redis (pkg/cancelled) that
+// quota, the signer and the sender check before passing a delivery on,
+// and records the cancellation in the log.
 package tracker
 
 import (
@@ -13,9 +41,11 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 
 	"github.com/mailbus/mailbus/pkg/bus"
+	"github.com/mailbus/mailbus/pkg/cancelled"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/sqlstore"
 	"github.com/mailbus/mailbus/services/tracker/internal/messagesvc"
@@ -33,6 +63,12 @@ type Config struct {
 	// MaxBatchWait is how long the first event of a batch waits for
 	// company; default 20ms.
 	MaxBatchWait time.Duration
+	// Retention is how long a message's submission is kept so that it
+	// can be retried; default store.DefaultRetention (7 days).
+	Retention time.Duration
+	// PurgeInterval is how often submissions past their retention are
+	// deleted; default an hour.
+	PurgeInterval time.Duration
 }
 
 // Deps are the tracker's collaborators.
@@ -41,9 +77,15 @@ type Deps struct {
 	Metrics prometheus.Registerer
 	// DB is the message log database, migrated by New.
 	DB *sqlstore.DB
-	// Resubmit republishes retried messages; nil makes RetryMessage
-	// answer Unimplemented.
+	// Resubmit republishes retried messages; nil uses Publisher to send
+	// the stored submission to the router, and without a Publisher either
+	// RetryMessage answers Unimplemented.
 	Resubmit messagesvc.Resubmitter
+	// Publisher publishes retries to mail.resubmit.
+	Publisher message.Publisher
+	// Redis holds the cancel markers; nil only records cancellations in
+	// the log.
+	Redis redis.UniversalClient
 }
 
 // Service is the tracker.
@@ -53,8 +95,12 @@ type Service struct {
 	store   *store.Store
 	srv     *messagesvc.Server
 	reqs    chan applyReq
+	keeps   chan keepReq
 	applied *prometheus.CounterVec
 	outcome outcomes
+	kept    prometheus.Counter
+	purged  prometheus.Counter
+	redis   redis.UniversalClient
 }
 
 type applyReq struct {
@@ -73,22 +119,48 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if cfg.MaxBatchWait <= 0 {
 		cfg.MaxBatchWait = 20 * time.Millisecond
 	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = store.DefaultRetention
+	}
+	if cfg.PurgeInterval <= 0 {
+		cfg.PurgeInterval = time.Hour
+	}
 	if err := store.Migrate(ctx, deps.DB); err != nil {
 		return nil, fmt.Errorf("migrate message log: %w", err)
 	}
 	st := store.New(deps.DB)
 	log := deps.Log.With("service", "tracker")
+	resubmit := deps.Resubmit
+	if resubmit == nil && deps.Publisher != nil {
+		resubmit = &busResubmitter{store: st, pub: deps.Publisher, retention: cfg.Retention}
+	}
+	var canceller messagesvc.Canceller
+	if deps.Redis != nil {
+		canceller = messagesvc.CancellerFunc(func(ctx context.Context, tenantID, messageID string) error {
+			return cancelled.Mark(ctx, deps.Redis, tenantID, messageID, cancelled.TTL)
+		})
+	}
 	s := &Service{
-		cfg: cfg, log: log, store: st, srv: messagesvc.New(st, deps.Resubmit, log),
-		reqs: make(chan applyReq, cfg.MaxBatch),
+		cfg: cfg, log: log, store: st, redis: deps.Redis,
+		srv:   messagesvc.New(st, messagesvc.Deps{Resubmit: resubmit, Cancel: canceller, Log: log}),
+		reqs:  make(chan applyReq, cfg.MaxBatch),
+		keeps: make(chan keepReq, cfg.MaxBatch),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "tracker", Name: "events_total",
 			Help: "Events handled, by result (applied, duplicate, rejected).",
 		}, []string{"result"}),
 		outcome: newOutcomes(),
+		kept: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "tracker", Name: "submissions_kept_total",
+			Help: "Submissions read from mail.submit and kept for retries (redeliveries included).",
+		}),
+		purged: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailbus", Subsystem: "tracker", Name: "submissions_purged_total",
+			Help: "Kept submissions deleted at the end of their retention.",
+		}),
 	}
 	if deps.Metrics != nil {
-		deps.Metrics.MustRegister(s.applied, s.outcome.recipients)
+		deps.Metrics.MustRegister(s.applied, s.outcome.recipients, s.kept, s.purged)
 	}
 	return s, nil
 }
@@ -105,10 +177,20 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := r.Handle("log", bus.TopicEvents, bus.Handle(s.handle)); err != nil {
 		return err
 	}
+	if err := r.Handle("keep", bus.TopicSubmit, s.keepRecord); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	bctx, stop := context.WithCancel(context.Background())
-	wg.Add(1)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.batcher(bctx) }()
+	go func() { defer wg.Done(); s.keeper(bctx) }()
+	go func() { defer wg.Done(); s.purger(bctx) }()
+	go func() {
+		if _, err := s.RestoreCancelMarks(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("restoring cancel markers from the message log", "err", err)
+		}
+	}()
 	err = r.Run(ctx)
 	// The router has returned, so no handler waits on the batcher any more.
 	stop()

@@ -54,8 +54,8 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 			if o.AdminAddr != "" {
 				admin = " metrics=http://" + o.AdminAddr + "/metrics"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "mailbus dev ready kafka=%s grpc=%s%s bounce-smtp=%s redis=%s%s data=%s\n",
-				strings.Join(st.Brokers, ","), st.GRPCAddr, web, st.BounceAddr, st.RedisAddr, admin, o.DataDir)
+			fmt.Fprintf(cmd.OutOrStdout(), "mailbus dev ready console=%s kafka=%s grpc=%s%s bounce-smtp=%s redis=%s%s data=%s\n",
+				st.ConsoleURL, strings.Join(st.Brokers, ","), st.GRPCAddr, web, st.BounceAddr, st.RedisAddr, admin, o.DataDir)
 			// The CLI finds this data directory (its admin token) and the
 			// API from any directory through this record.
 			if abs, err := filepath.Abs(o.DataDir); err == nil {
@@ -64,6 +64,7 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 				}
 			}
 			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "console: open %s and sign in with the token in %s\n", st.ConsoleURL, filepath.Join(o.DataDir, "admin.token"))
 			fmt.Fprintf(out, "try: ./bin/mailbus send --from alice@acme.example --to bob@example.net --subject hello --text 'Hello Bob'\n")
 			fmt.Fprintf(out, "DNS records to publish (DKIM): ./bin/mailbus domains; mail caught: http://%s (API: /api/messages)\n", webAddr(st))
 			select {
@@ -84,6 +85,7 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 	f.StringVar(&o.SMTPAddr, "smtp-addr", "127.0.0.1:1025", "mail catcher SMTP address")
 	f.StringVar(&o.WebAddr, "web-addr", "127.0.0.1:8025", "mail catcher web page address")
 	f.StringVar(&o.BounceAddr, "bounce-addr", "127.0.0.1:2525", "bounce listener SMTP address (mail to the tenants' bounce domains)")
+	f.StringVar(&o.ConsoleAddr, "console-addr", "127.0.0.1:8080", "admin web console address")
 	f.StringVar(&o.AdminAddr, "admin-addr", "127.0.0.1:9090", "metrics and health address (empty disables)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

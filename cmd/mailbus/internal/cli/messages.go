@@ -90,8 +90,119 @@ func messagesCmd() *cobra.Command {
 	list.Flags().DurationVar(&since, "since", 0, "only messages created in this past duration (e.g. 24h)")
 	list.Flags().Int32Var(&limit, "limit", 50, "page size")
 	list.Flags().BoolVar(&asJSON, "json", false, "print protojson")
-	cmd.AddCommand(show, list)
+	cmd.AddCommand(show, list, actionCmd("retry"), actionCmd("cancel"))
 	return cmd
+}
+
+// actionCmd is `messages retry` or `messages cancel`: one message by id, or
+// every message that matches the filter flags, page by page.
+func actionCmd(verb string) *cobra.Command {
+	var api apiFlags
+	var f mailbusv1.MessageFilter
+	var status string
+	var since time.Duration
+	var asJSON bool
+	short := map[string]string{
+		"retry":  "send the failed and bounced recipients of a message (ID) or of every message matching the flags again",
+		"cancel": "stop the recipients of a message (ID) or of every message matching the flags that are not sent yet",
+	}[verb]
+	c := &cobra.Command{
+		Use:   verb + " [ID]",
+		Short: short,
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := api.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ms := mailbusv1.NewMessageServiceClient(conn)
+			ctx := cmd.Context()
+			if len(args) == 1 {
+				var m *mailbusv1.Message
+				if verb == "retry" {
+					resp, err := ms.RetryMessage(ctx, &mailbusv1.RetryMessageRequest{Id: args[0]})
+					if err != nil {
+						return fmt.Errorf("retry message %s: %w", args[0], err)
+					}
+					m = resp.GetMessage()
+				} else {
+					resp, err := ms.CancelMessage(ctx, &mailbusv1.CancelMessageRequest{Id: args[0]})
+					if err != nil {
+						return fmt.Errorf("cancel message %s: %w", args[0], err)
+					}
+					m = resp.GetMessage()
+				}
+				if asJSON {
+					return printJSON(cmd.OutOrStdout(), m)
+				}
+				printMessage(cmd.OutOrStdout(), m)
+				return nil
+			}
+			// A bare "retry" or "cancel" acting on every message an admin
+			// sees is too easy to type by mistake.
+			if f.TenantId == "" && f.UserId == "" && f.RelayId == "" && f.CampaignId == "" && status == "" && since == 0 {
+				return fmt.Errorf("name a message ID, or select messages with at least one of --tenant, --user, --relay, --campaign, --status, --since")
+			}
+			if status != "" {
+				v, ok := mailbusv1.DeliveryStatus_value["DELIVERY_STATUS_"+strings.ToUpper(status)]
+				if !ok {
+					return fmt.Errorf("unknown status %q (queued, sent, deferred, bounced, failed, suppressed, cancelled, complained)", status)
+				}
+				f.Status = mailbusv1.DeliveryStatus(v)
+			}
+			if since > 0 {
+				f.StartTime = timestamppb.New(time.Now().Add(-since))
+			}
+			var total mailbusv1.BulkResult
+			total.Refused = map[string]string{}
+			for token := ""; ; {
+				var r *mailbusv1.BulkResult
+				if verb == "retry" {
+					resp, err := ms.RetryMessages(ctx, &mailbusv1.RetryMessagesRequest{Filter: &f, PageToken: token})
+					if err != nil {
+						return fmt.Errorf("retry messages: %w", err)
+					}
+					r = resp.GetResult()
+				} else {
+					resp, err := ms.CancelMessages(ctx, &mailbusv1.CancelMessagesRequest{Filter: &f, PageToken: token})
+					if err != nil {
+						return fmt.Errorf("cancel messages: %w", err)
+					}
+					r = resp.GetResult()
+				}
+				total.Matched += r.GetMatched()
+				total.Changed += r.GetChanged()
+				total.Unchanged += r.GetUnchanged()
+				total.Recipients += r.GetRecipients()
+				for id, why := range r.GetRefused() {
+					total.Refused[id] = why
+				}
+				if token = r.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), &total)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d messages matched: %d %s (%d recipients), %d with nothing to %s, %d refused\n",
+				total.Matched, total.Changed, map[string]string{"retry": "retried", "cancel": "cancelled"}[verb],
+				total.Recipients, total.Unchanged, verb, len(total.Refused))
+			for id, why := range total.Refused {
+				fmt.Fprintf(cmd.OutOrStdout(), "  %s: %s\n", id, why)
+			}
+			return nil
+		},
+	}
+	api.register(c)
+	c.Flags().StringVar(&f.TenantId, "tenant", "", "tenant id")
+	c.Flags().StringVar(&f.UserId, "user", "", "user id")
+	c.Flags().StringVar(&f.RelayId, "relay", "", "messages with a recipient routed through this relay")
+	c.Flags().StringVar(&f.CampaignId, "campaign", "", "campaign id")
+	c.Flags().StringVar(&status, "status", "", "only messages with this overall status")
+	c.Flags().DurationVar(&since, "since", 0, "only messages created in this past duration (e.g. 24h)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print protojson")
+	return c
 }
 
 func statusName(s mailbusv1.DeliveryStatus) string {

@@ -45,7 +45,7 @@ var externalMetrics = map[string]string{
 
 // services are mailbus's services: one Deployment, one compose service and
 // one binary each.
-var services = []string{"config", "router", "quota", "signer", "sender", "tracker", "bounce"}
+var services = []string{"config", "router", "quota", "signer", "sender", "tracker", "bounce", "console"}
 
 // TestDeploy_dashboardAlertsAndManifestsMatchWhatTheServicesExport runs the
 // pipeline, sends mail through it (delivered, deferred, bounced at SMTP time
@@ -504,7 +504,7 @@ func TestDeploy_kubernetesBaseKeepsItsPromises(t *testing.T) {
 			t.Errorf("no PodDisruptionBudget %s", name)
 		}
 		so := byKind["ScaledObject"][name]
-		consumes := svc != "config" && svc != "bounce"
+		consumes := svc != "config" && svc != "bounce" && svc != "console"
 		if consumes != (so != nil) {
 			t.Errorf("%s: ScaledObject present %v, consumes topics %v", name, so != nil, consumes)
 		}

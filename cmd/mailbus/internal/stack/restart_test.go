@@ -169,9 +169,10 @@ func TestPipeline_sendsOnceWhenASubmissionIsPublishedAgainAfterARestart(t *testi
 
 // devProcess is `mailbus dev` running in a child process.
 type devProcess struct {
-	cmd      *exec.Cmd
-	brokers  []string
-	grpcAddr string
+	cmd        *exec.Cmd
+	brokers    []string
+	grpcAddr   string
+	consoleURL string
 }
 
 // startDevProcess runs `mailbus dev` on dir with the seed, as `make run`
@@ -180,7 +181,7 @@ func startDevProcess(t *testing.T, dir, seed string, partitions int) *devProcess
 	t.Helper()
 	args, _ := json.Marshal([]string{"dev", "--data", dir, "--config", seed, "--partitions", fmt.Sprint(partitions),
 		"--kafka-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0",
-		"--web-addr", "127.0.0.1:0", "--bounce-addr", "127.0.0.1:0", "--admin-addr", "", "--log-level", "warn"})
+		"--web-addr", "127.0.0.1:0", "--bounce-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0", "--admin-addr", "", "--log-level", "warn"})
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), devChildEnv+"="+string(args))
 	cmd.Stderr = tWriter{t}
@@ -215,6 +216,9 @@ func startDevProcess(t *testing.T, dir, seed string, partitions int) *devProcess
 			}
 			if v, ok := strings.CutPrefix(f, "grpc="); ok {
 				p.grpcAddr = v
+			}
+			if v, ok := strings.CutPrefix(f, "console="); ok {
+				p.consoleURL = v
 			}
 		}
 	case <-time.After(2 * stack.WaitTimeout):

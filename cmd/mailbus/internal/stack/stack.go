@@ -38,6 +38,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/suppress"
 	bouncesvc "github.com/mailbus/mailbus/services/bounce"
 	"github.com/mailbus/mailbus/services/config"
+	"github.com/mailbus/mailbus/services/console"
 	"github.com/mailbus/mailbus/services/quota"
 	"github.com/mailbus/mailbus/services/router"
 	"github.com/mailbus/mailbus/services/sender"
@@ -64,8 +65,14 @@ type Options struct {
 	// domains). Empty picks a free loopback port, so that tests and the
 	// benchmark never collide; mailbus dev passes 127.0.0.1:2525.
 	BounceAddr string
+	// UnsubscribeAddr serves the one-click unsubscribe links (plain HTTP
+	// on loopback in development); empty picks a free loopback port.
+	UnsubscribeAddr string
 	// AdminAddr serves /metrics, /healthz, /readyz; empty disables it.
 	AdminAddr string
+	// ConsoleAddr is the admin web console. Empty picks a free loopback
+	// port, like BounceAddr; mailbus dev passes 127.0.0.1:8080.
+	ConsoleAddr string
 	// NoCatcher leaves the mail catcher out (tests bring their own SMTP).
 	NoCatcher bool
 	// ConfigDatabaseURL and TrackerDatabaseURL default to SQLite files in
@@ -80,6 +87,9 @@ type Options struct {
 	TuneBus func(*bus.Config)
 	// TuneSender adjusts the sender configuration.
 	TuneSender func(*sender.Config)
+	// TuneTracker adjusts the tracker's configuration (tests shorten the
+	// retention of submissions).
+	TuneTracker func(*tracker.Config)
 	// TuneBounce adjusts the bounce listener's configuration (its
 	// connection limits and idle timeout).
 	TuneBounce func(*bouncesvc.Config)
@@ -98,6 +108,11 @@ type Stack struct {
 	Redis     redis.UniversalClient
 	// BounceAddr is where the bounce listener accepts SMTP.
 	BounceAddr string
+	// UnsubscribeURL is the base of the one-click unsubscribe links the
+	// router writes into mass mail.
+	UnsubscribeURL string
+	// ConsoleURL is the admin web console, http://host:port.
+	ConsoleURL string
 	// Suppressions is the tenants' suppression lists.
 	Suppressions *suppress.Store
 	// AdminToken is an admin API token (also written to DataDir/admin.token).
@@ -231,9 +246,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("start config service: %w", err)
 	}
 	s.closers = append(s.closers, func() { _ = cfgSvc.Close() })
-	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{
+	trkCfg := tracker.Config{
 		Bus: busCfg, DatabaseURL: orDefault(o.TrackerDatabaseURL, "sqlite://"+filepath.Join(o.DataDir, "messages.db")),
-	}, infra.Infra{Log: o.Log, Metrics: o.Metrics})
+	}
+	if o.TuneTracker != nil {
+		o.TuneTracker(&trkCfg)
+	}
+	trk, closeTrk, err := tracker.NewApplication(ctx, trkCfg, infra.Infra{Log: o.Log, Metrics: o.Metrics, Redis: rdb})
 	if err != nil {
 		return nil, err
 	}
@@ -312,11 +331,6 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	s.closers = append(s.closers, closeSnd)
 	s.Sender = snd
-	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes}, in)
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, closeRtr)
 	qta, closeQta, err := quota.NewApplication(ctx, quota.Config{Bus: busCfg}, in)
 	if err != nil {
 		return nil, err
@@ -327,7 +341,8 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, closeSgn)
-	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey}}
+	bounceCfg := bouncesvc.Config{Bus: busCfg, Addr: orDefault(o.BounceAddr, "127.0.0.1:0"), VERPKeys: [][]byte{s.VERPKey},
+		UnsubscribeAddr: orDefault(o.UnsubscribeAddr, "127.0.0.1:0")}
 	if o.TuneBounce != nil {
 		o.TuneBounce(&bounceCfg)
 	}
@@ -341,6 +356,31 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s.BounceAddr = baddr.String()
+	uaddr, err := bnc.ListenUnsubscribe()
+	if err != nil {
+		return nil, err
+	}
+	// The router writes the links, so it starts once their address is
+	// known.
+	s.UnsubscribeURL = "http://" + uaddr.String() + "/unsubscribe/"
+	rtr, closeRtr, err := router.NewApplication(ctx, router.Config{Bus: busCfg, VERPKey: s.VERPKey, MaxMessageBytes: o.MaxMessageBytes, UnsubscribeURL: s.UnsubscribeURL}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeRtr)
+	// The console calls the one gRPC server as whoever signed in to it,
+	// as it calls the three services in production.
+	con, closeCon, err := console.NewApplication(ctx, console.Config{Addr: orDefault(o.ConsoleAddr, "127.0.0.1:0")},
+		console.Endpoints{Config: s.GRPCAddr, Messages: s.GRPCAddr, Suppressions: s.GRPCAddr}, in)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, closeCon)
+	caddr, err := con.Listen()
+	if err != nil {
+		return nil, err
+	}
+	s.ConsoleURL = "http://" + caddr.String()
 
 	s.goRun("router", rtr.Run)
 	s.goRun("quota", qta.Run)
@@ -348,6 +388,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	s.startSender(s.Sender)
 	s.goRun("tracker", trk.Run)
 	s.goRun("bounce", bnc.Run)
+	s.goRun("console", con.Run)
 	if o.AdminAddr != "" {
 		var h obs.Health
 		h.SetReady(true)

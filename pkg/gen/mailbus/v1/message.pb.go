@@ -650,12 +650,504 @@ func (x *CancelMessageResponse) GetMessage() *Message {
 	return nil
 }
 
+// MessageFilter selects messages for the bulk actions. Empty fields do not
+// filter; a tenant admin's and a user's filters are narrowed to what they
+// may see.
+type MessageFilter struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	UserId   string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Messages with a recipient whose last route was this relay.
+	RelayId string `protobuf:"bytes,3,opt,name=relay_id,json=relayId,proto3" json:"relay_id,omitempty"`
+	// The message's overall status.
+	Status DeliveryStatus `protobuf:"varint,4,opt,name=status,proto3,enum=mailbus.v1.DeliveryStatus" json:"status,omitempty"`
+	// Bounds of the message's create_time: start_time <= t < end_time.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	CampaignId    string                 `protobuf:"bytes,7,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MessageFilter) Reset() {
+	*x = MessageFilter{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessageFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessageFilter) ProtoMessage() {}
+
+func (x *MessageFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessageFilter.ProtoReflect.Descriptor instead.
+func (*MessageFilter) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MessageFilter) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *MessageFilter) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MessageFilter) GetRelayId() string {
+	if x != nil {
+		return x.RelayId
+	}
+	return ""
+}
+
+func (x *MessageFilter) GetStatus() DeliveryStatus {
+	if x != nil {
+		return x.Status
+	}
+	return DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED
+}
+
+func (x *MessageFilter) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *MessageFilter) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *MessageFilter) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+type RetryMessagesRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Filter *MessageFilter         `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// The most messages looked at in this call: 1..500, default 100.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Continues after the previous call's next_page_token, same filter.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryMessagesRequest) Reset() {
+	*x = RetryMessagesRequest{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryMessagesRequest) ProtoMessage() {}
+
+func (x *RetryMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryMessagesRequest.ProtoReflect.Descriptor instead.
+func (*RetryMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RetryMessagesRequest) GetFilter() *MessageFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *RetryMessagesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *RetryMessagesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// BulkResult counts what a bulk action did with one page of messages.
+type BulkResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Messages that matched the filter in this page.
+	Matched int32 `protobuf:"varint,1,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Messages the action changed (retried or cancelled).
+	Changed int32 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// Recipients retried or cancelled.
+	Recipients int32 `protobuf:"varint,3,opt,name=recipients,proto3" json:"recipients,omitempty"`
+	// Messages with nothing to retry or cancel.
+	Unchanged int32 `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// Messages the action was refused for, with the reason of each.
+	Refused map[string]string `protobuf:"bytes,5,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Empty when no messages are left.
+	NextPageToken string `protobuf:"bytes,6,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkResult) Reset() {
+	*x = BulkResult{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkResult) ProtoMessage() {}
+
+func (x *BulkResult) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkResult.ProtoReflect.Descriptor instead.
+func (*BulkResult) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BulkResult) GetMatched() int32 {
+	if x != nil {
+		return x.Matched
+	}
+	return 0
+}
+
+func (x *BulkResult) GetChanged() int32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *BulkResult) GetRecipients() int32 {
+	if x != nil {
+		return x.Recipients
+	}
+	return 0
+}
+
+func (x *BulkResult) GetUnchanged() int32 {
+	if x != nil {
+		return x.Unchanged
+	}
+	return 0
+}
+
+func (x *BulkResult) GetRefused() map[string]string {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+func (x *BulkResult) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RetryMessagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *BulkResult            `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryMessagesResponse) Reset() {
+	*x = RetryMessagesResponse{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryMessagesResponse) ProtoMessage() {}
+
+func (x *RetryMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryMessagesResponse.ProtoReflect.Descriptor instead.
+func (*RetryMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RetryMessagesResponse) GetResult() *BulkResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type CancelMessagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Filter        *MessageFilter         `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelMessagesRequest) Reset() {
+	*x = CancelMessagesRequest{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelMessagesRequest) ProtoMessage() {}
+
+func (x *CancelMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelMessagesRequest.ProtoReflect.Descriptor instead.
+func (*CancelMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CancelMessagesRequest) GetFilter() *MessageFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *CancelMessagesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *CancelMessagesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type CancelMessagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *BulkResult            `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelMessagesResponse) Reset() {
+	*x = CancelMessagesResponse{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelMessagesResponse) ProtoMessage() {}
+
+func (x *CancelMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelMessagesResponse.ProtoReflect.Descriptor instead.
+func (*CancelMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CancelMessagesResponse) GetResult() *BulkResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+// Resubmission is a retry that the tracker asks the router for on
+// mail.resubmit: the original submission, sent again to some of its
+// recipients under the original message id. Producers never write it;
+// mail.submit stays the only way in for new mail.
+type Resubmission struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The same for repeats of the same retry (the retry's event id), so the
+	// router's deliveries and events for it are the same each time.
+	RetryId   string `protobuf:"bytes,1,opt,name=retry_id,json=retryId,proto3" json:"retry_id,omitempty"`
+	MessageId string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Counts the message's retries, from 1; part of the new delivery ids.
+	Retry int32 `protobuf:"varint,3,opt,name=retry,proto3" json:"retry,omitempty"`
+	// The recipients to send to again; the others are left alone.
+	Recipients []string    `protobuf:"bytes,4,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	Submission *Submission `protobuf:"bytes,5,opt,name=submission,proto3" json:"submission,omitempty"`
+	// Who asked, for the message log.
+	RequestedBy   string `protobuf:"bytes,6,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resubmission) Reset() {
+	*x = Resubmission{}
+	mi := &file_mailbus_v1_message_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resubmission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resubmission) ProtoMessage() {}
+
+func (x *Resubmission) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_message_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resubmission.ProtoReflect.Descriptor instead.
+func (*Resubmission) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_message_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Resubmission) GetRetryId() string {
+	if x != nil {
+		return x.RetryId
+	}
+	return ""
+}
+
+func (x *Resubmission) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *Resubmission) GetRetry() int32 {
+	if x != nil {
+		return x.Retry
+	}
+	return 0
+}
+
+func (x *Resubmission) GetRecipients() []string {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *Resubmission) GetSubmission() *Submission {
+	if x != nil {
+		return x.Submission
+	}
+	return nil
+}
+
+func (x *Resubmission) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
 var File_mailbus_v1_message_proto protoreflect.FileDescriptor
 
 const file_mailbus_v1_message_proto_rawDesc = "" +
 	"\n" +
 	"\x18mailbus/v1/message.proto\x12\n" +
-	"mailbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mailbus/v1/common.proto\x1a\x19mailbus/v1/delivery.proto\"\xd0\x02\n" +
+	"mailbus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mailbus/v1/common.proto\x1a\x19mailbus/v1/delivery.proto\x1a\x1bmailbus/v1/submission.proto\"\xd0\x02\n" +
 	"\x0eRecipientState\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x122\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1a.mailbus.v1.DeliveryStatusR\x06status\x12\x16\n" +
@@ -706,13 +1198,64 @@ const file_mailbus_v1_message_proto_rawDesc = "" +
 	"\x14CancelMessageRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"F\n" +
 	"\x15CancelMessageResponse\x12-\n" +
-	"\amessage\x18\x01 \x01(\v2\x13.mailbus.v1.MessageR\amessage2\xd9\x02\n" +
+	"\amessage\x18\x01 \x01(\v2\x13.mailbus.v1.MessageR\amessage\"\xa7\x02\n" +
+	"\rMessageFilter\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
+	"\brelay_id\x18\x03 \x01(\tR\arelayId\x122\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x1a.mailbus.v1.DeliveryStatusR\x06status\x129\n" +
+	"\n" +
+	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1f\n" +
+	"\vcampaign_id\x18\a \x01(\tR\n" +
+	"campaignId\"\x85\x01\n" +
+	"\x14RetryMessagesRequest\x121\n" +
+	"\x06filter\x18\x01 \x01(\v2\x19.mailbus.v1.MessageFilterR\x06filter\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xa1\x02\n" +
+	"\n" +
+	"BulkResult\x12\x18\n" +
+	"\amatched\x18\x01 \x01(\x05R\amatched\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\x05R\achanged\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\x03 \x01(\x05R\n" +
+	"recipients\x12\x1c\n" +
+	"\tunchanged\x18\x04 \x01(\x05R\tunchanged\x12=\n" +
+	"\arefused\x18\x05 \x03(\v2#.mailbus.v1.BulkResult.RefusedEntryR\arefused\x12&\n" +
+	"\x0fnext_page_token\x18\x06 \x01(\tR\rnextPageToken\x1a:\n" +
+	"\fRefusedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
+	"\x15RetryMessagesResponse\x12.\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.mailbus.v1.BulkResultR\x06result\"\x86\x01\n" +
+	"\x15CancelMessagesRequest\x121\n" +
+	"\x06filter\x18\x01 \x01(\v2\x19.mailbus.v1.MessageFilterR\x06filter\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"H\n" +
+	"\x16CancelMessagesResponse\x12.\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.mailbus.v1.BulkResultR\x06result\"\xd9\x01\n" +
+	"\fResubmission\x12\x19\n" +
+	"\bretry_id\x18\x01 \x01(\tR\aretryId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x14\n" +
+	"\x05retry\x18\x03 \x01(\x05R\x05retry\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\x04 \x03(\tR\n" +
+	"recipients\x126\n" +
+	"\n" +
+	"submission\x18\x05 \x01(\v2\x16.mailbus.v1.SubmissionR\n" +
+	"submission\x12!\n" +
+	"\frequested_by\x18\x06 \x01(\tR\vrequestedBy2\x88\x04\n" +
 	"\x0eMessageService\x12K\n" +
 	"\n" +
 	"GetMessage\x12\x1d.mailbus.v1.GetMessageRequest\x1a\x1e.mailbus.v1.GetMessageResponse\x12Q\n" +
 	"\fListMessages\x12\x1f.mailbus.v1.ListMessagesRequest\x1a .mailbus.v1.ListMessagesResponse\x12Q\n" +
 	"\fRetryMessage\x12\x1f.mailbus.v1.RetryMessageRequest\x1a .mailbus.v1.RetryMessageResponse\x12T\n" +
-	"\rCancelMessage\x12 .mailbus.v1.CancelMessageRequest\x1a!.mailbus.v1.CancelMessageResponseB\xa0\x01\n" +
+	"\rCancelMessage\x12 .mailbus.v1.CancelMessageRequest\x1a!.mailbus.v1.CancelMessageResponse\x12T\n" +
+	"\rRetryMessages\x12 .mailbus.v1.RetryMessagesRequest\x1a!.mailbus.v1.RetryMessagesResponse\x12W\n" +
+	"\x0eCancelMessages\x12!.mailbus.v1.CancelMessagesRequest\x1a\".mailbus.v1.CancelMessagesResponseB\xa0\x01\n" +
 	"\x0ecom.mailbus.v1B\fMessageProtoP\x01Z7github.com/mailbus/mailbus/pkg/gen/mailbus/v1;mailbusv1\xa2\x02\x03MXX\xaa\x02\n" +
 	"Mailbus.V1\xca\x02\n" +
 	"Mailbus\\V1\xe2\x02\x16Mailbus\\V1\\GPBMetadata\xea\x02\vMailbus::V1b\x06proto3"
@@ -729,54 +1272,76 @@ func file_mailbus_v1_message_proto_rawDescGZIP() []byte {
 	return file_mailbus_v1_message_proto_rawDescData
 }
 
-var file_mailbus_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_mailbus_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_mailbus_v1_message_proto_goTypes = []any{
-	(*RecipientState)(nil),        // 0: mailbus.v1.RecipientState
-	(*Message)(nil),               // 1: mailbus.v1.Message
-	(*GetMessageRequest)(nil),     // 2: mailbus.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),    // 3: mailbus.v1.GetMessageResponse
-	(*ListMessagesRequest)(nil),   // 4: mailbus.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),  // 5: mailbus.v1.ListMessagesResponse
-	(*RetryMessageRequest)(nil),   // 6: mailbus.v1.RetryMessageRequest
-	(*RetryMessageResponse)(nil),  // 7: mailbus.v1.RetryMessageResponse
-	(*CancelMessageRequest)(nil),  // 8: mailbus.v1.CancelMessageRequest
-	(*CancelMessageResponse)(nil), // 9: mailbus.v1.CancelMessageResponse
-	(DeliveryStatus)(0),           // 10: mailbus.v1.DeliveryStatus
-	(*SmtpReply)(nil),             // 11: mailbus.v1.SmtpReply
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*MessageSummary)(nil),        // 13: mailbus.v1.MessageSummary
-	(*DeliveryEvent)(nil),         // 14: mailbus.v1.DeliveryEvent
+	(*RecipientState)(nil),         // 0: mailbus.v1.RecipientState
+	(*Message)(nil),                // 1: mailbus.v1.Message
+	(*GetMessageRequest)(nil),      // 2: mailbus.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 3: mailbus.v1.GetMessageResponse
+	(*ListMessagesRequest)(nil),    // 4: mailbus.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),   // 5: mailbus.v1.ListMessagesResponse
+	(*RetryMessageRequest)(nil),    // 6: mailbus.v1.RetryMessageRequest
+	(*RetryMessageResponse)(nil),   // 7: mailbus.v1.RetryMessageResponse
+	(*CancelMessageRequest)(nil),   // 8: mailbus.v1.CancelMessageRequest
+	(*CancelMessageResponse)(nil),  // 9: mailbus.v1.CancelMessageResponse
+	(*MessageFilter)(nil),          // 10: mailbus.v1.MessageFilter
+	(*RetryMessagesRequest)(nil),   // 11: mailbus.v1.RetryMessagesRequest
+	(*BulkResult)(nil),             // 12: mailbus.v1.BulkResult
+	(*RetryMessagesResponse)(nil),  // 13: mailbus.v1.RetryMessagesResponse
+	(*CancelMessagesRequest)(nil),  // 14: mailbus.v1.CancelMessagesRequest
+	(*CancelMessagesResponse)(nil), // 15: mailbus.v1.CancelMessagesResponse
+	(*Resubmission)(nil),           // 16: mailbus.v1.Resubmission
+	nil,                            // 17: mailbus.v1.BulkResult.RefusedEntry
+	(DeliveryStatus)(0),            // 18: mailbus.v1.DeliveryStatus
+	(*SmtpReply)(nil),              // 19: mailbus.v1.SmtpReply
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*MessageSummary)(nil),         // 21: mailbus.v1.MessageSummary
+	(*DeliveryEvent)(nil),          // 22: mailbus.v1.DeliveryEvent
+	(*Submission)(nil),             // 23: mailbus.v1.Submission
 }
 var file_mailbus_v1_message_proto_depIdxs = []int32{
-	10, // 0: mailbus.v1.RecipientState.status:type_name -> mailbus.v1.DeliveryStatus
-	11, // 1: mailbus.v1.RecipientState.reply:type_name -> mailbus.v1.SmtpReply
-	12, // 2: mailbus.v1.RecipientState.update_time:type_name -> google.protobuf.Timestamp
-	10, // 3: mailbus.v1.Message.status:type_name -> mailbus.v1.DeliveryStatus
-	13, // 4: mailbus.v1.Message.summary:type_name -> mailbus.v1.MessageSummary
+	18, // 0: mailbus.v1.RecipientState.status:type_name -> mailbus.v1.DeliveryStatus
+	19, // 1: mailbus.v1.RecipientState.reply:type_name -> mailbus.v1.SmtpReply
+	20, // 2: mailbus.v1.RecipientState.update_time:type_name -> google.protobuf.Timestamp
+	18, // 3: mailbus.v1.Message.status:type_name -> mailbus.v1.DeliveryStatus
+	21, // 4: mailbus.v1.Message.summary:type_name -> mailbus.v1.MessageSummary
 	0,  // 5: mailbus.v1.Message.recipients:type_name -> mailbus.v1.RecipientState
-	14, // 6: mailbus.v1.Message.history:type_name -> mailbus.v1.DeliveryEvent
-	12, // 7: mailbus.v1.Message.create_time:type_name -> google.protobuf.Timestamp
-	12, // 8: mailbus.v1.Message.update_time:type_name -> google.protobuf.Timestamp
+	22, // 6: mailbus.v1.Message.history:type_name -> mailbus.v1.DeliveryEvent
+	20, // 7: mailbus.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	20, // 8: mailbus.v1.Message.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 9: mailbus.v1.GetMessageResponse.message:type_name -> mailbus.v1.Message
-	10, // 10: mailbus.v1.ListMessagesRequest.status:type_name -> mailbus.v1.DeliveryStatus
-	12, // 11: mailbus.v1.ListMessagesRequest.start_time:type_name -> google.protobuf.Timestamp
-	12, // 12: mailbus.v1.ListMessagesRequest.end_time:type_name -> google.protobuf.Timestamp
+	18, // 10: mailbus.v1.ListMessagesRequest.status:type_name -> mailbus.v1.DeliveryStatus
+	20, // 11: mailbus.v1.ListMessagesRequest.start_time:type_name -> google.protobuf.Timestamp
+	20, // 12: mailbus.v1.ListMessagesRequest.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: mailbus.v1.ListMessagesResponse.messages:type_name -> mailbus.v1.Message
 	1,  // 14: mailbus.v1.RetryMessageResponse.message:type_name -> mailbus.v1.Message
 	1,  // 15: mailbus.v1.CancelMessageResponse.message:type_name -> mailbus.v1.Message
-	2,  // 16: mailbus.v1.MessageService.GetMessage:input_type -> mailbus.v1.GetMessageRequest
-	4,  // 17: mailbus.v1.MessageService.ListMessages:input_type -> mailbus.v1.ListMessagesRequest
-	6,  // 18: mailbus.v1.MessageService.RetryMessage:input_type -> mailbus.v1.RetryMessageRequest
-	8,  // 19: mailbus.v1.MessageService.CancelMessage:input_type -> mailbus.v1.CancelMessageRequest
-	3,  // 20: mailbus.v1.MessageService.GetMessage:output_type -> mailbus.v1.GetMessageResponse
-	5,  // 21: mailbus.v1.MessageService.ListMessages:output_type -> mailbus.v1.ListMessagesResponse
-	7,  // 22: mailbus.v1.MessageService.RetryMessage:output_type -> mailbus.v1.RetryMessageResponse
-	9,  // 23: mailbus.v1.MessageService.CancelMessage:output_type -> mailbus.v1.CancelMessageResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	18, // 16: mailbus.v1.MessageFilter.status:type_name -> mailbus.v1.DeliveryStatus
+	20, // 17: mailbus.v1.MessageFilter.start_time:type_name -> google.protobuf.Timestamp
+	20, // 18: mailbus.v1.MessageFilter.end_time:type_name -> google.protobuf.Timestamp
+	10, // 19: mailbus.v1.RetryMessagesRequest.filter:type_name -> mailbus.v1.MessageFilter
+	17, // 20: mailbus.v1.BulkResult.refused:type_name -> mailbus.v1.BulkResult.RefusedEntry
+	12, // 21: mailbus.v1.RetryMessagesResponse.result:type_name -> mailbus.v1.BulkResult
+	10, // 22: mailbus.v1.CancelMessagesRequest.filter:type_name -> mailbus.v1.MessageFilter
+	12, // 23: mailbus.v1.CancelMessagesResponse.result:type_name -> mailbus.v1.BulkResult
+	23, // 24: mailbus.v1.Resubmission.submission:type_name -> mailbus.v1.Submission
+	2,  // 25: mailbus.v1.MessageService.GetMessage:input_type -> mailbus.v1.GetMessageRequest
+	4,  // 26: mailbus.v1.MessageService.ListMessages:input_type -> mailbus.v1.ListMessagesRequest
+	6,  // 27: mailbus.v1.MessageService.RetryMessage:input_type -> mailbus.v1.RetryMessageRequest
+	8,  // 28: mailbus.v1.MessageService.CancelMessage:input_type -> mailbus.v1.CancelMessageRequest
+	11, // 29: mailbus.v1.MessageService.RetryMessages:input_type -> mailbus.v1.RetryMessagesRequest
+	14, // 30: mailbus.v1.MessageService.CancelMessages:input_type -> mailbus.v1.CancelMessagesRequest
+	3,  // 31: mailbus.v1.MessageService.GetMessage:output_type -> mailbus.v1.GetMessageResponse
+	5,  // 32: mailbus.v1.MessageService.ListMessages:output_type -> mailbus.v1.ListMessagesResponse
+	7,  // 33: mailbus.v1.MessageService.RetryMessage:output_type -> mailbus.v1.RetryMessageResponse
+	9,  // 34: mailbus.v1.MessageService.CancelMessage:output_type -> mailbus.v1.CancelMessageResponse
+	13, // 35: mailbus.v1.MessageService.RetryMessages:output_type -> mailbus.v1.RetryMessagesResponse
+	15, // 36: mailbus.v1.MessageService.CancelMessages:output_type -> mailbus.v1.CancelMessagesResponse
+	31, // [31:37] is the sub-list for method output_type
+	25, // [25:31] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_mailbus_v1_message_proto_init() }
@@ -786,13 +1351,14 @@ func file_mailbus_v1_message_proto_init() {
 	}
 	file_mailbus_v1_common_proto_init()
 	file_mailbus_v1_delivery_proto_init()
+	file_mailbus_v1_submission_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mailbus_v1_message_proto_rawDesc), len(file_mailbus_v1_message_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MessageService_GetMessage_FullMethodName    = "/mailbus.v1.MessageService/GetMessage"
-	MessageService_ListMessages_FullMethodName  = "/mailbus.v1.MessageService/ListMessages"
-	MessageService_RetryMessage_FullMethodName  = "/mailbus.v1.MessageService/RetryMessage"
-	MessageService_CancelMessage_FullMethodName = "/mailbus.v1.MessageService/CancelMessage"
+	MessageService_GetMessage_FullMethodName     = "/mailbus.v1.MessageService/GetMessage"
+	MessageService_ListMessages_FullMethodName   = "/mailbus.v1.MessageService/ListMessages"
+	MessageService_RetryMessage_FullMethodName   = "/mailbus.v1.MessageService/RetryMessage"
+	MessageService_CancelMessage_FullMethodName  = "/mailbus.v1.MessageService/CancelMessage"
+	MessageService_RetryMessages_FullMethodName  = "/mailbus.v1.MessageService/RetryMessages"
+	MessageService_CancelMessages_FullMethodName = "/mailbus.v1.MessageService/CancelMessages"
 )
 
 // MessageServiceClient is the client API for MessageService service.
@@ -34,10 +36,16 @@ const (
 type MessageServiceClient interface {
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
-	// Sends failed recipients of a message again.
+	// Sends the failed and bounced recipients of a message again, through
+	// routing and limits, as a new attempt. Refused with FailedPrecondition
+	// once the message's content is past its retention.
 	RetryMessage(ctx context.Context, in *RetryMessageRequest, opts ...grpc.CallOption) (*RetryMessageResponse, error)
-	// Cancels recipients that have not been sent yet.
+	// Cancels recipients that have not been handed to an SMTP server yet.
 	CancelMessage(ctx context.Context, in *CancelMessageRequest, opts ...grpc.CallOption) (*CancelMessageResponse, error)
+	// Retries every message that matches a filter, a bounded page at a time.
+	RetryMessages(ctx context.Context, in *RetryMessagesRequest, opts ...grpc.CallOption) (*RetryMessagesResponse, error)
+	// Cancels every message that matches a filter, a bounded page at a time.
+	CancelMessages(ctx context.Context, in *CancelMessagesRequest, opts ...grpc.CallOption) (*CancelMessagesResponse, error)
 }
 
 type messageServiceClient struct {
@@ -88,6 +96,26 @@ func (c *messageServiceClient) CancelMessage(ctx context.Context, in *CancelMess
 	return out, nil
 }
 
+func (c *messageServiceClient) RetryMessages(ctx context.Context, in *RetryMessagesRequest, opts ...grpc.CallOption) (*RetryMessagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryMessagesResponse)
+	err := c.cc.Invoke(ctx, MessageService_RetryMessages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *messageServiceClient) CancelMessages(ctx context.Context, in *CancelMessagesRequest, opts ...grpc.CallOption) (*CancelMessagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelMessagesResponse)
+	err := c.cc.Invoke(ctx, MessageService_CancelMessages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MessageServiceServer is the server API for MessageService service.
 // All implementations must embed UnimplementedMessageServiceServer
 // for forward compatibility.
@@ -97,10 +125,16 @@ func (c *messageServiceClient) CancelMessage(ctx context.Context, in *CancelMess
 type MessageServiceServer interface {
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
-	// Sends failed recipients of a message again.
+	// Sends the failed and bounced recipients of a message again, through
+	// routing and limits, as a new attempt. Refused with FailedPrecondition
+	// once the message's content is past its retention.
 	RetryMessage(context.Context, *RetryMessageRequest) (*RetryMessageResponse, error)
-	// Cancels recipients that have not been sent yet.
+	// Cancels recipients that have not been handed to an SMTP server yet.
 	CancelMessage(context.Context, *CancelMessageRequest) (*CancelMessageResponse, error)
+	// Retries every message that matches a filter, a bounded page at a time.
+	RetryMessages(context.Context, *RetryMessagesRequest) (*RetryMessagesResponse, error)
+	// Cancels every message that matches a filter, a bounded page at a time.
+	CancelMessages(context.Context, *CancelMessagesRequest) (*CancelMessagesResponse, error)
 	mustEmbedUnimplementedMessageServiceServer()
 }
 
@@ -122,6 +156,12 @@ func (UnimplementedMessageServiceServer) RetryMessage(context.Context, *RetryMes
 }
 func (UnimplementedMessageServiceServer) CancelMessage(context.Context, *CancelMessageRequest) (*CancelMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelMessage not implemented")
+}
+func (UnimplementedMessageServiceServer) RetryMessages(context.Context, *RetryMessagesRequest) (*RetryMessagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryMessages not implemented")
+}
+func (UnimplementedMessageServiceServer) CancelMessages(context.Context, *CancelMessagesRequest) (*CancelMessagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelMessages not implemented")
 }
 func (UnimplementedMessageServiceServer) mustEmbedUnimplementedMessageServiceServer() {}
 func (UnimplementedMessageServiceServer) testEmbeddedByValue()                        {}
@@ -216,6 +256,42 @@ func _MessageService_CancelMessage_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MessageService_RetryMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MessageServiceServer).RetryMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MessageService_RetryMessages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MessageServiceServer).RetryMessages(ctx, req.(*RetryMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MessageService_CancelMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MessageServiceServer).CancelMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MessageService_CancelMessages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MessageServiceServer).CancelMessages(ctx, req.(*CancelMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MessageService_ServiceDesc is the grpc.ServiceDesc for MessageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -238,6 +314,14 @@ var MessageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelMessage",
 			Handler:    _MessageService_CancelMessage_Handler,
+		},
+		{
+			MethodName: "RetryMessages",
+			Handler:    _MessageService_RetryMessages_Handler,
+		},
+		{
+			MethodName: "CancelMessages",
+			Handler:    _MessageService_CancelMessages_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -11,6 +11,9 @@
 //	MAILBUS_BOUNCE_MAX_CONNS_PER_IP  concurrent connections from one address (default 10)
 //	MAILBUS_BOUNCE_CONNS_PER_MINUTE  new connections from one address per minute (default 120)
 //	MAILBUS_BOUNCE_IDLE_TIMEOUT   time an idle session is kept (default 5m)
+//	MAILBUS_BOUNCE_UNSUBSCRIBE_ADDR  HTTP address of the one-click unsubscribe links (default :8081;
+//	                              "off" serves none); publish it over HTTPS as the router's
+//	                              MAILBUS_UNSUBSCRIBE_URL
 //	MAILBUS_BOUNCE_GRPC_LISTEN    SuppressionService (default :7072), authenticated
 //	                              with MAILBUS_ADMIN_TOKEN
 //
@@ -67,6 +70,10 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	cfg := bounce.Config{
 		Bus: env.Bus, Addr: svcenv.Get("MAILBUS_BOUNCE_SMTP_ADDR", ":2525"), Hostname: os.Getenv("MAILBUS_BOUNCE_HOSTNAME"),
 		VERPKeys: keys, FeedbackAddresses: feedback, MaxMessageBytes: maxBytes, Mailboxes: mailboxes,
+		UnsubscribeAddr: svcenv.Get("MAILBUS_BOUNCE_UNSUBSCRIBE_ADDR", ":8081"),
+	}
+	if cfg.UnsubscribeAddr == "off" {
+		cfg.UnsubscribeAddr = ""
 	}
 	if err := bounce.LimitsFromEnv(&cfg, os.Getenv); err != nil {
 		return err

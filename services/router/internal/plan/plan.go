@@ -28,6 +28,7 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/unsub"
 	"github.com/mailbus/mailbus/services/router/internal/route"
 )
 
@@ -60,7 +61,10 @@ type Config interface {
 // Suppressions reports which recipients are on the tenant's suppression
 // list, with the reason they are.
 type Suppressions interface {
-	Suppressed(ctx context.Context, tenantID string, addrs []string) (map[string]string, error)
+	// SuppressedFor returns the addrs suppressed for a message of the
+	// tenant; mass says whether it is mass mail, which unsubscribed
+	// addresses also stop.
+	SuppressedFor(ctx context.Context, tenantID string, addrs []string, mass bool) (map[string]string, error)
 }
 
 // RelayHealth reports relays disabled for today after repeated failures.
@@ -83,9 +87,16 @@ type Options struct {
 	// EnvelopeRecipients bounds one envelope when not using VERP; default
 	// 50, Postfix's smtp_destination_recipient_limit.
 	EnvelopeRecipients int
-	// VERPKey signs VERP return paths.
+	// VERPKey signs VERP return paths, and the one-click unsubscribe
+	// links (pkg/unsub).
 	VERPKey []byte
-	Now     func() time.Time
+	// UnsubscribeURL is where the bounce service serves one-click
+	// unsubscribe links ("https://links.example.com/unsubscribe/"); the
+	// signed token is appended. Empty: mass mail gets only the mailto:
+	// link on the tenant's bounce domain, and no List-Unsubscribe-Post
+	// (RFC 8058 one-click needs an HTTPS link).
+	UnsubscribeURL string
+	Now            func() time.Time
 }
 
 // Planner plans deliveries.
@@ -129,21 +140,73 @@ func refuse(reason, format string, args ...any) error {
 	return &refusal{reason: reason, detail: fmt.Sprintf(format, args...)}
 }
 
-// Plan plans a submission. fallbackKey identifies the record when the
-// submission has no idempotency id (its Kafka position), so a redelivered
-// record still gets the same message id.
-func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackKey string) (Result, error) {
+// Plan plans a submission. recordKey identifies the record when the
+// submission has no idempotency id (ids.RecordKey of its Kafka position),
+// so a redelivered record still gets the same message id.
+func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, recordKey string) (Result, error) {
 	idem := sub.GetIdempotencyId()
 	if idem == "" {
-		idem = "record:" + fallbackKey
+		idem = recordKey
 	}
-	msgID := ids.MessageID(sub.GetTenantId(), idem)
+	return p.plan(ctx, sub, ids.MessageID(sub.GetTenantId(), idem), nil)
+}
+
+// ReasonRetried is the reason of the queued event of a retry.
+const ReasonRetried = "retried"
+
+// Retry plans a retry that the tracker asked for through mail.resubmit:
+// the message's original submission, sent again to the recipients named
+// in rs only, through the same checks as a new submission (tenant, kind,
+// suppression list, routing) and then quota's limits. The message keeps
+// its id, Message-ID header and log entry; the deliveries get new ids of
+// the retry (ids.RetryDeliveryID), so quota counts them and the sender
+// sends them, and the same retry planned twice gives the same ids and
+// events. A recipient on the suppression list stays suppressed: a retry
+// does not override the tenant's list.
+func (p *Planner) Retry(ctx context.Context, rs *mailbusv1.Resubmission) (Result, error) {
+	sub := rs.GetSubmission()
+	if rs.GetMessageId() == "" || rs.GetRetry() < 1 || sub == nil {
+		return Result{}, bus.Permanent(fmt.Errorf("resubmission %q needs a message id, a retry number and the submission", rs.GetRetryId()))
+	}
+	return p.plan(ctx, sub, rs.GetMessageId(), rs)
+}
+
+// plan plans sub as message msgID: a new submission, or a retry of some of
+// its recipients when rs is set.
+func (p *Planner) plan(ctx context.Context, sub *mailbusv1.Submission, msgID string, rs *mailbusv1.Resubmission) (Result, error) {
 	res := Result{MessageID: msgID}
 	now := p.opts.Now()
 	rcpts := recipients(sub)
 	summary := &mailbusv1.MessageSummary{
 		From: sub.GetFrom().GetEmail(), Subject: sub.GetSubject(), Kind: sub.GetKind(),
 		CampaignId: sub.GetCampaignId(), Recipients: rcpts, IdempotencyId: sub.GetIdempotencyId(),
+	}
+	deliveryID := func(i int) string { return ids.DeliveryID(msgID, i, 0) }
+	if rs != nil {
+		// The log has the message's summary; the retry only adds events.
+		summary = nil
+		want := map[string]bool{}
+		for _, a := range rs.GetRecipients() {
+			want[strings.ToLower(strings.TrimSpace(a))] = true
+		}
+		var only []string
+		for _, r := range rcpts {
+			if want[strings.ToLower(r)] {
+				only = append(only, r)
+			}
+		}
+		rcpts = only
+		deliveryID = func(i int) string { return ids.RetryDeliveryID(msgID, i, rs.GetRetry()) }
+		defer func() { markRetry(&res, rs) }()
+		if len(rcpts) == 0 {
+			// Nothing of what the tracker asked for is in the submission:
+			// the log says so instead of the retry vanishing.
+			e := events.ForMessage(sub.GetTenantId(), sub.GetUserId(), msgID, events.StageRouter,
+				mailbusv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED, ReasonNoRecipients,
+				"none of the retried recipients is a recipient of the stored submission", now, nil)
+			res.Events = append(res.Events, e)
+			return res, nil
+		}
 	}
 	fail := func(err error) (Result, error) {
 		var r *refusal
@@ -165,7 +228,7 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 
 	// Suppressed recipients are dropped before anything else happens.
 	if p.supp != nil {
-		supp, err := p.supp.Suppressed(ctx, tenant.GetId(), rcpts)
+		supp, err := p.supp.SuppressedFor(ctx, tenant.GetId(), rcpts, sub.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_MASS)
 		if err != nil {
 			return Result{}, fmt.Errorf("check suppression list of %s: %w", tenant.GetId(), err)
 		}
@@ -193,10 +256,12 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 	if err != nil {
 		return fail(err)
 	}
-	summary.HeaderMessageId = built.MessageID
-	summary.From = built.From.Email
-	// A raw message's subject is in its header, not in the submission.
-	summary.Subject = built.Subject
+	if summary != nil {
+		summary.HeaderMessageId = built.MessageID
+		summary.From = built.From.Email
+		// A raw message's subject is in its header, not in the submission.
+		summary.Subject = built.Subject
+	}
 
 	d := &mailbusv1.Delivery{
 		MessageId: msgID, TenantId: tenant.GetId(), UserId: sub.GetUserId(), Kind: sub.GetKind(),
@@ -205,21 +270,46 @@ func (p *Planner) Plan(ctx context.Context, sub *mailbusv1.Submission, fallbackK
 		Subject: built.Subject,
 		Route:   &mailbusv1.Route{OriginalFrom: built.From.Email},
 	}
-	deliveries, err := p.route(ctx, tenant, d, rcpts, func(i int) string { return ids.DeliveryID(msgID, i, 0) })
+	deliveries, err := p.route(ctx, tenant, d, rcpts, deliveryID)
 	if err == nil {
 		err = p.checkRecordSize(deliveries)
 	}
 	if err != nil {
 		return fail(err)
 	}
+	reason, detail := "", deliveries[0].GetRoute().GetReason()
+	if rs != nil {
+		reason = ReasonRetried
+		detail = fmt.Sprintf("retry %d requested by %s: %s", rs.GetRetry(), rs.GetRequestedBy(), detail)
+	}
 	queued := events.ForMessage(tenant.GetId(), sub.GetUserId(), msgID, events.StageRouter,
-		mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, "", deliveries[0].GetRoute().GetReason(), now, rcpts)
+		mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED, reason, detail, now, rcpts)
 	queued.Summary = summary
 	queued.RelayId = deliveries[0].GetRoute().GetRelayId()
 	queued.Attributes = routeAttributes(deliveries[0].GetRoute())
 	res.Deliveries = deliveries
 	res.Events = append(res.Events, queued)
 	return res, nil
+}
+
+// markRetry gives the events of a retry their own ids (the message's
+// first attempt made events about the same recipients with the same
+// status and reason) and says in their attributes which retry they are.
+func markRetry(res *Result, rs *mailbusv1.Resubmission) {
+	for _, e := range res.Events {
+		if e.GetMessageId() != res.MessageID {
+			continue
+		}
+		e.Attempt = rs.GetRetry() + 1
+		e.EventId = ids.EventID(res.MessageID, e.GetStage(), e.GetStatus().String(), e.GetAttempt(),
+			e.GetReason(), strings.Join(e.GetRecipients(), ","), "retry", rs.GetRetryId())
+		if e.Attributes == nil {
+			e.Attributes = map[string]string{}
+		}
+		e.Attributes["retry"] = fmt.Sprint(rs.GetRetry())
+		e.Attributes["retry_id"] = rs.GetRetryId()
+		e.Attributes["requested_by"] = rs.GetRequestedBy()
+	}
 }
 
 // Reroute plans a delivery again after its relay failed or was exhausted
@@ -450,9 +540,13 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	if dec.Kind == mailbusv1.RouteKind_ROUTE_KIND_DEFAULT_RELAY {
 		r.RelayId = ""
 	}
+	if !mail.HasHeader(msg, "Feedback-ID") {
+		msg = mail.PrependFields(msg, "Feedback-ID: "+feedbackID(tenant.GetId(), d))
+	}
+	unsubscribe := p.wantsUnsubscribe(tenant, d) && !mail.HasHeader(msg, "List-Unsubscribe")
 	verp, returnPath := p.returnPath(tenant, dec.HeaderFrom)
 	var envelopes [][]string
-	if verp {
+	if verp || unsubscribe {
 		for _, rc := range rcpts {
 			envelopes = append(envelopes, []string{rc})
 		}
@@ -465,6 +559,9 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 	for i, env := range envelopes {
 		nd := proto.Clone(d).(*mailbusv1.Delivery)
 		nd.Message = msg
+		if unsubscribe {
+			nd.Message = mail.PrependFields(msg, p.unsubscribeFields(tenant, env[0], d.GetMessageId())...)
+		}
 		nd.Route = r
 		nd.DeliveryId = idFor(i)
 		mailFrom := returnPath
@@ -479,6 +576,62 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 		out = append(out, nd)
 	}
 	return out, nil
+}
+
+// UnsubscribeMetadata in a submission's metadata asks for the one-click
+// unsubscribe headers on mail that is not of kind mass ("true").
+const UnsubscribeMetadata = "list_unsubscribe"
+
+// wantsUnsubscribe reports whether d gets List-Unsubscribe: mass mail, and
+// any submission that asks, when a link can be made (an HTTPS endpoint or
+// the tenant's bounce domain, and the signing key). mailbus's own notices
+// never do.
+func (p *Planner) wantsUnsubscribe(tenant *mailbusv1.Tenant, d *mailbusv1.Delivery) bool {
+	if isNotice(d) || len(p.opts.VERPKey) == 0 || (p.opts.UnsubscribeURL == "" && tenant.GetBounceDomain() == "") {
+		return false
+	}
+	return d.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_MASS || d.GetMetadata()[UnsubscribeMetadata] == "true"
+}
+
+// unsubscribeFields are the RFC 2369/8058 fields of one recipient's copy:
+// a signed HTTPS link that takes a one-click POST, and a mailto: on the
+// bounce domain that the bounce service reads. Each link sits on its own
+// folded line, so the field stays readable and under 998 octets.
+func (p *Planner) unsubscribeFields(tenant *mailbusv1.Tenant, rcpt, messageID string) []string {
+	var links []string
+	token := unsub.Token(p.opts.VERPKey, unsub.Link{Tenant: tenant.GetId(), Recipient: rcpt, MessageID: messageID})
+	if p.opts.UnsubscribeURL != "" {
+		links = append(links, "<"+p.opts.UnsubscribeURL+token+">")
+	}
+	if bd := tenant.GetBounceDomain(); bd != "" {
+		// The subject's token names the message for the message log.
+		links = append(links, "<mailto:"+unsub.MailtoLocal(p.opts.VERPKey, tenant.GetId(), rcpt)+"@"+bd+"?subject=unsubscribe%20"+token+">")
+	}
+	fields := []string{"List-Unsubscribe: " + strings.Join(links, ",\r\n ")}
+	if p.opts.UnsubscribeURL != "" {
+		fields = append(fields, "List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+	}
+	return fields
+}
+
+// feedbackID is Gmail's Feedback-ID, "campaign:kind:tenant:mailbus" (the
+// last part names the sender; Gmail's feedback loop reports complaint
+// rates per value of each part). Colons and spaces would shift the parts.
+func feedbackID(tenantID string, d *mailbusv1.Delivery) string {
+	clean := func(s string) string {
+		s = strings.Map(func(r rune) rune {
+			if r == ':' || r <= ' ' || r > '~' {
+				return '-'
+			}
+			return r
+		}, s)
+		if s == "" {
+			return "none"
+		}
+		return s
+	}
+	kind := strings.ToLower(strings.TrimPrefix(d.GetKind().String(), "EMAIL_KIND_"))
+	return clean(d.GetCampaignId()) + ":" + clean(kind) + ":" + clean(tenantID) + ":mailbus"
 }
 
 // returnPath applies the sender domain's return-path policy. A domain

@@ -370,7 +370,7 @@ func addrOf(s string) string {
 // memSuppressions is an in-memory plan.Suppressions.
 type memSuppressions map[string]string
 
-func (m memSuppressions) Suppressed(_ context.Context, _ string, addrs []string) (map[string]string, error) {
+func (m memSuppressions) SuppressedFor(_ context.Context, _ string, addrs []string, _ bool) (map[string]string, error) {
 	out := map[string]string{}
 	for _, a := range addrs {
 		if why, ok := m[strings.ToLower(a)]; ok {

@@ -12,7 +12,7 @@ import (
 func main() { svcenv.Main("signer", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true})
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Config: true, Secrets: true, Redis: true})
 	if err != nil {
 		return err
 	}

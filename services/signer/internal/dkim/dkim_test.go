@@ -269,11 +269,11 @@ func TestSign_usesRelaxedSHA256AndFixedHeaderSet(t *testing.T) {
 		mutate func(*mailbusv1.Submission)
 		wantH  string
 	}{
-		{"all listed fields present", nil,
-			"from:from:to:cc:subject:date:message-id:reply-to:mime-version:content-type:list-unsubscribe:list-unsubscribe-post"},
-		{"absent fields not listed, From still oversigned", func(s *mailbusv1.Submission) {
+		{"all listed fields present, From and the unsubscribe fields oversigned", nil,
+			"from:from:to:cc:subject:date:message-id:reply-to:mime-version:content-type:list-unsubscribe:list-unsubscribe:list-unsubscribe-post:list-unsubscribe-post:feedback-id"},
+		{"absent fields not listed, except the oversigned ones, whose absence is signed", func(s *mailbusv1.Submission) {
 			s.Cc, s.ReplyTo, s.Headers = nil, nil, []*mailbusv1.Header{{Name: "X-Campaign", Value: "spring"}}
-		}, "from:from:to:subject:date:message-id:mime-version:content-type"},
+		}, "from:from:to:subject:date:message-id:mime-version:content-type:list-unsubscribe:list-unsubscribe-post:feedback-id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,12 +1,15 @@
 // Command tracker runs the mailbus message log: it consumes mail.events and
 // serves MessageService. Environment: see pkg/svcenv, plus DATABASE_URL,
-// MAILBUS_TRACKER_LISTEN (gRPC, default :7071) and the API tokens
-// MAILBUS_ADMIN_TOKEN (admin role).
+// MAILBUS_TRACKER_LISTEN (gRPC, default :7071), the API tokens
+// MAILBUS_ADMIN_TOKEN (admin role), and MAILBUS_SUBMISSION_RETENTION (how
+// long a message can be retried, a Go duration, default 168h).
 package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -17,12 +20,18 @@ import (
 func main() { svcenv.Main("tracker", run) }
 
 func run(ctx context.Context, env *svcenv.Env) error {
-	in, cleanup, err := env.Infra(ctx, svcenv.Need{})
+	in, cleanup, err := env.Infra(ctx, svcenv.Need{Redis: true})
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	trk, closeTrk, err := tracker.NewApplication(ctx, tracker.Config{Bus: env.Bus, DatabaseURL: os.Getenv("DATABASE_URL")}, in)
+	cfg := tracker.Config{Bus: env.Bus, DatabaseURL: os.Getenv("DATABASE_URL")}
+	if v := svcenv.Get("MAILBUS_SUBMISSION_RETENTION", ""); v != "" {
+		if cfg.Retention, err = time.ParseDuration(v); err != nil || cfg.Retention <= 0 {
+			return fmt.Errorf("MAILBUS_SUBMISSION_RETENTION=%q is not a positive duration such as 168h", v)
+		}
+	}
+	trk, closeTrk, err := tracker.NewApplication(ctx, cfg, in)
 	if err != nil {
 		return err
 	}

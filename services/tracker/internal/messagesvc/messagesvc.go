@@ -14,9 +14,19 @@
 // events of stage "tracker" (see store.RetryEvent and store.CancelEvent),
 // which the log folds like any other event. Both are idempotent: a repeat
 // finds nothing left to retry or cancel and returns the message as it is.
-// Retrying also needs the message sent again, which the tracker cannot do
-// (it keeps no message bodies): a Resubmitter, given by the service wiring,
-// does it.
+// Retrying also needs the message sent again: a Resubmitter, given by the
+// service wiring, does it (the tracker's sends the stored submission to
+// the router). Cancelling also needs the pipeline to stop the message's
+// deliveries: a Canceller sets the marker that quota, the signer and the
+// sender check (pkg/cancelled) before the log records it. A cancelled
+// message is not retried.
+//
+// RetryMessages and CancelMessages do the same for every message that
+// matches a filter, one bounded page per call, and count what they did;
+// the caller pages on with next_page_token. A refusal (a message past its
+// retention, a cancelled one) is counted with its reason and the page goes
+// on; an error that a repeat can fix (the broker or Redis away) ends the
+// call, and the repeat finds done what was done.
 package messagesvc
 
 import (
@@ -24,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/mailbus/mailbus/pkg/auth"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -31,6 +42,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Resubmitter sends a message again to some of its recipients; the service
@@ -66,8 +78,38 @@ type Resubmission struct {
 	// recipients and history.
 	Message *mailbusv1.Message
 	// Recipients are the addresses to send to again: those that had
-	// failed or were deferred.
+	// failed or bounced.
 	Recipients []string
+	// Retry counts the message's retries, from 1.
+	Retry int32
+	// By is the caller who asked for it.
+	By string
+}
+
+// Canceller stops the deliveries of a message that the pipeline still
+// holds (pkg/cancelled's marker). An error fails the cancellation, which
+// records nothing.
+type Canceller interface {
+	Cancel(ctx context.Context, tenantID, messageID string) error
+}
+
+// CancellerFunc adapts a function to Canceller.
+type CancellerFunc func(ctx context.Context, tenantID, messageID string) error
+
+// Cancel calls f.
+func (f CancellerFunc) Cancel(ctx context.Context, tenantID, messageID string) error {
+	return f(ctx, tenantID, messageID)
+}
+
+// Deps are the server's collaborators.
+type Deps struct {
+	// Resubmit sends retried messages again; nil makes RetryMessage answer
+	// Unimplemented.
+	Resubmit Resubmitter
+	// Cancel stops cancelled messages in the pipeline; nil only records
+	// the cancellation in the log.
+	Cancel Canceller
+	Log    *slog.Logger
 }
 
 // Server implements mailbusv1.MessageServiceServer.
@@ -76,15 +118,18 @@ type Server struct {
 
 	store    *store.Store
 	resubmit Resubmitter
+	cancel   Canceller
 	log      *slog.Logger
 }
 
 var _ mailbusv1.MessageServiceServer = (*Server)(nil)
 
-// New returns a server reading st. resubmit may be nil, in which case
-// RetryMessage answers Unimplemented.
-func New(st *store.Store, resubmit Resubmitter, log *slog.Logger) *Server {
-	return &Server{store: st, resubmit: resubmit, log: log}
+// New returns a server reading st.
+func New(st *store.Store, deps Deps) *Server {
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{store: st, resubmit: deps.Resubmit, cancel: deps.Cancel, log: deps.Log}
 }
 
 // Register registers the server on a gRPC server, whose interceptors must
@@ -121,38 +166,11 @@ func (s *Server) ListMessages(ctx context.Context, req *mailbusv1.ListMessagesRe
 		PageSize:  int(req.GetPageSize()),
 		PageToken: req.GetPageToken(),
 	}
-	// Narrow the query to what the caller may see; asking for more is
-	// refused rather than silently narrowed, so a client bug shows.
-	switch id.Role {
-	case auth.RoleTenantAdmin, auth.RoleUser:
-		if q.TenantID != "" && q.TenantID != id.TenantID {
-			return nil, auth.PermissionDenied(id, "may not list messages of tenant %q", q.TenantID)
-		}
-		q.TenantID = id.TenantID
-		if id.Role == auth.RoleUser {
-			if q.UserID != "" && q.UserID != id.UserID {
-				return nil, auth.PermissionDenied(id, "may not list messages of user %q", q.UserID)
-			}
-			q.UserID = id.UserID
-		}
+	if err := narrow(id, &q, req.GetStartTime(), req.GetEndTime()); err != nil {
+		return nil, err
 	}
 	if req.GetPageSize() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
-	}
-	if req.GetStartTime() != nil {
-		if err := req.GetStartTime().CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "start_time: %v", err)
-		}
-		q.Start = req.GetStartTime().AsTime()
-	}
-	if req.GetEndTime() != nil {
-		if err := req.GetEndTime().CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "end_time: %v", err)
-		}
-		q.End = req.GetEndTime().AsTime()
-	}
-	if !q.Start.IsZero() && !q.End.IsZero() && !q.Start.Before(q.End) {
-		return nil, status.Error(codes.InvalidArgument, "start_time must be before end_time")
 	}
 	page, err := s.store.List(ctx, q)
 	if errors.Is(err, store.ErrInvalidPageToken) {
@@ -164,7 +182,7 @@ func (s *Server) ListMessages(ctx context.Context, req *mailbusv1.ListMessagesRe
 	return &mailbusv1.ListMessagesResponse{Messages: page.Messages, NextPageToken: page.NextPageToken}, nil
 }
 
-// RetryMessage sends the failed and deferred recipients of a message again
+// RetryMessage sends the failed and bounced recipients of a message again
 // and records them as queued.
 func (s *Server) RetryMessage(ctx context.Context, req *mailbusv1.RetryMessageRequest) (*mailbusv1.RetryMessageResponse, error) {
 	id, err := reader(ctx)
@@ -175,32 +193,47 @@ func (s *Server) RetryMessage(ctx context.Context, req *mailbusv1.RetryMessageRe
 	if err != nil {
 		return nil, err
 	}
-	// The retry's time is taken before resubmitting, so the events of the
-	// new attempt come after it.
-	ev, targets := store.RetryEvent(m, s.store.Now())
-	if ev == nil {
-		return &mailbusv1.RetryMessageResponse{Message: m}, nil
-	}
-	if s.resubmit == nil {
-		return nil, status.Error(codes.Unimplemented, "retrying is not available on this tracker: no resubmitter is configured")
-	}
-	if err := s.resubmit.Resubmit(ctx, Resubmission{ID: ev.GetEventId(), Message: m, Recipients: targets}); err != nil {
-		s.log.WarnContext(ctx, "resubmitting a message failed", "message_id", m.GetId(), "caller", id.String(), "error", err)
-		if _, ok := status.FromError(err); ok {
-			return nil, err
-		}
-		return nil, status.Errorf(codes.Unavailable, "sending message %q again: %v", m.GetId(), err)
-	}
-	m, err = s.record(ctx, ev)
+	m, _, err = s.retry(ctx, id, m)
 	if err != nil {
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "message retried", "message_id", m.GetId(), "recipients", len(targets), "caller", id.String())
 	return &mailbusv1.RetryMessageResponse{Message: m}, nil
 }
 
-// CancelMessage records the recipients of a message that are not final yet
-// as cancelled.
+// retry retries m for the caller id and returns the message afterwards and
+// how many recipients it retried.
+func (s *Server) retry(ctx context.Context, id auth.Identity, m *mailbusv1.Message) (*mailbusv1.Message, int, error) {
+	if c := store.Cancelled(m); c != nil {
+		return nil, 0, status.Errorf(codes.FailedPrecondition, "message %q was cancelled at %s (%s); a cancelled message is not retried",
+			m.GetId(), c.GetOccurTime().AsTime().UTC().Format(time.RFC3339), c.GetDetail())
+	}
+	// The retry's time is taken before resubmitting, so the events of the
+	// new attempt come after it.
+	ev, targets := store.RetryEvent(m, s.store.Now(), id.String())
+	if ev == nil {
+		return m, 0, nil
+	}
+	if s.resubmit == nil {
+		return nil, 0, status.Error(codes.Unimplemented, "retrying is not available on this tracker: no resubmitter is configured")
+	}
+	r := Resubmission{ID: ev.GetEventId(), Message: m, Recipients: targets, Retry: store.RetryCount(m) + 1, By: id.String()}
+	if err := s.resubmit.Resubmit(ctx, r); err != nil {
+		s.log.WarnContext(ctx, "resubmitting a message failed", "message_id", m.GetId(), "caller", id.String(), "error", err)
+		if _, ok := status.FromError(err); ok {
+			return nil, 0, err
+		}
+		return nil, 0, status.Errorf(codes.Unavailable, "sending message %q again: %v", m.GetId(), err)
+	}
+	m, err := s.record(ctx, ev)
+	if err != nil {
+		return nil, 0, err
+	}
+	s.log.InfoContext(ctx, "message retried", "message_id", m.GetId(), "recipients", len(targets), "retry", r.Retry, "caller", id.String())
+	return m, len(targets), nil
+}
+
+// CancelMessage stops the recipients of a message that are not final yet
+// and records them as cancelled.
 func (s *Server) CancelMessage(ctx context.Context, req *mailbusv1.CancelMessageRequest) (*mailbusv1.CancelMessageResponse, error) {
 	id, err := reader(ctx)
 	if err != nil {
@@ -210,15 +243,154 @@ func (s *Server) CancelMessage(ctx context.Context, req *mailbusv1.CancelMessage
 	if err != nil {
 		return nil, err
 	}
-	ev, targets := store.CancelEvent(m, s.store.Now())
-	if ev == nil {
-		return &mailbusv1.CancelMessageResponse{Message: m}, nil
-	}
-	if m, err = s.record(ctx, ev); err != nil {
+	m, _, err = s.cancelOne(ctx, id, m)
+	if err != nil {
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "message cancelled", "message_id", m.GetId(), "recipients", len(targets), "caller", id.String())
 	return &mailbusv1.CancelMessageResponse{Message: m}, nil
+}
+
+func (s *Server) cancelOne(ctx context.Context, id auth.Identity, m *mailbusv1.Message) (*mailbusv1.Message, int, error) {
+	ev, targets := store.CancelEvent(m, s.store.Now(), id.String())
+	if ev == nil {
+		return m, 0, nil
+	}
+	// The marker goes first: once the log says cancelled, the pipeline
+	// must already be stopping the message.
+	if s.cancel != nil {
+		if err := s.cancel.Cancel(ctx, m.GetTenantId(), m.GetId()); err != nil {
+			s.log.WarnContext(ctx, "setting a cancel marker failed", "message_id", m.GetId(), "caller", id.String(), "error", err)
+			return nil, 0, status.Errorf(codes.Unavailable, "cancelling message %q: %v", m.GetId(), err)
+		}
+	}
+	m, err := s.record(ctx, ev)
+	if err != nil {
+		return nil, 0, err
+	}
+	s.log.InfoContext(ctx, "message cancelled", "message_id", m.GetId(), "recipients", len(targets), "caller", id.String())
+	return m, len(targets), nil
+}
+
+// Page sizes of the bulk actions: each message of a page is read whole
+// and acted on, so pages are smaller than listings'.
+const (
+	DefaultBulkPageSize = 100
+	MaxBulkPageSize     = 500
+)
+
+// RetryMessages retries a page of the messages that match a filter.
+func (s *Server) RetryMessages(ctx context.Context, req *mailbusv1.RetryMessagesRequest) (*mailbusv1.RetryMessagesResponse, error) {
+	res, err := s.bulk(ctx, req.GetFilter(), req.GetPageSize(), req.GetPageToken(), s.retry)
+	if err != nil {
+		return nil, err
+	}
+	return &mailbusv1.RetryMessagesResponse{Result: res}, nil
+}
+
+// CancelMessages cancels a page of the messages that match a filter.
+func (s *Server) CancelMessages(ctx context.Context, req *mailbusv1.CancelMessagesRequest) (*mailbusv1.CancelMessagesResponse, error) {
+	res, err := s.bulk(ctx, req.GetFilter(), req.GetPageSize(), req.GetPageToken(), s.cancelOne)
+	if err != nil {
+		return nil, err
+	}
+	return &mailbusv1.CancelMessagesResponse{Result: res}, nil
+}
+
+type action func(ctx context.Context, id auth.Identity, m *mailbusv1.Message) (*mailbusv1.Message, int, error)
+
+func (s *Server) bulk(ctx context.Context, f *mailbusv1.MessageFilter, size int32, token string, act action) (*mailbusv1.BulkResult, error) {
+	id, err := reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case size < 0:
+		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+	case size == 0:
+		size = DefaultBulkPageSize
+	case size > MaxBulkPageSize:
+		size = MaxBulkPageSize
+	}
+	q := store.ListQuery{
+		TenantID: f.GetTenantId(), UserID: f.GetUserId(), Status: f.GetStatus(), RelayID: f.GetRelayId(),
+		CampaignID: f.GetCampaignId(), PageSize: int(size), PageToken: token,
+	}
+	if err := narrow(id, &q, f.GetStartTime(), f.GetEndTime()); err != nil {
+		return nil, err
+	}
+	page, err := s.store.List(ctx, q)
+	if errors.Is(err, store.ErrInvalidPageToken) {
+		return nil, status.Error(codes.InvalidArgument, "page_token is not valid for this filter")
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "listing messages", err)
+	}
+	res := &mailbusv1.BulkResult{NextPageToken: page.NextPageToken, Refused: map[string]string{}}
+	for _, lm := range page.Messages {
+		res.Matched++
+		m, err := s.store.Message(ctx, lm.GetId())
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, s.internal(ctx, "reading message "+lm.GetId(), err)
+		}
+		_, n, err := act(ctx, id, m)
+		if err != nil {
+			switch status.Code(err) {
+			case codes.FailedPrecondition, codes.InvalidArgument, codes.NotFound:
+				res.Refused[m.GetId()] = status.Convert(err).Message()
+				continue
+			}
+			// What a repeat can fix ends the call; the repeat finds done
+			// what was done.
+			return nil, err
+		}
+		if n == 0 {
+			res.Unchanged++
+			continue
+		}
+		res.Changed++
+		res.Recipients += int32(n)
+	}
+	s.log.InfoContext(ctx, "bulk action", "caller", id.String(), "matched", res.GetMatched(), "changed", res.GetChanged(),
+		"recipients", res.GetRecipients(), "refused", len(res.GetRefused()))
+	return res, nil
+}
+
+// narrow limits q to what the caller may see and sets its time bounds.
+// Asking for more than the caller may see is refused rather than silently
+// narrowed, so a client bug shows.
+func narrow(id auth.Identity, q *store.ListQuery, start, end *timestamppb.Timestamp) error {
+	switch id.Role {
+	case auth.RoleTenantAdmin, auth.RoleUser:
+		if q.TenantID != "" && q.TenantID != id.TenantID {
+			return auth.PermissionDenied(id, "may not list messages of tenant %q", q.TenantID)
+		}
+		q.TenantID = id.TenantID
+		if id.Role == auth.RoleUser {
+			if q.UserID != "" && q.UserID != id.UserID {
+				return auth.PermissionDenied(id, "may not list messages of user %q", q.UserID)
+			}
+			q.UserID = id.UserID
+		}
+	}
+	if start != nil {
+		if err := start.CheckValid(); err != nil {
+			return status.Errorf(codes.InvalidArgument, "start_time: %v", err)
+		}
+		q.Start = start.AsTime()
+	}
+	if end != nil {
+		if err := end.CheckValid(); err != nil {
+			return status.Errorf(codes.InvalidArgument, "end_time: %v", err)
+		}
+		q.End = end.AsTime()
+	}
+	if !q.Start.IsZero() && !q.End.IsZero() && !q.Start.Before(q.End) {
+		return status.Error(codes.InvalidArgument, "start_time must be before end_time")
+	}
+	return nil
 }
 
 // reader returns the caller's identity if its role may read messages.

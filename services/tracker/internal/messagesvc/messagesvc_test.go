@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,9 +73,35 @@ func (r *resubmissions) calls() []messagesvc.Resubmission {
 	return slices.Clone(r.got)
 }
 
+// cancels records the cancel markers CancelMessage set; fail makes the
+// next call fail.
+type cancels struct {
+	mu   sync.Mutex
+	got  []string
+	fail error
+}
+
+func (c *cancels) Cancel(_ context.Context, tenantID, messageID string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.fail; err != nil {
+		c.fail = nil
+		return err
+	}
+	c.got = append(c.got, tenantID+"/"+messageID)
+	return nil
+}
+
+func (c *cancels) calls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.got)
+}
+
 type fixture struct {
 	store    *store.Store
 	resubmit *resubmissions
+	cancel   *cancels
 	addr     string
 }
 
@@ -95,7 +122,7 @@ func start(t *testing.T, resubmit bool) *fixture {
 	if err := store.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{store: store.New(db, store.WithClock(func() time.Time { return t0.Add(time.Hour) })), resubmit: &resubmissions{}}
+	f := &fixture{store: store.New(db, store.WithClock(func() time.Time { return t0.Add(time.Hour) })), resubmit: &resubmissions{}, cancel: &cancels{}}
 	seed(t, f.store)
 
 	tokens, err := auth.NewTokens(identities)
@@ -107,7 +134,7 @@ func start(t *testing.T, resubmit bool) *fixture {
 		r = f.resubmit
 	}
 	srv := grpc.NewServer(auth.NewInterceptor(tokens, nil).ServerOptions()...)
-	messagesvc.New(f.store, r, slog.New(slog.NewTextHandler(io.Discard, nil))).Register(srv)
+	messagesvc.New(f.store, messagesvc.Deps{Resubmit: r, Cancel: f.cancel, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}).Register(srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -358,15 +385,17 @@ func TestMessageService_retryResubmitsFailedRecipientsOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := map[string]mailbusv1.DeliveryStatus{"a@x.example": queued, "b@x.example": queued, "c@x.example": sent}
+		// The deferred recipient is not retried: the pipeline still has it.
+		want := map[string]mailbusv1.DeliveryStatus{"a@x.example": queued, "b@x.example": deferred, "c@x.example": sent}
 		if got := statuses(res.GetMessage()); !maps.Equal(got, want) || res.GetMessage().GetStatus() != queued {
 			t.Errorf("after retry: %v (status %v), want %v", got, res.GetMessage().GetStatus(), want)
 		}
 	}
 	calls := f.resubmit.calls()
-	if len(calls) != 1 || !slices.Equal(calls[0].Recipients, []string{"a@x.example", "b@x.example"}) ||
-		calls[0].Message.GetId() != "m-alice-2" || calls[0].ID == "" || calls[0].Message.GetSummary().GetSubject() == "" {
-		t.Fatalf("resubmissions = %+v, want one for a and b", calls)
+	if len(calls) != 1 || !slices.Equal(calls[0].Recipients, []string{"a@x.example"}) || calls[0].Retry != 1 ||
+		calls[0].Message.GetId() != "m-alice-2" || calls[0].ID == "" || calls[0].Message.GetSummary().GetSubject() == "" ||
+		!strings.Contains(calls[0].By, "alice") {
+		t.Fatalf("resubmissions = %+v, want one for a, retry 1, by alice", calls)
 	}
 	last := m.GetMessage().GetHistory()
 	res, _ := c.GetMessage(ctx, &mailbusv1.GetMessageRequest{Id: "m-alice-2"})
@@ -415,4 +444,88 @@ func TestMessageService_cancelStopsOnlyWhatIsNotFinal(t *testing.T) {
 	if err != nil || res.GetMessage().GetStatus() != cancelled {
 		t.Errorf("cancelling a queued message = %v, %v", res, err)
 	}
+}
+
+func TestMessageService_cancelSetsTheMarkerBeforeRecording(t *testing.T) {
+	f := start(t, true)
+	c := f.client(t, "bob-token-0123456789")
+	ctx := context.Background()
+	f.cancel.mu.Lock()
+	f.cancel.fail = errors.New("redis down")
+	f.cancel.mu.Unlock()
+	_, err := c.CancelMessage(ctx, &mailbusv1.CancelMessageRequest{Id: "m-bob-1"})
+	wantCode(t, err, codes.Unavailable)
+	m, err := c.GetMessage(ctx, &mailbusv1.GetMessageRequest{Id: "m-bob-1"})
+	if err != nil || m.GetMessage().GetStatus() != queued {
+		t.Fatalf("a cancellation whose marker failed changed the message: %v, %v", m, err)
+	}
+	res, err := c.CancelMessage(ctx, &mailbusv1.CancelMessageRequest{Id: "m-bob-1"})
+	if err != nil || res.GetMessage().GetStatus() != cancelled {
+		t.Fatalf("CancelMessage = %v, %v", res, err)
+	}
+	if got := f.cancel.calls(); !slices.Equal(got, []string{"t1/m-bob-1"}) {
+		t.Errorf("markers set: %v", got)
+	}
+	h := res.GetMessage().GetHistory()
+	if last := h[len(h)-1]; !strings.Contains(last.GetDetail(), "cancelled by user tenant=t1 user=bob") {
+		t.Errorf("the cancellation does not say who: %v", last)
+	}
+}
+
+func TestMessageService_bulkActionsActOnlyOnWhatTheCallerMaySee(t *testing.T) {
+	f := start(t, true)
+	ctx := context.Background()
+
+	// Another tenant's admin may not name tenant t1.
+	_, err := f.client(t, "t2-admin-token-0123456789").CancelMessages(ctx, &mailbusv1.CancelMessagesRequest{
+		Filter: &mailbusv1.MessageFilter{TenantId: "t1"}})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = f.client(t, "pipeline-token-0123456789").RetryMessages(ctx, &mailbusv1.RetryMessagesRequest{})
+	wantCode(t, err, codes.PermissionDenied)
+
+	// Bob's empty filter is bob's messages.
+	res, err := f.client(t, "bob-token-0123456789").CancelMessages(ctx, &mailbusv1.CancelMessagesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.GetResult(); r.GetMatched() != 1 || r.GetChanged() != 1 || r.GetRecipients() != 3 || r.GetNextPageToken() != "" {
+		t.Errorf("bob's bulk cancel: %v", r)
+	}
+	if got := f.cancel.calls(); !slices.Equal(got, []string{"t1/m-bob-1"}) {
+		t.Errorf("markers set: %v", got)
+	}
+
+	alice := f.client(t, "alice-token-0123456789")
+	rr, err := alice.RetryMessages(ctx, &mailbusv1.RetryMessagesRequest{PageSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rr.GetResult()
+	if r.GetMatched() != 1 || r.GetChanged() != 1 || r.GetRecipients() != 1 || r.GetNextPageToken() == "" {
+		t.Fatalf("alice's first page: %v", r)
+	}
+	rr, err = alice.RetryMessages(ctx, &mailbusv1.RetryMessagesRequest{PageSize: 1, PageToken: r.GetNextPageToken()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rr.GetResult(); r.GetMatched() != 1 || r.GetUnchanged() != 1 || r.GetNextPageToken() != "" {
+		t.Errorf("alice's second page: %v", r)
+	}
+	if calls := f.resubmit.calls(); len(calls) != 1 || calls[0].Message.GetId() != "m-alice-2" {
+		t.Errorf("resubmissions: %+v", calls)
+	}
+
+	// A cancelled message is refused by name, and the page goes on.
+	if _, err := alice.CancelMessages(ctx, &mailbusv1.CancelMessagesRequest{Filter: &mailbusv1.MessageFilter{Status: queued}}); err != nil {
+		t.Fatal(err)
+	}
+	rr, err = alice.RetryMessages(ctx, &mailbusv1.RetryMessagesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rr.GetResult(); r.GetMatched() != 2 || r.GetUnchanged() != 1 || !strings.Contains(r.GetRefused()["m-alice-2"], "cancelled") {
+		t.Errorf("retry after cancel: %v", r)
+	}
+	_, err = alice.RetryMessage(ctx, &mailbusv1.RetryMessageRequest{Id: "m-alice-2"})
+	wantCode(t, err, codes.FailedPrecondition)
 }

@@ -117,3 +117,40 @@ func BenchmarkApplyBatch_Postgres(b *testing.B) {
 	db := openDB(b, testkit.Postgres(b))
 	benchmarkApply(b, store.New(db), 500, false)
 }
+
+// BenchmarkKeepSubmissions_SQLite stores b.N transactional submissions of
+// about 5 KB (text and HTML bodies), one transaction each and in batches
+// as the tracker's keeper makes them, and reports submissions/s and the
+// stored size.
+func BenchmarkKeepSubmissions_SQLite(b *testing.B) {
+	body := ""
+	for i := range 40 {
+		body += fmt.Sprintf("Line %d of your invoice: item %d, quantity %d, price %d.%02d EUR\n", i, i*7, i%5+1, i*3, i%100)
+	}
+	for _, size := range []int{1, 16, 100} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			ctx := context.Background()
+			s := store.New(openDB(b, filepath.Join(b.TempDir(), "tracker.db")))
+			b.ResetTimer()
+			for i := 0; i < b.N; i += size {
+				var ks []store.Kept
+				for j := i; j < min(i+size, b.N); j++ {
+					ks = append(ks, store.Kept{MessageID: fmt.Sprintf("m%d", j), KeepUntil: t0.Add(time.Hour), Submission: &mailbusv1.Submission{
+						IdempotencyId: fmt.Sprintf("invoice-%d", j), TenantId: "acme", UserId: "u1", Kind: mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+						From: &mailbusv1.Address{Email: "billing@acme.example"}, To: []*mailbusv1.Address{{Email: fmt.Sprintf("c%d@example.com", j)}},
+						Subject: fmt.Sprintf("Invoice %d", j), TextBody: body, HtmlBody: "<html><body><pre>" + body + "</pre></body></html>",
+					}})
+				}
+				if err := s.KeepSubmissions(ctx, ks); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submissions/s")
+			if n, raw, stored, err := s.SubmissionStats(ctx); err == nil && n > 0 {
+				b.ReportMetric(float64(raw)/float64(n), "raw-B/op")
+				b.ReportMetric(float64(stored)/float64(n), "stored-B/op")
+			}
+		})
+	}
+}

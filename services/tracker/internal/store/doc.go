@@ -40,7 +40,7 @@
 //     was already sent, so a later sent only means that the clocks of the
 //     two stages disagree).
 //   - A retry that the tracker records (stage "tracker", reason
-//     ReasonRetryRequested, status queued) puts failed and deferred
+//     ReasonRetryRequested, status queued) puts failed and bounced
 //     recipients back to queued and leaves the others alone.
 //   - Events with status unspecified (warnings) only go into the history.
 //
@@ -78,4 +78,13 @@
 // Re-folding reads the whole history of the message; that is cheap for the
 // usual message and costs more only for large messages whose events arrive
 // out of order.
+//
+// # Submissions
+//
+// For RetryMessage the store also keeps each message's original
+// Submission (tracker_submissions): protobuf compressed with zstd, keyed by
+// message id, first one wins, with the time it may be kept until.
+// Submission refuses one past that time with a *RetentionError even before
+// PurgeSubmissions deletes it, so a retry's answer does not depend on when
+// the sweep last ran.
 package store

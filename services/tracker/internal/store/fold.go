@@ -20,7 +20,7 @@ const StageTracker = "tracker"
 // Reasons of the events that the tracker records for MessageService calls.
 const (
 	// ReasonRetryRequested marks a queued event that puts failed and
-	// deferred recipients back to queued.
+	// bounced recipients back to queued.
 	ReasonRetryRequested = "retry_requested"
 	// ReasonCancelRequested marks a cancelled event recorded for a
 	// CancelMessage call.
@@ -187,7 +187,10 @@ func step(r *recipient, e *event) {
 	switch e.class {
 	case classHistory:
 	case classRetry:
-		if cur == mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED || cur == mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED {
+		// Deferred is for retries recorded before bounced recipients could
+		// be retried and deferred ones no longer were.
+		if cur == mailbusv1.DeliveryStatus_DELIVERY_STATUS_FAILED || cur == mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED ||
+			cur == mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED {
 			r.set(e, mailbusv1.DeliveryStatus_DELIVERY_STATUS_QUEUED)
 		}
 	case classTransient, classSoftBounce:

@@ -71,6 +71,11 @@ type ListQuery struct {
 	UserID   string
 	// Status is the message's overall status.
 	Status mailbusv1.DeliveryStatus
+	// RelayID selects messages with a recipient last routed through the
+	// relay.
+	RelayID string
+	// CampaignID is the summary's campaign.
+	CampaignID string
 	// Start and End bound the message's create_time: Start <= t < End. A
 	// zero time is no bound.
 	Start, End time.Time
@@ -101,7 +106,8 @@ type pageToken struct {
 
 func (q ListQuery) fingerprint() uint64 {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\x00%d", q.TenantID, q.UserID, q.Status, unixNano(q.Start), unixNano(q.End))
+	fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\x00%d\x00%s\x00%s", q.TenantID, q.UserID, q.Status, unixNano(q.Start), unixNano(q.End),
+		q.RelayID, q.CampaignID)
 	return h.Sum64()
 }
 
@@ -134,6 +140,13 @@ func (s *Store) List(ctx context.Context, q ListQuery) (Page, error) {
 	}
 	if q.Status != mailbusv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED {
 		where, args = append(where, "status = ?"), append(args, int32(q.Status))
+	}
+	if q.CampaignID != "" {
+		where, args = append(where, "campaign_id = ?"), append(args, q.CampaignID)
+	}
+	if q.RelayID != "" {
+		where, args = append(where, "EXISTS (SELECT 1 FROM tracker_recipients r WHERE r.message_id = tracker_messages.id AND r.relay_id = ?)"),
+			append(args, q.RelayID)
 	}
 	if !q.Start.IsZero() {
 		where, args = append(where, "create_ns >= ?"), append(args, q.Start.UnixNano())

@@ -348,18 +348,20 @@ type message struct {
 	updateNS  int64
 	allEvents int64
 	counts    counts
+	// campaignID is the summary's, for the bulk actions' filter.
+	campaignID string
 }
 
 // messageColumns lists the n_* counters in the order of the status numbers
 // 1..8 of DeliveryStatus, which index counts.
 const messageColumns = `id, tenant_id, user_id, status, summary, create_ns, update_ns, all_events,
-	n_queued, n_sent, n_deferred, n_bounced, n_failed, n_suppressed, n_cancelled, n_complained`
+	n_queued, n_sent, n_deferred, n_bounced, n_failed, n_suppressed, n_cancelled, n_complained, campaign_id`
 
 func scanMessage(sc interface{ Scan(...any) error }) (*message, error) {
 	m := &message{}
 	var status int32
 	err := sc.Scan(&m.id, &m.tenantID, &m.userID, &status, &m.summary, &m.createNS, &m.updateNS, &m.allEvents,
-		&m.counts[1], &m.counts[2], &m.counts[3], &m.counts[4], &m.counts[5], &m.counts[6], &m.counts[7], &m.counts[8])
+		&m.counts[1], &m.counts[2], &m.counts[3], &m.counts[4], &m.counts[5], &m.counts[6], &m.counts[7], &m.counts[8], &m.campaignID)
 	m.status = mailbusv1.DeliveryStatus(status)
 	return m, err
 }
@@ -422,6 +424,7 @@ func (m *message) absorb(e *event) error {
 			b = []byte{} // an empty summary is still a summary
 		}
 		m.summary = b
+		m.campaignID = e.pb.GetSummary().GetCampaignId()
 	}
 	m.createNS = min(m.createNS, e.pos.ns)
 	m.updateNS = max(m.updateNS, e.pos.ns)
@@ -436,15 +439,16 @@ func (m *message) absorb(e *event) error {
 func (m *message) save(ctx context.Context, tx *sqlstore.Tx) error {
 	m.status = m.counts.overall()
 	_, err := tx.ExecContext(ctx, `INSERT INTO tracker_messages (`+messageColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET
 		tenant_id = excluded.tenant_id, user_id = excluded.user_id, status = excluded.status,
 		summary = excluded.summary, create_ns = excluded.create_ns, update_ns = excluded.update_ns,
 		all_events = excluded.all_events, n_queued = excluded.n_queued, n_sent = excluded.n_sent,
 		n_deferred = excluded.n_deferred, n_bounced = excluded.n_bounced, n_failed = excluded.n_failed,
-		n_suppressed = excluded.n_suppressed, n_cancelled = excluded.n_cancelled, n_complained = excluded.n_complained`,
+		n_suppressed = excluded.n_suppressed, n_cancelled = excluded.n_cancelled, n_complained = excluded.n_complained,
+		campaign_id = excluded.campaign_id`,
 		m.id, m.tenantID, m.userID, int32(m.status), m.summary, m.createNS, m.updateNS, m.allEvents,
-		m.counts[1], m.counts[2], m.counts[3], m.counts[4], m.counts[5], m.counts[6], m.counts[7], m.counts[8])
+		m.counts[1], m.counts[2], m.counts[3], m.counts[4], m.counts[5], m.counts[6], m.counts[7], m.counts[8], m.campaignID)
 	if err != nil {
 		return fmt.Errorf("saving message: %w", err)
 	}

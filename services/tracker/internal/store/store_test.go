@@ -475,15 +475,18 @@ func TestStore_intentsAreIdempotent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()
 		mustApply(t, s,
-			with(ev("q", "m", queued, 1), func(e *mailbusv1.DeliveryEvent) { e.Summary = summary("a", "b", "c", "d") }),
+			with(ev("q", "m", queued, 1), func(e *mailbusv1.DeliveryEvent) { e.Summary = summary("a", "b", "c", "d", "e") }),
 			ev("fa", "m", failed, 2, "a"),
 			ev("db", "m", deferred, 2, "b"),
 			ev("sc", "m", sent, 2, "c"),
+			with(ev("be", "m", bounced, 2, "e"), func(e *mailbusv1.DeliveryEvent) { e.Permanent = true }),
 		)
 		m := mustMessage(t, s, "m")
-		retry, targets := store.RetryEvent(m, at(10))
-		again, _ := store.RetryEvent(m, at(11))
-		if retry == nil || again.GetEventId() != retry.GetEventId() || !slices.Equal(targets, []string{"a", "b"}) {
+		// Failed and hard-bounced recipients are retried; the deferred one
+		// is still the pipeline's, on a retry topic.
+		retry, targets := store.RetryEvent(m, at(10), "ops")
+		again, _ := store.RetryEvent(m, at(11), "someone else")
+		if retry == nil || again.GetEventId() != retry.GetEventId() || !slices.Equal(targets, []string{"a", "e"}) {
 			t.Fatalf("RetryEvent = %v %v; again %v", retry, targets, again)
 		}
 		for range 2 {
@@ -492,17 +495,20 @@ func TestStore_intentsAreIdempotent(t *testing.T) {
 			}
 		}
 		m = mustMessage(t, s, "m")
-		for addr, want := range map[string]mailbusv1.DeliveryStatus{"a": queued, "b": queued, "c": sent, "d": queued} {
+		for addr, want := range map[string]mailbusv1.DeliveryStatus{"a": queued, "b": deferred, "c": sent, "d": queued, "e": queued} {
 			if got := recipientOf(t, m, addr).GetStatus(); got != want {
 				t.Errorf("after retry %s = %v, want %v", addr, got, want)
 			}
 		}
-		if e, _ := store.RetryEvent(m, at(12)); e != nil {
+		if e, _ := store.RetryEvent(m, at(12), "ops"); e != nil {
 			t.Errorf("a second retry found work: %v", e)
 		}
+		if n := store.RetryCount(m); n != 1 {
+			t.Errorf("RetryCount = %d, want 1", n)
+		}
 
-		cancel, targets := store.CancelEvent(m, at(13))
-		if !slices.Equal(targets, []string{"a", "b", "d"}) {
+		cancel, targets := store.CancelEvent(m, at(13), "ops")
+		if !slices.Equal(targets, []string{"a", "b", "d", "e"}) {
 			t.Fatalf("CancelEvent targets %v", targets)
 		}
 		mustApply(t, s, cancel)
@@ -510,7 +516,10 @@ func TestStore_intentsAreIdempotent(t *testing.T) {
 		if m.GetStatus() != sent {
 			t.Errorf("after cancel, status %v, want sent (c sent, others cancelled)", m.GetStatus())
 		}
-		if e, _ := store.CancelEvent(m, at(14)); e != nil {
+		if store.Cancelled(m) == nil {
+			t.Error("Cancelled does not find the cancellation")
+		}
+		if e, _ := store.CancelEvent(m, at(14), "ops"); e != nil {
 			t.Errorf("a second cancel found work: %v", e)
 		}
 	})
