@@ -157,12 +157,22 @@ func Seed(ctx context.Context, st *Store, r io.Reader) (SeedResult, error) {
 	}
 	// Replicas starting together seed at once; the one that loses a race to
 	// create something gets a conflict, and applying the (idempotent) seed
-	// again turns its creates into no-op updates.
+	// again turns its creates into no-op updates. A replica loses each
+	// race at most once (what it lost to exists from then on), so one
+	// attempt per resource created, plus one, always suffices; three did
+	// not when three replicas took turns winning.
 	var (
 		res SeedResult
 		err error
 	)
-	for range 3 {
+	attempts := 2
+	for _, t := range f.Tenants {
+		attempts += 1 + len(t.Relays)
+		for _, d := range t.Domains {
+			attempts += 1 + len(d.DKIMKeys)
+		}
+	}
+	for range attempts {
 		res, err = applySeed(ctx, st, &f)
 		var ce *store.ConflictError
 		if !errors.As(err, &ce) {
