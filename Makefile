@@ -37,8 +37,15 @@ $(BIN)/kustomize:
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/kustomize ## install pinned tools into ./bin
 
 .PHONY: run
-run: ## run the whole pipeline in one process on embedded parts (mailbus dev); the ready line names the console's address
-	go run ./cmd/mailbus dev --data ./.mailbus --config deploy/mailbus.example.yaml
+# Built into ./bin once and reused: a later `make run` recompiles only what
+# changed, and the CLI is ./bin/mailbus. The first build downloads the
+# modules mailbus runs on (not the test-only ones) and compiles them, which
+# takes minutes on a fresh machine with nothing printed by go meanwhile,
+# hence the note.
+run: ## build ./bin/mailbus and run the whole pipeline in one process on embedded parts (mailbus dev); the ready line names the console's address
+	@if [ ! -x $(BIN)/mailbus ]; then echo "first build of ./bin/mailbus: downloading Go modules and compiling (about 3-5 minutes on a fresh machine, the pure-Go SQLite takes longest; later runs take seconds)"; fi
+	go build -o $(BIN)/mailbus ./cmd/mailbus
+	$(BIN)/mailbus dev --data ./.mailbus --config deploy/mailbus.example.yaml
 
 .PHONY: build
 build: ## build every service and the mailbus CLI into ./bin

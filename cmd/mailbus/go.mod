@@ -28,6 +28,8 @@ require (
 	gopkg.in/yaml.v3 v3.0.1
 )
 
+require golang.org/x/oauth2 v0.37.0 // indirect
+
 require (
 	github.com/chromedp/cdproto v0.160.1 // indirect
 	github.com/emersion/go-imap/v2 v2.0.0-beta.8 // indirect

@@ -6,6 +6,9 @@ const (
 	SecretPassword   = "password"
 	SecretOAuthToken = "oauth_token"
 	SecretClientKey  = "client_key"
+	// The OAuth client secret and refresh token of an XOAUTH2 relay.
+	SecretOAuthClientSecret = "oauth_client_secret"
+	SecretOAuthRefreshToken = "oauth_refresh_token"
 )
 
 // RelaySecretAAD is the seal additional data of a relay's secret: the config

@@ -52,6 +52,10 @@ type RelayWithSecrets struct {
 	Relay      *pb.Relay
 	Password   string
 	OAuthToken string
+	// OAuthClientSecret and OAuthRefreshToken let the sender refresh the
+	// access token of an XOAUTH2 relay (auth.oauth).
+	OAuthClientSecret string
+	OAuthRefreshToken string
 	// ClientCert is the TLS client certificate with its key, for
 	// AUTH_MECHANISM_CLIENT_CERT; nil otherwise.
 	ClientCert *tls.Certificate
@@ -372,6 +376,12 @@ func (c *Client) openRelay(sr *pb.SealedRelay) (*RelayWithSecrets, error) {
 		return nil, err
 	}
 	if r.OAuthToken, err = open(sr.GetSealedOauthToken(), SecretOAuthToken); err != nil {
+		return nil, err
+	}
+	if r.OAuthClientSecret, err = open(sr.GetSealedOauthClientSecret(), SecretOAuthClientSecret); err != nil {
+		return nil, err
+	}
+	if r.OAuthRefreshToken, err = open(sr.GetSealedOauthRefreshToken(), SecretOAuthRefreshToken); err != nil {
 		return nil, err
 	}
 	keyPEM, err := open(sr.GetSealedClientKey(), SecretClientKey)

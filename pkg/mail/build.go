@@ -82,6 +82,9 @@ type Message struct {
 	MessageID string
 	// From is the message's From header.
 	From Address
+	// Subject is the Subject header decoded (RFC 2047), for the message
+	// log: a raw message's subject is only in its header.
+	Subject string
 }
 
 // Build makes the RFC 5322 message for a submission.
@@ -260,7 +263,7 @@ func (b *builder) build() (Message, error) {
 	if limit > 0 && int64(w.Len()) > limit {
 		return Message{}, sizeError(int64(w.Len()), limit, "")
 	}
-	return Message{Data: w.Bytes(), MessageID: msgID, From: from}, nil
+	return Message{Data: w.Bytes(), MessageID: msgID, From: from, Subject: b.sub.GetSubject()}, nil
 }
 
 func addressField(field string, a *mailbusv1.Address) (Address, error) {

@@ -3,6 +3,7 @@ package mail
 import (
 	"bytes"
 	"fmt"
+	"mime"
 	"strings"
 	"time"
 )
@@ -40,6 +41,7 @@ func PrepareRaw(raw []byte, opts Options) (Message, error) {
 	var (
 		fromField  *field
 		msgIDField *field
+		subject    string
 		hasDate    bool
 		strip      []field
 	)
@@ -58,6 +60,8 @@ func PrepareRaw(raw []byte, opts Options) (Message, error) {
 			msgIDField = f
 		case "date":
 			hasDate = true
+		case "subject":
+			subject = decodeHeader(strings.TrimSpace(fromFolded(f.value(data))))
 		case "bcc", "return-path":
 			strip = append(strip, *f)
 		}
@@ -85,7 +89,7 @@ func PrepareRaw(raw []byte, opts Options) (Message, error) {
 		if limit > 0 && int64(len(data)) > limit {
 			return Message{}, sizeError(int64(len(data)), limit, "")
 		}
-		return Message{Data: data, MessageID: messageID, From: from}, nil
+		return Message{Data: data, MessageID: messageID, From: from, Subject: subject}, nil
 	}
 
 	out := bytes.NewBuffer(make([]byte, 0, len(data)+128))
@@ -112,7 +116,17 @@ func PrepareRaw(raw []byte, opts Options) (Message, error) {
 	if limit > 0 && int64(out.Len()) > limit {
 		return Message{}, sizeError(int64(out.Len()), limit, "")
 	}
-	return Message{Data: out.Bytes(), MessageID: messageID, From: from}, nil
+	return Message{Data: out.Bytes(), MessageID: messageID, From: from, Subject: subject}, nil
+}
+
+// decodeHeader decodes RFC 2047 encoded words, keeping the value as it is
+// when they do not decode (an unknown charset): a subject for display.
+func decodeHeader(v string) string {
+	d, err := (&mime.WordDecoder{}).DecodeHeader(v)
+	if err != nil {
+		return v
+	}
+	return d
 }
 
 // fromFolded unfolds a header value: CRLF followed by whitespace is

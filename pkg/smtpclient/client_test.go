@@ -261,6 +261,61 @@ func TestSend_refreshesARejectedXOAUTH2TokenOnce(t *testing.T) {
 	}
 }
 
+// tokenList is a TokenProvider handing out its tokens in turn: Token the
+// current one, Refresh the next, recording what was rejected.
+type tokenList struct {
+	mu       sync.Mutex
+	tokens   []string
+	i        int
+	rejected []string
+}
+
+func (l *tokenList) Token(context.Context) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.tokens[l.i], nil
+}
+
+func (l *tokenList) Refresh(_ context.Context, rejected string) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rejected = append(l.rejected, rejected)
+	if l.i+1 < len(l.tokens) {
+		l.i++
+	}
+	return l.tokens[l.i], nil
+}
+
+func TestSend_asksTheTokenProviderForEachConnectionAndSwapsARejectedTokenOnce(t *testing.T) {
+	cert := testkit.NewCert(t)
+	srv := testkit.StartSMTP(t, testkit.SMTPStartTLS(cert), testkit.SMTPBearerToken("user@gmail.test", "second"))
+	p := newTestPool(t, PoolConfig{RootCAs: cert.CAPool, MaxMessagesPerConn: 1})
+	r := relayFor(srv, SecurityStartTLS)
+	toks := &tokenList{tokens: []string{"first", "second", "third"}}
+	r.Auth = Auth{Mechanism: MechanismXOAUTH2, Username: "user@gmail.test", Tokens: toks}
+
+	// The relay refuses "first" (334 error challenge, then 535): the
+	// client hands it back and logs in with "second".
+	mustSend(t, p, r, testMsg("a@dest.test"))
+	mustSend(t, p, r, testMsg("b@dest.test"))
+	srv.WaitMessages(t, 2)
+	if len(toks.rejected) != 1 || toks.rejected[0] != "first" {
+		t.Errorf("handed back %v, want [first]", toks.rejected)
+	}
+
+	// A replacement that is refused too is not swapped again.
+	toks.mu.Lock()
+	toks.tokens, toks.i = []string{"bad1", "bad2", "bad3"}, 0
+	toks.mu.Unlock()
+	_, err := p.Send(context.Background(), r, testMsg("c@dest.test"))
+	if se := relayError(t, err); se.Code != 535 || se.Stage != "auth" {
+		t.Errorf("error = %+v, want 535 at auth after one swap", se)
+	}
+	if n := len(toks.rejected); n != 2 {
+		t.Errorf("handed back %d tokens in all, want 2", n)
+	}
+}
+
 func TestSend_presentsTheTLSClientCertificate(t *testing.T) {
 	cert := testkit.NewCert(t)
 	srv := testkit.StartSMTP(t, testkit.SMTPStartTLS(cert), testkit.SMTPClientCAs(cert.CAPool), testkit.SMTPRequireAuth())

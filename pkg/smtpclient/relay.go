@@ -68,9 +68,22 @@ type Auth struct {
 	// once when the relay rejects Token, retries AUTH with the new token,
 	// and keeps using that token for later connections to the relay.
 	TokenRefresh func(ctx context.Context) (token string, err error)
+	// Tokens, when set, replaces Token and TokenRefresh: each connection
+	// asks it for the current token, and a rejected one is handed back
+	// once for another (a relay signing in with OAuth, whose access tokens
+	// expire within the hour; see pkg/oauthtoken).
+	Tokens TokenProvider
 	// ClientCert, when it holds a certificate, is presented in the TLS
 	// handshake (a relay that authenticates by client certificate).
 	ClientCert tls.Certificate
+}
+
+// TokenProvider hands out XOAUTH2 access tokens that expire.
+type TokenProvider interface {
+	// Token returns a current token.
+	Token(ctx context.Context) (string, error)
+	// Refresh returns a token other than rejected, which the relay refused.
+	Refresh(ctx context.Context, rejected string) (string, error)
 }
 
 func (a Auth) hasClientCert() bool { return len(a.ClientCert.Certificate) > 0 }

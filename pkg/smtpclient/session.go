@@ -328,6 +328,9 @@ func (s *session) auth(ctx context.Context, toks tokenSource, trace tracer) erro
 		trace.step("auth", start, Reply{}, err, "")
 		return err
 	}
+	if r.Auth.Mechanism == MechanismXOAUTH2 && r.Auth.Tokens != nil {
+		return s.authWithProvider(ctx, trace, start)
+	}
 	token := ""
 	if r.Auth.Mechanism == MechanismXOAUTH2 {
 		token = toks.token(r)
@@ -356,6 +359,31 @@ func (s *session) auth(ctx context.Context, toks tokenSource, trace tracer) erro
 	}
 	trace.step("auth", start, rep, nil, "")
 	return nil
+}
+
+// authWithProvider logs in with XOAUTH2 and a token from the relay's
+// TokenProvider; a token the relay refuses (535, after the 334 error
+// challenge) is exchanged once for another.
+func (s *session) authWithProvider(ctx context.Context, trace tracer, start time.Time) error {
+	p := s.relay.Auth.Tokens
+	token, err := p.Token(ctx)
+	if err != nil {
+		err = relayErr("auth", Reply{}, fmt.Errorf("get XOAUTH2 token for %s: %w", s.relay.Auth.Username, err))
+		trace.step("auth", start, Reply{}, err, "")
+		return err
+	}
+	rep, err := s.authWith(token)
+	if err != nil && rep.Code == 535 {
+		t, rerr := p.Refresh(ctx, token)
+		if rerr != nil {
+			rerr = relayErr("auth", rep, fmt.Errorf("refresh XOAUTH2 token for %s after %d %s: %w", s.relay.Auth.Username, rep.Code, rep.Text, rerr))
+			trace.step("auth", start, rep, rerr, "")
+			return rerr
+		}
+		rep, err = s.authWith(t)
+	}
+	trace.step("auth", start, rep, err, "")
+	return err
 }
 
 func (s *session) authWith(token string) (Reply, error) {

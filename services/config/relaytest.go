@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/configclient"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/oauthtoken"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 )
 
@@ -38,6 +39,13 @@ func (s *server) TestRelay(ctx context.Context, req *pb.TestRelayRequest) (*pb.T
 	relay, err := smtpclient.FromConfig(rs, "")
 	if err != nil {
 		return nil, invalidArgument(violation("relay", err.Error()))
+	}
+	// A relay with an OAuth client is tested with a token fresh from its
+	// provider, as the senders get one, not with a stored token that
+	// expired within the hour.
+	if oc := (oauthtoken.Client{RelayID: rs.Relay.GetId(), OAuth: rs.Relay.GetAuth().GetOauth(), ClientSecret: rs.OAuthClientSecret,
+		RefreshToken: rs.OAuthRefreshToken}); relay.Auth.Mechanism == smtpclient.MechanismXOAUTH2 && oc.Usable() {
+		relay.Auth.Tokens = oauthtoken.Direct{Client: oc, HTTP: oauthHTTP}
 	}
 	tctx, cancel := context.WithTimeout(ctx, s.tester.timeout)
 	defer cancel()
@@ -81,7 +89,8 @@ func (s *server) relayToTest(ctx context.Context, req *pb.TestRelayRequest) (*co
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
-		rs := &configclient.RelayWithSecrets{Relay: r, Password: sec.Password, OAuthToken: sec.OAuthToken}
+		rs := &configclient.RelayWithSecrets{Relay: r, Password: sec.Password, OAuthToken: sec.OAuthToken,
+			OAuthClientSecret: sec.OAuthClientSecret, OAuthRefreshToken: sec.OAuthRefreshToken}
 		if err := addClientCert(rs, r.GetAuth().GetClientCertPem(), sec.ClientKeyPEM); err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "relay %s: %v", r.Id, err)
 		}
@@ -106,7 +115,8 @@ func (s *server) relayToTest(ctx context.Context, req *pb.TestRelayRequest) (*co
 			return nil, err
 		}
 		a := r.GetAuth()
-		rs := &configclient.RelayWithSecrets{Relay: r, Password: a.GetPassword(), OAuthToken: a.GetOauthToken()}
+		rs := &configclient.RelayWithSecrets{Relay: r, Password: a.GetPassword(), OAuthToken: a.GetOauthToken(),
+			OAuthClientSecret: a.GetOauth().GetClientSecret(), OAuthRefreshToken: a.GetOauth().GetRefreshToken()}
 		if err := addClientCert(rs, a.GetClientCertPem(), a.GetClientKeyPem()); err != nil {
 			return nil, invalidArgument(violation("relay.auth.client_key_pem", err.Error()))
 		}

@@ -88,6 +88,18 @@ type seedAuth struct {
 	OAuthToken    string `yaml:"oauth_token"`
 	ClientCertPEM string `yaml:"client_cert_pem"`
 	ClientKeyPEM  string `yaml:"client_key_pem"`
+	// OAuth is the client that refreshes XOAUTH2 access tokens.
+	OAuth *seedOAuth `yaml:"oauth"`
+}
+
+type seedOAuth struct {
+	Provider     string   `yaml:"provider"`
+	AuthURL      string   `yaml:"auth_url"`
+	TokenURL     string   `yaml:"token_url"`
+	ClientID     string   `yaml:"client_id"`
+	ClientSecret string   `yaml:"client_secret"`
+	RefreshToken string   `yaml:"refresh_token"`
+	Scopes       []string `yaml:"scopes"`
 }
 
 type seedDefaultServer struct {
@@ -145,12 +157,22 @@ func Seed(ctx context.Context, st *Store, r io.Reader) (SeedResult, error) {
 	}
 	// Replicas starting together seed at once; the one that loses a race to
 	// create something gets a conflict, and applying the (idempotent) seed
-	// again turns its creates into no-op updates.
+	// again turns its creates into no-op updates. A replica loses each
+	// race at most once (what it lost to exists from then on), so one
+	// attempt per resource created, plus one, always suffices; three did
+	// not when three replicas took turns winning.
 	var (
 		res SeedResult
 		err error
 	)
-	for range 3 {
+	attempts := 2
+	for _, t := range f.Tenants {
+		attempts += 1 + len(t.Relays)
+		for _, d := range t.Domains {
+			attempts += 1 + len(d.DKIMKeys)
+		}
+	}
+	for range attempts {
 		res, err = applySeed(ctx, st, &f)
 		var ce *store.ConflictError
 		if !errors.As(err, &ce) {
@@ -335,6 +357,10 @@ func seedRelayProto(sr *seedRelay, tenantID string) (*pb.Relay, error) {
 		FromFilter: sr.FromFilter, Priority: sr.Priority, Domains: sr.Domains, DailyLimit: sr.DailyLimit,
 		RatePerSecond: sr.RatePerSecond, Active: orTrue(sr.Active), AllowPlaintextAuth: sr.AllowPlaintextAuth,
 		MaxConnections: sr.MaxConnections,
+	}
+	if o := sr.Auth.OAuth; o != nil {
+		r.Auth.Oauth = &pb.RelayOAuth{Provider: o.Provider, AuthUrl: o.AuthURL, TokenUrl: o.TokenURL, ClientId: o.ClientID,
+			ClientSecret: o.ClientSecret, RefreshToken: o.RefreshToken, Scopes: o.Scopes}
 	}
 	for i, k := range sr.Kinds {
 		kind, err := parseEnum(k, "EMAIL_KIND_", pb.EmailKind_value)

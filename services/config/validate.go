@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/mail"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/oauthtoken"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -388,6 +390,9 @@ func validateAuth(v *violations, r *pb.Relay, prefix string, create bool) {
 	}
 	name := strings.TrimPrefix(mech.String(), "AUTH_MECHANISM_")
 	credentialsInClear := false
+	if mech != pb.AuthMechanism_AUTH_MECHANISM_XOAUTH2 {
+		a.Oauth = nil
+	}
 	switch mech {
 	case pb.AuthMechanism_AUTH_MECHANISM_NONE:
 		a.Username, a.Password, a.OauthToken, a.ClientCertPem, a.ClientKeyPem = "", "", "", "", ""
@@ -405,8 +410,9 @@ func validateAuth(v *violations, r *pb.Relay, prefix string, create bool) {
 		if a.Username == "" {
 			v.add(f("username"), "required for XOAUTH2 (the mailbox the token belongs to)")
 		}
-		if a.OauthToken == "" && create {
-			v.add(f("oauth_token"), "required for XOAUTH2")
+		validateOAuthClient(v, a, f)
+		if a.OauthToken == "" && create && a.Oauth == nil {
+			v.add(f("oauth_token"), "required for XOAUTH2 unless oauth (a client that refreshes tokens) is set")
 		}
 		a.Password, a.ClientCertPem, a.ClientKeyPem = "", "", ""
 		credentialsInClear = true
@@ -421,6 +427,36 @@ func validateAuth(v *violations, r *pb.Relay, prefix string, create bool) {
 	}
 	if credentialsInClear && r.Security == pb.RelaySecurity_RELAY_SECURITY_NONE && !r.AllowPlaintextAuth {
 		v.add(prefix+".security", "%s over an unencrypted connection would send credentials in clear text; use STARTTLS or TLS, or set allow_plaintext_auth", name)
+	}
+}
+
+// validateOAuthClient checks an XOAUTH2 relay's OAuth client: a client id
+// and a token endpoint, from the provider preset or given. An empty client
+// becomes none.
+func validateOAuthClient(v *violations, a *pb.RelayAuth, f func(string) string) {
+	o := a.Oauth
+	if o == nil {
+		return
+	}
+	o.HasClientSecret, o.HasRefreshToken = false, false
+	o.Provider = strings.ToLower(strings.TrimSpace(o.Provider))
+	if proto.Size(o) == 0 {
+		a.Oauth = nil
+		return
+	}
+	if o.ClientId == "" {
+		v.add(f("oauth.client_id"), "required for an OAuth client")
+	}
+	if _, err := oauthtoken.Endpoint(o); err != nil {
+		v.add(f("oauth"), "%s", err)
+	}
+	for _, u := range []struct{ name, value string }{{"auth_url", o.AuthUrl}, {"token_url", o.TokenUrl}} {
+		if u.value == "" {
+			continue
+		}
+		if pu, err := url.Parse(u.value); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			v.add(f("oauth."+u.name), "%q is not an http(s) URL", u.value)
+		}
 	}
 }
 
@@ -484,7 +520,8 @@ func validateDefaultServer(ds *pb.DefaultServer) error {
 }
 
 func isSecretField(field string) bool {
-	return strings.HasSuffix(field, ".auth.password") || strings.HasSuffix(field, ".auth.oauth_token") || strings.HasSuffix(field, ".auth.client_key_pem")
+	return strings.HasSuffix(field, ".auth.password") || strings.HasSuffix(field, ".auth.oauth_token") || strings.HasSuffix(field, ".auth.client_key_pem") ||
+		strings.HasSuffix(field, ".auth.oauth.client_secret") || strings.HasSuffix(field, ".auth.oauth.refresh_token")
 }
 
 // badRequest returns the field violations of an InvalidArgument status.

@@ -25,6 +25,6 @@ func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Service, 
 	if err != nil {
 		return nil, nil, err
 	}
-	svc := New(cfg, Deps{Log: in.Logger(), Metrics: in.Metrics, Config: cc, Redis: in.Redis, Classify: bounce.Classify})
+	svc := New(cfg, Deps{Log: in.Logger(), Metrics: in.Metrics, Config: cc, Redis: in.Redis, Classify: bounce.Classify, Sealer: in.Sealer})
 	return svc, func() { _ = cc.Close() }, nil
 }

@@ -38,6 +38,8 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/oauthtoken"
+	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/deliver"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
@@ -76,7 +78,12 @@ type Deps struct {
 	Config   deliver.Config
 	Redis    redis.UniversalClient
 	Classify deliver.Classifier
-	Now      func() time.Time
+	// Sealer seals the OAuth access tokens the replicas share in Redis;
+	// nil shares them unsealed (they expire within the hour).
+	Sealer *seal.Sealer
+	// OAuth tunes the refreshing of OAuth relays' access tokens.
+	OAuth oauthtoken.Options
+	Now   func() time.Time
 }
 
 // Service is the sender.
@@ -136,11 +143,16 @@ func New(cfg Config, deps Deps) *Service {
 	ledger := limits.NewKafkaLedger(cfg.Bus, log)
 	lim := limits.New(deps.Redis, limits.WithClock(deps.Now), limits.WithLedger(ledger))
 	h := health.New(deps.Redis, lim, health.Options{Log: log, Now: deps.Now})
+	oauthOpts := deps.OAuth
+	if oauthOpts.Log == nil {
+		oauthOpts.Log = log
+	}
+	tokens := oauthtoken.New(deps.Redis, deps.Sealer, oauthOpts)
 	s := &Service{
 		cfg: cfg, deps: deps, log: log, pool: pool, slots: slots, ledger: ledger,
 		d: deliver.New(deps.Config, pool, resolver, lim, h, deps.Classify,
 			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now,
-				Shaping: cfg.Shaping, DefaultMaxConns: pc.MaxConnsPerRelay}, log),
+				Shaping: cfg.Shaping, DefaultMaxConns: pc.MaxConnsPerRelay, Tokens: tokens}, log),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
 			Help: "Recipient outcomes, by status.",

@@ -56,11 +56,20 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "mailbus dev ready console=%s kafka=%s grpc=%s%s bounce-smtp=%s redis=%s%s data=%s\n",
 				st.ConsoleURL, strings.Join(st.Brokers, ","), st.GRPCAddr, web, st.BounceAddr, st.RedisAddr, admin, o.DataDir)
-			fmt.Fprintf(cmd.OutOrStdout(), "console: open %s and sign in with the token in %s\n", st.ConsoleURL, filepath.Join(o.DataDir, "admin.token"))
-			fmt.Fprintf(cmd.OutOrStdout(), "try: go run ./cmd/mailbus send --from alice@acme.example --to bob@example.net --subject hello --text 'Hello Bob'\n")
+			// The CLI finds this data directory (its admin token) and the
+			// API from any directory through this record.
+			if abs, err := filepath.Abs(o.DataDir); err == nil {
+				if err := WriteDevState(DevState{DataDir: abs, GRPCAddr: st.GRPCAddr}); err != nil {
+					o.Log.Warn("the CLI will not find this data directory from other directories", "err", err)
+				}
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "console: open %s and sign in with the token in %s\n", st.ConsoleURL, filepath.Join(o.DataDir, "admin.token"))
+			fmt.Fprintf(out, "try: ./bin/mailbus send --from alice@acme.example --to bob@example.net --subject hello --text 'Hello Bob'\n")
+			fmt.Fprintf(out, "DNS records to publish (DKIM): ./bin/mailbus domains; mail caught: http://%s (API: /api/messages)\n", webAddr(st))
 			select {
 			case <-cmd.Context().Done():
-				fmt.Fprintln(cmd.OutOrStdout(), "mailbus dev stopping")
+				fmt.Fprintln(out, "mailbus dev stopping")
 				return nil
 			case <-st.Done():
 				return st.Err()
@@ -81,4 +90,11 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	return cmd
+}
+
+func webAddr(st *stack.Stack) string {
+	if st.Catcher == nil {
+		return "(no catcher)"
+	}
+	return st.Catcher.HTTPAddr()
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/catcher"
 	"github.com/mailbus/mailbus/pkg/auth"
@@ -279,10 +280,22 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, fmt.Errorf("listen for gRPC: %w", err)
 	}
 	s.GRPCAddr = lis.Addr().String()
-	s.goRun("grpc", func(ctx context.Context) error {
-		stop := context.AfterFunc(ctx, gsrv.Stop)
-		defer stop()
-		return gsrv.Serve(lis)
+	// Reflection lets grpcurl, buf curl and IDEs call the API without the
+	// proto files.
+	reflection.Register(gsrv)
+	// The server stops after every configuration cache closed (closers run
+	// in reverse), so that no change stream sees it go away and warns on
+	// an orderly shutdown.
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := gsrv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) && s.runCtx.Err() == nil {
+			s.fail(fmt.Errorf("grpc: %w", err))
+		}
+	}()
+	s.closers = append(s.closers, func() {
+		gsrv.Stop()
+		<-served
 	})
 
 	// The pipeline reads configuration from a local cache fed by the

@@ -838,6 +838,9 @@ type RelayAuth struct {
 	HasPassword   bool                   `protobuf:"varint,7,opt,name=has_password,json=hasPassword,proto3" json:"has_password,omitempty"`
 	HasOauthToken bool                   `protobuf:"varint,8,opt,name=has_oauth_token,json=hasOauthToken,proto3" json:"has_oauth_token,omitempty"`
 	HasClientKey  bool                   `protobuf:"varint,9,opt,name=has_client_key,json=hasClientKey,proto3" json:"has_client_key,omitempty"`
+	// For XOAUTH2: how access tokens are refreshed. With it oauth_token may
+	// stay empty (the senders get one from the token endpoint).
+	Oauth         *RelayOAuth `protobuf:"bytes,10,opt,name=oauth,proto3" json:"oauth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -935,6 +938,129 @@ func (x *RelayAuth) GetHasClientKey() bool {
 	return false
 }
 
+func (x *RelayAuth) GetOauth() *RelayOAuth {
+	if x != nil {
+		return x.Oauth
+	}
+	return nil
+}
+
+// RelayOAuth is an OAuth 2.0 client that keeps a relay's XOAUTH2 access
+// token fresh with a refresh token. client_secret and refresh_token are
+// write-only; the has_* fields say whether one is stored.
+type RelayOAuth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "google" or "microsoft" fill auth_url, token_url and scopes left empty
+	// (Microsoft with the "common" tenant unless the URLs name one); empty
+	// means every URL is given.
+	Provider     string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	AuthUrl      string `protobuf:"bytes,2,opt,name=auth_url,json=authUrl,proto3" json:"auth_url,omitempty"`
+	TokenUrl     string `protobuf:"bytes,3,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
+	ClientId     string `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	ClientSecret string `protobuf:"bytes,5,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// Google: https://mail.google.com/; Microsoft:
+	// https://outlook.office.com/SMTP.Send and offline_access.
+	Scopes          []string `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	RefreshToken    string   `protobuf:"bytes,7,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	HasClientSecret bool     `protobuf:"varint,8,opt,name=has_client_secret,json=hasClientSecret,proto3" json:"has_client_secret,omitempty"`
+	HasRefreshToken bool     `protobuf:"varint,9,opt,name=has_refresh_token,json=hasRefreshToken,proto3" json:"has_refresh_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RelayOAuth) Reset() {
+	*x = RelayOAuth{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayOAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayOAuth) ProtoMessage() {}
+
+func (x *RelayOAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayOAuth.ProtoReflect.Descriptor instead.
+func (*RelayOAuth) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RelayOAuth) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetAuthUrl() string {
+	if x != nil {
+		return x.AuthUrl
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetTokenUrl() string {
+	if x != nil {
+		return x.TokenUrl
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetClientSecret() string {
+	if x != nil {
+		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *RelayOAuth) GetRefreshToken() string {
+	if x != nil {
+		return x.RefreshToken
+	}
+	return ""
+}
+
+func (x *RelayOAuth) GetHasClientSecret() bool {
+	if x != nil {
+		return x.HasClientSecret
+	}
+	return false
+}
+
+func (x *RelayOAuth) GetHasRefreshToken() bool {
+	if x != nil {
+		return x.HasRefreshToken
+	}
+	return false
+}
+
 // Relay is an SMTP relay server of a tenant.
 type Relay struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -975,7 +1101,7 @@ type Relay struct {
 
 func (x *Relay) Reset() {
 	*x = Relay{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[5]
+	mi := &file_mailbus_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1113,7 @@ func (x *Relay) String() string {
 func (*Relay) ProtoMessage() {}
 
 func (x *Relay) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[5]
+	mi := &file_mailbus_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1126,7 @@ func (x *Relay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Relay.ProtoReflect.Descriptor instead.
 func (*Relay) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Relay) GetId() string {
@@ -1151,7 +1277,7 @@ type DefaultServer struct {
 
 func (x *DefaultServer) Reset() {
 	*x = DefaultServer{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[6]
+	mi := &file_mailbus_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1289,7 @@ func (x *DefaultServer) String() string {
 func (*DefaultServer) ProtoMessage() {}
 
 func (x *DefaultServer) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[6]
+	mi := &file_mailbus_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1302,7 @@ func (x *DefaultServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DefaultServer.ProtoReflect.Descriptor instead.
 func (*DefaultServer) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DefaultServer) GetMode() DefaultServerMode {
@@ -1215,7 +1341,7 @@ type ConfigChange struct {
 
 func (x *ConfigChange) Reset() {
 	*x = ConfigChange{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[7]
+	mi := &file_mailbus_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1353,7 @@ func (x *ConfigChange) String() string {
 func (*ConfigChange) ProtoMessage() {}
 
 func (x *ConfigChange) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[7]
+	mi := &file_mailbus_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1366,7 @@ func (x *ConfigChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigChange.ProtoReflect.Descriptor instead.
 func (*ConfigChange) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConfigChange) GetRevision() int64 {
@@ -1288,18 +1414,20 @@ func (x *ConfigChange) GetChangeTime() *timestamppb.Timestamp {
 // SealedSecrets are a relay's or key's secrets, sealed with the platform's
 // secret key; only pipeline callers receive them.
 type SealedRelay struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	Relay            *Relay                 `protobuf:"bytes,1,opt,name=relay,proto3" json:"relay,omitempty"`
-	SealedPassword   []byte                 `protobuf:"bytes,2,opt,name=sealed_password,json=sealedPassword,proto3" json:"sealed_password,omitempty"`
-	SealedOauthToken []byte                 `protobuf:"bytes,3,opt,name=sealed_oauth_token,json=sealedOauthToken,proto3" json:"sealed_oauth_token,omitempty"`
-	SealedClientKey  []byte                 `protobuf:"bytes,4,opt,name=sealed_client_key,json=sealedClientKey,proto3" json:"sealed_client_key,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	Relay                   *Relay                 `protobuf:"bytes,1,opt,name=relay,proto3" json:"relay,omitempty"`
+	SealedPassword          []byte                 `protobuf:"bytes,2,opt,name=sealed_password,json=sealedPassword,proto3" json:"sealed_password,omitempty"`
+	SealedOauthToken        []byte                 `protobuf:"bytes,3,opt,name=sealed_oauth_token,json=sealedOauthToken,proto3" json:"sealed_oauth_token,omitempty"`
+	SealedClientKey         []byte                 `protobuf:"bytes,4,opt,name=sealed_client_key,json=sealedClientKey,proto3" json:"sealed_client_key,omitempty"`
+	SealedOauthClientSecret []byte                 `protobuf:"bytes,5,opt,name=sealed_oauth_client_secret,json=sealedOauthClientSecret,proto3" json:"sealed_oauth_client_secret,omitempty"`
+	SealedOauthRefreshToken []byte                 `protobuf:"bytes,6,opt,name=sealed_oauth_refresh_token,json=sealedOauthRefreshToken,proto3" json:"sealed_oauth_refresh_token,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SealedRelay) Reset() {
 	*x = SealedRelay{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[8]
+	mi := &file_mailbus_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1439,7 @@ func (x *SealedRelay) String() string {
 func (*SealedRelay) ProtoMessage() {}
 
 func (x *SealedRelay) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[8]
+	mi := &file_mailbus_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1452,7 @@ func (x *SealedRelay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedRelay.ProtoReflect.Descriptor instead.
 func (*SealedRelay) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SealedRelay) GetRelay() *Relay {
@@ -1355,6 +1483,20 @@ func (x *SealedRelay) GetSealedClientKey() []byte {
 	return nil
 }
 
+func (x *SealedRelay) GetSealedOauthClientSecret() []byte {
+	if x != nil {
+		return x.SealedOauthClientSecret
+	}
+	return nil
+}
+
+func (x *SealedRelay) GetSealedOauthRefreshToken() []byte {
+	if x != nil {
+		return x.SealedOauthRefreshToken
+	}
+	return nil
+}
+
 // SealedDkimKey is a DKIM key with its sealed private key.
 type SealedDkimKey struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1367,7 +1509,7 @@ type SealedDkimKey struct {
 
 func (x *SealedDkimKey) Reset() {
 	*x = SealedDkimKey{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[9]
+	mi := &file_mailbus_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1521,7 @@ func (x *SealedDkimKey) String() string {
 func (*SealedDkimKey) ProtoMessage() {}
 
 func (x *SealedDkimKey) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[9]
+	mi := &file_mailbus_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1534,7 @@ func (x *SealedDkimKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedDkimKey.ProtoReflect.Descriptor instead.
 func (*SealedDkimKey) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SealedDkimKey) GetDomain() string {
@@ -1425,7 +1567,7 @@ type CreateTenantRequest struct {
 
 func (x *CreateTenantRequest) Reset() {
 	*x = CreateTenantRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[10]
+	mi := &file_mailbus_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1579,7 @@ func (x *CreateTenantRequest) String() string {
 func (*CreateTenantRequest) ProtoMessage() {}
 
 func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[10]
+	mi := &file_mailbus_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1592,7 @@ func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantRequest.ProtoReflect.Descriptor instead.
 func (*CreateTenantRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateTenantRequest) GetTenant() *Tenant {
@@ -1469,7 +1611,7 @@ type CreateTenantResponse struct {
 
 func (x *CreateTenantResponse) Reset() {
 	*x = CreateTenantResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[11]
+	mi := &file_mailbus_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1623,7 @@ func (x *CreateTenantResponse) String() string {
 func (*CreateTenantResponse) ProtoMessage() {}
 
 func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[11]
+	mi := &file_mailbus_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1636,7 @@ func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantResponse.ProtoReflect.Descriptor instead.
 func (*CreateTenantResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateTenantResponse) GetTenant() *Tenant {
@@ -1513,7 +1655,7 @@ type GetTenantRequest struct {
 
 func (x *GetTenantRequest) Reset() {
 	*x = GetTenantRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[12]
+	mi := &file_mailbus_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1667,7 @@ func (x *GetTenantRequest) String() string {
 func (*GetTenantRequest) ProtoMessage() {}
 
 func (x *GetTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[12]
+	mi := &file_mailbus_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1680,7 @@ func (x *GetTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantRequest.ProtoReflect.Descriptor instead.
 func (*GetTenantRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetTenantRequest) GetId() string {
@@ -1557,7 +1699,7 @@ type GetTenantResponse struct {
 
 func (x *GetTenantResponse) Reset() {
 	*x = GetTenantResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[13]
+	mi := &file_mailbus_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1711,7 @@ func (x *GetTenantResponse) String() string {
 func (*GetTenantResponse) ProtoMessage() {}
 
 func (x *GetTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[13]
+	mi := &file_mailbus_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1724,7 @@ func (x *GetTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTenantResponse.ProtoReflect.Descriptor instead.
 func (*GetTenantResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetTenantResponse) GetTenant() *Tenant {
@@ -1601,7 +1743,7 @@ type UpdateTenantRequest struct {
 
 func (x *UpdateTenantRequest) Reset() {
 	*x = UpdateTenantRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[14]
+	mi := &file_mailbus_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1755,7 @@ func (x *UpdateTenantRequest) String() string {
 func (*UpdateTenantRequest) ProtoMessage() {}
 
 func (x *UpdateTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[14]
+	mi := &file_mailbus_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1768,7 @@ func (x *UpdateTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTenantRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTenantRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateTenantRequest) GetTenant() *Tenant {
@@ -1645,7 +1787,7 @@ type UpdateTenantResponse struct {
 
 func (x *UpdateTenantResponse) Reset() {
 	*x = UpdateTenantResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[15]
+	mi := &file_mailbus_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1799,7 @@ func (x *UpdateTenantResponse) String() string {
 func (*UpdateTenantResponse) ProtoMessage() {}
 
 func (x *UpdateTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[15]
+	mi := &file_mailbus_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1812,7 @@ func (x *UpdateTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTenantResponse.ProtoReflect.Descriptor instead.
 func (*UpdateTenantResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateTenantResponse) GetTenant() *Tenant {
@@ -1689,7 +1831,7 @@ type DeleteTenantRequest struct {
 
 func (x *DeleteTenantRequest) Reset() {
 	*x = DeleteTenantRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[16]
+	mi := &file_mailbus_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1843,7 @@ func (x *DeleteTenantRequest) String() string {
 func (*DeleteTenantRequest) ProtoMessage() {}
 
 func (x *DeleteTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[16]
+	mi := &file_mailbus_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1856,7 @@ func (x *DeleteTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTenantRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTenantRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteTenantRequest) GetId() string {
@@ -1732,7 +1874,7 @@ type DeleteTenantResponse struct {
 
 func (x *DeleteTenantResponse) Reset() {
 	*x = DeleteTenantResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[17]
+	mi := &file_mailbus_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1886,7 @@ func (x *DeleteTenantResponse) String() string {
 func (*DeleteTenantResponse) ProtoMessage() {}
 
 func (x *DeleteTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[17]
+	mi := &file_mailbus_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +1899,7 @@ func (x *DeleteTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTenantResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTenantResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 type ListTenantsRequest struct {
@@ -1770,7 +1912,7 @@ type ListTenantsRequest struct {
 
 func (x *ListTenantsRequest) Reset() {
 	*x = ListTenantsRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[18]
+	mi := &file_mailbus_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1924,7 @@ func (x *ListTenantsRequest) String() string {
 func (*ListTenantsRequest) ProtoMessage() {}
 
 func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[18]
+	mi := &file_mailbus_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1937,7 @@ func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
 func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListTenantsRequest) GetPageSize() int32 {
@@ -1822,7 +1964,7 @@ type ListTenantsResponse struct {
 
 func (x *ListTenantsResponse) Reset() {
 	*x = ListTenantsResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[19]
+	mi := &file_mailbus_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +1976,7 @@ func (x *ListTenantsResponse) String() string {
 func (*ListTenantsResponse) ProtoMessage() {}
 
 func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[19]
+	mi := &file_mailbus_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +1989,7 @@ func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
 func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListTenantsResponse) GetTenants() []*Tenant {
@@ -1873,7 +2015,7 @@ type CreateDomainRequest struct {
 
 func (x *CreateDomainRequest) Reset() {
 	*x = CreateDomainRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[20]
+	mi := &file_mailbus_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2027,7 @@ func (x *CreateDomainRequest) String() string {
 func (*CreateDomainRequest) ProtoMessage() {}
 
 func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[20]
+	mi := &file_mailbus_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2040,7 @@ func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainRequest.ProtoReflect.Descriptor instead.
 func (*CreateDomainRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateDomainRequest) GetDomain() *Domain {
@@ -1917,7 +2059,7 @@ type CreateDomainResponse struct {
 
 func (x *CreateDomainResponse) Reset() {
 	*x = CreateDomainResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[21]
+	mi := &file_mailbus_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2071,7 @@ func (x *CreateDomainResponse) String() string {
 func (*CreateDomainResponse) ProtoMessage() {}
 
 func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[21]
+	mi := &file_mailbus_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2084,7 @@ func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainResponse.ProtoReflect.Descriptor instead.
 func (*CreateDomainResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{21}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateDomainResponse) GetDomain() *Domain {
@@ -1961,7 +2103,7 @@ type GetDomainRequest struct {
 
 func (x *GetDomainRequest) Reset() {
 	*x = GetDomainRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[22]
+	mi := &file_mailbus_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2115,7 @@ func (x *GetDomainRequest) String() string {
 func (*GetDomainRequest) ProtoMessage() {}
 
 func (x *GetDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[22]
+	mi := &file_mailbus_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2128,7 @@ func (x *GetDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDomainRequest.ProtoReflect.Descriptor instead.
 func (*GetDomainRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{22}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetDomainRequest) GetId() string {
@@ -2005,7 +2147,7 @@ type GetDomainResponse struct {
 
 func (x *GetDomainResponse) Reset() {
 	*x = GetDomainResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[23]
+	mi := &file_mailbus_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2159,7 @@ func (x *GetDomainResponse) String() string {
 func (*GetDomainResponse) ProtoMessage() {}
 
 func (x *GetDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[23]
+	mi := &file_mailbus_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2172,7 @@ func (x *GetDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDomainResponse.ProtoReflect.Descriptor instead.
 func (*GetDomainResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{23}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetDomainResponse) GetDomain() *Domain {
@@ -2049,7 +2191,7 @@ type UpdateDomainRequest struct {
 
 func (x *UpdateDomainRequest) Reset() {
 	*x = UpdateDomainRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[24]
+	mi := &file_mailbus_v1_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2203,7 @@ func (x *UpdateDomainRequest) String() string {
 func (*UpdateDomainRequest) ProtoMessage() {}
 
 func (x *UpdateDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[24]
+	mi := &file_mailbus_v1_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2216,7 @@ func (x *UpdateDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDomainRequest.ProtoReflect.Descriptor instead.
 func (*UpdateDomainRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{24}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateDomainRequest) GetDomain() *Domain {
@@ -2093,7 +2235,7 @@ type UpdateDomainResponse struct {
 
 func (x *UpdateDomainResponse) Reset() {
 	*x = UpdateDomainResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[25]
+	mi := &file_mailbus_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2247,7 @@ func (x *UpdateDomainResponse) String() string {
 func (*UpdateDomainResponse) ProtoMessage() {}
 
 func (x *UpdateDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[25]
+	mi := &file_mailbus_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2260,7 @@ func (x *UpdateDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDomainResponse.ProtoReflect.Descriptor instead.
 func (*UpdateDomainResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{25}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateDomainResponse) GetDomain() *Domain {
@@ -2137,7 +2279,7 @@ type DeleteDomainRequest struct {
 
 func (x *DeleteDomainRequest) Reset() {
 	*x = DeleteDomainRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[26]
+	mi := &file_mailbus_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2291,7 @@ func (x *DeleteDomainRequest) String() string {
 func (*DeleteDomainRequest) ProtoMessage() {}
 
 func (x *DeleteDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[26]
+	mi := &file_mailbus_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2304,7 @@ func (x *DeleteDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDomainRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDomainRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{26}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteDomainRequest) GetId() string {
@@ -2180,7 +2322,7 @@ type DeleteDomainResponse struct {
 
 func (x *DeleteDomainResponse) Reset() {
 	*x = DeleteDomainResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[27]
+	mi := &file_mailbus_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2334,7 @@ func (x *DeleteDomainResponse) String() string {
 func (*DeleteDomainResponse) ProtoMessage() {}
 
 func (x *DeleteDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[27]
+	mi := &file_mailbus_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2347,7 @@ func (x *DeleteDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDomainResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDomainResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{27}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 type ListDomainsRequest struct {
@@ -2219,7 +2361,7 @@ type ListDomainsRequest struct {
 
 func (x *ListDomainsRequest) Reset() {
 	*x = ListDomainsRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[28]
+	mi := &file_mailbus_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2373,7 @@ func (x *ListDomainsRequest) String() string {
 func (*ListDomainsRequest) ProtoMessage() {}
 
 func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[28]
+	mi := &file_mailbus_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2386,7 @@ func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
 func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{28}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListDomainsRequest) GetTenantId() string {
@@ -2278,7 +2420,7 @@ type ListDomainsResponse struct {
 
 func (x *ListDomainsResponse) Reset() {
 	*x = ListDomainsResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[29]
+	mi := &file_mailbus_v1_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2432,7 @@ func (x *ListDomainsResponse) String() string {
 func (*ListDomainsResponse) ProtoMessage() {}
 
 func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[29]
+	mi := &file_mailbus_v1_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2445,7 @@ func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
 func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{29}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDomainsResponse) GetDomains() []*Domain {
@@ -2331,7 +2473,7 @@ type GenerateDkimKeyRequest struct {
 
 func (x *GenerateDkimKeyRequest) Reset() {
 	*x = GenerateDkimKeyRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[30]
+	mi := &file_mailbus_v1_config_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2485,7 @@ func (x *GenerateDkimKeyRequest) String() string {
 func (*GenerateDkimKeyRequest) ProtoMessage() {}
 
 func (x *GenerateDkimKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[30]
+	mi := &file_mailbus_v1_config_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2498,7 @@ func (x *GenerateDkimKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDkimKeyRequest.ProtoReflect.Descriptor instead.
 func (*GenerateDkimKeyRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{30}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GenerateDkimKeyRequest) GetDomainId() string {
@@ -2389,7 +2531,7 @@ type GenerateDkimKeyResponse struct {
 
 func (x *GenerateDkimKeyResponse) Reset() {
 	*x = GenerateDkimKeyResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[31]
+	mi := &file_mailbus_v1_config_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2543,7 @@ func (x *GenerateDkimKeyResponse) String() string {
 func (*GenerateDkimKeyResponse) ProtoMessage() {}
 
 func (x *GenerateDkimKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[31]
+	mi := &file_mailbus_v1_config_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2556,7 @@ func (x *GenerateDkimKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateDkimKeyResponse.ProtoReflect.Descriptor instead.
 func (*GenerateDkimKeyResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{31}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GenerateDkimKeyResponse) GetKey() *DkimKey {
@@ -2434,7 +2576,7 @@ type DeleteDkimKeyRequest struct {
 
 func (x *DeleteDkimKeyRequest) Reset() {
 	*x = DeleteDkimKeyRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[32]
+	mi := &file_mailbus_v1_config_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2588,7 @@ func (x *DeleteDkimKeyRequest) String() string {
 func (*DeleteDkimKeyRequest) ProtoMessage() {}
 
 func (x *DeleteDkimKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[32]
+	mi := &file_mailbus_v1_config_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2601,7 @@ func (x *DeleteDkimKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDkimKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDkimKeyRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{32}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteDkimKeyRequest) GetDomainId() string {
@@ -2484,7 +2626,7 @@ type DeleteDkimKeyResponse struct {
 
 func (x *DeleteDkimKeyResponse) Reset() {
 	*x = DeleteDkimKeyResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[33]
+	mi := &file_mailbus_v1_config_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2638,7 @@ func (x *DeleteDkimKeyResponse) String() string {
 func (*DeleteDkimKeyResponse) ProtoMessage() {}
 
 func (x *DeleteDkimKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[33]
+	mi := &file_mailbus_v1_config_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2651,7 @@ func (x *DeleteDkimKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDkimKeyResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDkimKeyResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{33}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{34}
 }
 
 type CreateRelayRequest struct {
@@ -2521,7 +2663,7 @@ type CreateRelayRequest struct {
 
 func (x *CreateRelayRequest) Reset() {
 	*x = CreateRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[34]
+	mi := &file_mailbus_v1_config_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2675,7 @@ func (x *CreateRelayRequest) String() string {
 func (*CreateRelayRequest) ProtoMessage() {}
 
 func (x *CreateRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[34]
+	mi := &file_mailbus_v1_config_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2688,7 @@ func (x *CreateRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRelayRequest.ProtoReflect.Descriptor instead.
 func (*CreateRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{34}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateRelayRequest) GetRelay() *Relay {
@@ -2565,7 +2707,7 @@ type CreateRelayResponse struct {
 
 func (x *CreateRelayResponse) Reset() {
 	*x = CreateRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	mi := &file_mailbus_v1_config_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2719,7 @@ func (x *CreateRelayResponse) String() string {
 func (*CreateRelayResponse) ProtoMessage() {}
 
 func (x *CreateRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	mi := &file_mailbus_v1_config_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2732,7 @@ func (x *CreateRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRelayResponse.ProtoReflect.Descriptor instead.
 func (*CreateRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{35}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateRelayResponse) GetRelay() *Relay {
@@ -2609,7 +2751,7 @@ type GetRelayRequest struct {
 
 func (x *GetRelayRequest) Reset() {
 	*x = GetRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	mi := &file_mailbus_v1_config_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2763,7 @@ func (x *GetRelayRequest) String() string {
 func (*GetRelayRequest) ProtoMessage() {}
 
 func (x *GetRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	mi := &file_mailbus_v1_config_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2776,7 @@ func (x *GetRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRelayRequest.ProtoReflect.Descriptor instead.
 func (*GetRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{36}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetRelayRequest) GetId() string {
@@ -2653,7 +2795,7 @@ type GetRelayResponse struct {
 
 func (x *GetRelayResponse) Reset() {
 	*x = GetRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	mi := &file_mailbus_v1_config_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2807,7 @@ func (x *GetRelayResponse) String() string {
 func (*GetRelayResponse) ProtoMessage() {}
 
 func (x *GetRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	mi := &file_mailbus_v1_config_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2820,7 @@ func (x *GetRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRelayResponse.ProtoReflect.Descriptor instead.
 func (*GetRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{37}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetRelayResponse) GetRelay() *Relay {
@@ -2698,7 +2840,7 @@ type UpdateRelayRequest struct {
 
 func (x *UpdateRelayRequest) Reset() {
 	*x = UpdateRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[38]
+	mi := &file_mailbus_v1_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2852,7 @@ func (x *UpdateRelayRequest) String() string {
 func (*UpdateRelayRequest) ProtoMessage() {}
 
 func (x *UpdateRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[38]
+	mi := &file_mailbus_v1_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2865,7 @@ func (x *UpdateRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRelayRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{38}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpdateRelayRequest) GetRelay() *Relay {
@@ -2742,7 +2884,7 @@ type UpdateRelayResponse struct {
 
 func (x *UpdateRelayResponse) Reset() {
 	*x = UpdateRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[39]
+	mi := &file_mailbus_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2896,7 @@ func (x *UpdateRelayResponse) String() string {
 func (*UpdateRelayResponse) ProtoMessage() {}
 
 func (x *UpdateRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[39]
+	mi := &file_mailbus_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2909,7 @@ func (x *UpdateRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRelayResponse.ProtoReflect.Descriptor instead.
 func (*UpdateRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{39}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateRelayResponse) GetRelay() *Relay {
@@ -2786,7 +2928,7 @@ type DeleteRelayRequest struct {
 
 func (x *DeleteRelayRequest) Reset() {
 	*x = DeleteRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[40]
+	mi := &file_mailbus_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2940,7 @@ func (x *DeleteRelayRequest) String() string {
 func (*DeleteRelayRequest) ProtoMessage() {}
 
 func (x *DeleteRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[40]
+	mi := &file_mailbus_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +2953,7 @@ func (x *DeleteRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRelayRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{40}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteRelayRequest) GetId() string {
@@ -2829,7 +2971,7 @@ type DeleteRelayResponse struct {
 
 func (x *DeleteRelayResponse) Reset() {
 	*x = DeleteRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[41]
+	mi := &file_mailbus_v1_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2841,7 +2983,7 @@ func (x *DeleteRelayResponse) String() string {
 func (*DeleteRelayResponse) ProtoMessage() {}
 
 func (x *DeleteRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[41]
+	mi := &file_mailbus_v1_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2854,7 +2996,7 @@ func (x *DeleteRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRelayResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{41}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{42}
 }
 
 type ListRelaysRequest struct {
@@ -2868,7 +3010,7 @@ type ListRelaysRequest struct {
 
 func (x *ListRelaysRequest) Reset() {
 	*x = ListRelaysRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[42]
+	mi := &file_mailbus_v1_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +3022,7 @@ func (x *ListRelaysRequest) String() string {
 func (*ListRelaysRequest) ProtoMessage() {}
 
 func (x *ListRelaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[42]
+	mi := &file_mailbus_v1_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +3035,7 @@ func (x *ListRelaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRelaysRequest.ProtoReflect.Descriptor instead.
 func (*ListRelaysRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{42}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRelaysRequest) GetTenantId() string {
@@ -2927,7 +3069,7 @@ type ListRelaysResponse struct {
 
 func (x *ListRelaysResponse) Reset() {
 	*x = ListRelaysResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[43]
+	mi := &file_mailbus_v1_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3081,7 @@ func (x *ListRelaysResponse) String() string {
 func (*ListRelaysResponse) ProtoMessage() {}
 
 func (x *ListRelaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[43]
+	mi := &file_mailbus_v1_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3094,7 @@ func (x *ListRelaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRelaysResponse.ProtoReflect.Descriptor instead.
 func (*ListRelaysResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{43}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRelaysResponse) GetRelays() []*Relay {
@@ -2983,7 +3125,7 @@ type TestRelayRequest struct {
 
 func (x *TestRelayRequest) Reset() {
 	*x = TestRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[44]
+	mi := &file_mailbus_v1_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2995,7 +3137,7 @@ func (x *TestRelayRequest) String() string {
 func (*TestRelayRequest) ProtoMessage() {}
 
 func (x *TestRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[44]
+	mi := &file_mailbus_v1_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3008,7 +3150,7 @@ func (x *TestRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestRelayRequest.ProtoReflect.Descriptor instead.
 func (*TestRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{44}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TestRelayRequest) GetRelayId() string {
@@ -3055,7 +3197,7 @@ type TestStep struct {
 
 func (x *TestStep) Reset() {
 	*x = TestStep{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[45]
+	mi := &file_mailbus_v1_config_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3209,7 @@ func (x *TestStep) String() string {
 func (*TestStep) ProtoMessage() {}
 
 func (x *TestStep) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[45]
+	mi := &file_mailbus_v1_config_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3222,7 @@ func (x *TestStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestStep.ProtoReflect.Descriptor instead.
 func (*TestStep) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{45}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TestStep) GetName() string {
@@ -3128,7 +3270,7 @@ type TestRelayResponse struct {
 
 func (x *TestRelayResponse) Reset() {
 	*x = TestRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[46]
+	mi := &file_mailbus_v1_config_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3282,7 @@ func (x *TestRelayResponse) String() string {
 func (*TestRelayResponse) ProtoMessage() {}
 
 func (x *TestRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[46]
+	mi := &file_mailbus_v1_config_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3153,7 +3295,7 @@ func (x *TestRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestRelayResponse.ProtoReflect.Descriptor instead.
 func (*TestRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{46}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TestRelayResponse) GetOk() bool {
@@ -3178,7 +3320,7 @@ type GetDefaultServerRequest struct {
 
 func (x *GetDefaultServerRequest) Reset() {
 	*x = GetDefaultServerRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[47]
+	mi := &file_mailbus_v1_config_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3332,7 @@ func (x *GetDefaultServerRequest) String() string {
 func (*GetDefaultServerRequest) ProtoMessage() {}
 
 func (x *GetDefaultServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[47]
+	mi := &file_mailbus_v1_config_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3345,7 @@ func (x *GetDefaultServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDefaultServerRequest.ProtoReflect.Descriptor instead.
 func (*GetDefaultServerRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{47}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{48}
 }
 
 type GetDefaultServerResponse struct {
@@ -3215,7 +3357,7 @@ type GetDefaultServerResponse struct {
 
 func (x *GetDefaultServerResponse) Reset() {
 	*x = GetDefaultServerResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[48]
+	mi := &file_mailbus_v1_config_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3227,7 +3369,7 @@ func (x *GetDefaultServerResponse) String() string {
 func (*GetDefaultServerResponse) ProtoMessage() {}
 
 func (x *GetDefaultServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[48]
+	mi := &file_mailbus_v1_config_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3382,7 @@ func (x *GetDefaultServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDefaultServerResponse.ProtoReflect.Descriptor instead.
 func (*GetDefaultServerResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{48}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetDefaultServerResponse) GetServer() *DefaultServer {
@@ -3259,7 +3401,7 @@ type SetDefaultServerRequest struct {
 
 func (x *SetDefaultServerRequest) Reset() {
 	*x = SetDefaultServerRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[49]
+	mi := &file_mailbus_v1_config_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3271,7 +3413,7 @@ func (x *SetDefaultServerRequest) String() string {
 func (*SetDefaultServerRequest) ProtoMessage() {}
 
 func (x *SetDefaultServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[49]
+	mi := &file_mailbus_v1_config_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3284,7 +3426,7 @@ func (x *SetDefaultServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultServerRequest.ProtoReflect.Descriptor instead.
 func (*SetDefaultServerRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{49}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SetDefaultServerRequest) GetServer() *DefaultServer {
@@ -3303,7 +3445,7 @@ type SetDefaultServerResponse struct {
 
 func (x *SetDefaultServerResponse) Reset() {
 	*x = SetDefaultServerResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[50]
+	mi := &file_mailbus_v1_config_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3315,7 +3457,7 @@ func (x *SetDefaultServerResponse) String() string {
 func (*SetDefaultServerResponse) ProtoMessage() {}
 
 func (x *SetDefaultServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[50]
+	mi := &file_mailbus_v1_config_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3328,7 +3470,7 @@ func (x *SetDefaultServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultServerResponse.ProtoReflect.Descriptor instead.
 func (*SetDefaultServerResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{50}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SetDefaultServerResponse) GetServer() *DefaultServer {
@@ -3347,7 +3489,7 @@ type WatchChangesRequest struct {
 
 func (x *WatchChangesRequest) Reset() {
 	*x = WatchChangesRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[51]
+	mi := &file_mailbus_v1_config_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3359,7 +3501,7 @@ func (x *WatchChangesRequest) String() string {
 func (*WatchChangesRequest) ProtoMessage() {}
 
 func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[51]
+	mi := &file_mailbus_v1_config_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3372,7 +3514,7 @@ func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchChangesRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{51}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WatchChangesRequest) GetSinceRevision() int64 {
@@ -3391,7 +3533,7 @@ type WatchChangesResponse struct {
 
 func (x *WatchChangesResponse) Reset() {
 	*x = WatchChangesResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[52]
+	mi := &file_mailbus_v1_config_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3403,7 +3545,7 @@ func (x *WatchChangesResponse) String() string {
 func (*WatchChangesResponse) ProtoMessage() {}
 
 func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[52]
+	mi := &file_mailbus_v1_config_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3416,7 +3558,7 @@ func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesResponse.ProtoReflect.Descriptor instead.
 func (*WatchChangesResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{52}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WatchChangesResponse) GetChange() *ConfigChange {
@@ -3434,7 +3576,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[53]
+	mi := &file_mailbus_v1_config_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3446,7 +3588,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[53]
+	mi := &file_mailbus_v1_config_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3459,7 +3601,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{53}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{54}
 }
 
 type GetSnapshotResponse struct {
@@ -3477,7 +3619,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[54]
+	mi := &file_mailbus_v1_config_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3489,7 +3631,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[54]
+	mi := &file_mailbus_v1_config_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3502,7 +3644,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{54}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetSnapshotResponse) GetRevision() int64 {
@@ -3550,6 +3692,212 @@ func (x *GetSnapshotResponse) GetDefaultServer() *DefaultServer {
 func (x *GetSnapshotResponse) GetDefaultRelay() *SealedRelay {
 	if x != nil {
 		return x.DefaultRelay
+	}
+	return nil
+}
+
+type BeginRelayOAuthRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RelayId string                 `protobuf:"bytes,1,opt,name=relay_id,json=relayId,proto3" json:"relay_id,omitempty"`
+	// Where the provider sends the browser back, registered with the
+	// provider for this client (a loopback http://127.0.0.1:PORT/ for the CLI).
+	RedirectUri   string `protobuf:"bytes,2,opt,name=redirect_uri,json=redirectUri,proto3" json:"redirect_uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeginRelayOAuthRequest) Reset() {
+	*x = BeginRelayOAuthRequest{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginRelayOAuthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginRelayOAuthRequest) ProtoMessage() {}
+
+func (x *BeginRelayOAuthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginRelayOAuthRequest.ProtoReflect.Descriptor instead.
+func (*BeginRelayOAuthRequest) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *BeginRelayOAuthRequest) GetRelayId() string {
+	if x != nil {
+		return x.RelayId
+	}
+	return ""
+}
+
+func (x *BeginRelayOAuthRequest) GetRedirectUri() string {
+	if x != nil {
+		return x.RedirectUri
+	}
+	return ""
+}
+
+type BeginRelayOAuthResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Open in a browser; the account that signs in is the relay's mailbox.
+	AuthorizationUrl string `protobuf:"bytes,1,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	// Opaque, sealed; comes back in the redirect. Valid for 15 minutes.
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeginRelayOAuthResponse) Reset() {
+	*x = BeginRelayOAuthResponse{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginRelayOAuthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginRelayOAuthResponse) ProtoMessage() {}
+
+func (x *BeginRelayOAuthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginRelayOAuthResponse.ProtoReflect.Descriptor instead.
+func (*BeginRelayOAuthResponse) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *BeginRelayOAuthResponse) GetAuthorizationUrl() string {
+	if x != nil {
+		return x.AuthorizationUrl
+	}
+	return ""
+}
+
+func (x *BeginRelayOAuthResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type CompleteRelayOAuthRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state and code from the redirect's query.
+	State         string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Code          string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteRelayOAuthRequest) Reset() {
+	*x = CompleteRelayOAuthRequest{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteRelayOAuthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteRelayOAuthRequest) ProtoMessage() {}
+
+func (x *CompleteRelayOAuthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteRelayOAuthRequest.ProtoReflect.Descriptor instead.
+func (*CompleteRelayOAuthRequest) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *CompleteRelayOAuthRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *CompleteRelayOAuthRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type CompleteRelayOAuthResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The relay, its secrets left out; auth.oauth.has_refresh_token is set.
+	Relay         *Relay `protobuf:"bytes,1,opt,name=relay,proto3" json:"relay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteRelayOAuthResponse) Reset() {
+	*x = CompleteRelayOAuthResponse{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteRelayOAuthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteRelayOAuthResponse) ProtoMessage() {}
+
+func (x *CompleteRelayOAuthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteRelayOAuthResponse.ProtoReflect.Descriptor instead.
+func (*CompleteRelayOAuthResponse) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *CompleteRelayOAuthResponse) GetRelay() *Relay {
+	if x != nil {
+		return x.Relay
 	}
 	return nil
 }
@@ -3603,7 +3951,7 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xdc\x02\n" +
+	"updateTime\"\x8a\x03\n" +
 	"\tRelayAuth\x127\n" +
 	"\tmechanism\x18\x01 \x01(\x0e2\x19.mailbus.v1.AuthMechanismR\tmechanism\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
@@ -3614,7 +3962,20 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x0eclient_key_pem\x18\x06 \x01(\tR\fclientKeyPem\x12!\n" +
 	"\fhas_password\x18\a \x01(\bR\vhasPassword\x12&\n" +
 	"\x0fhas_oauth_token\x18\b \x01(\bR\rhasOauthToken\x12$\n" +
-	"\x0ehas_client_key\x18\t \x01(\bR\fhasClientKey\"\xb6\x05\n" +
+	"\x0ehas_client_key\x18\t \x01(\bR\fhasClientKey\x12,\n" +
+	"\x05oauth\x18\n" +
+	" \x01(\v2\x16.mailbus.v1.RelayOAuthR\x05oauth\"\xb7\x02\n" +
+	"\n" +
+	"RelayOAuth\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x19\n" +
+	"\bauth_url\x18\x02 \x01(\tR\aauthUrl\x12\x1b\n" +
+	"\ttoken_url\x18\x03 \x01(\tR\btokenUrl\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12#\n" +
+	"\rclient_secret\x18\x05 \x01(\tR\fclientSecret\x12\x16\n" +
+	"\x06scopes\x18\x06 \x03(\tR\x06scopes\x12#\n" +
+	"\rrefresh_token\x18\a \x01(\tR\frefreshToken\x12*\n" +
+	"\x11has_client_secret\x18\b \x01(\bR\x0fhasClientSecret\x12*\n" +
+	"\x11has_refresh_token\x18\t \x01(\bR\x0fhasRefreshToken\"\xb6\x05\n" +
 	"\x05Relay\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x12\n" +
@@ -3651,12 +4012,14 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\ttenant_id\x18\x04 \x01(\tR\btenantId\x12\x18\n" +
 	"\adeleted\x18\x05 \x01(\bR\adeleted\x12;\n" +
 	"\vchange_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"changeTime\"\xb9\x01\n" +
+	"changeTime\"\xb3\x02\n" +
 	"\vSealedRelay\x12'\n" +
 	"\x05relay\x18\x01 \x01(\v2\x11.mailbus.v1.RelayR\x05relay\x12'\n" +
 	"\x0fsealed_password\x18\x02 \x01(\fR\x0esealedPassword\x12,\n" +
 	"\x12sealed_oauth_token\x18\x03 \x01(\fR\x10sealedOauthToken\x12*\n" +
-	"\x11sealed_client_key\x18\x04 \x01(\fR\x0fsealedClientKey\"|\n" +
+	"\x11sealed_client_key\x18\x04 \x01(\fR\x0fsealedClientKey\x12;\n" +
+	"\x1asealed_oauth_client_secret\x18\x05 \x01(\fR\x17sealedOauthClientSecret\x12;\n" +
+	"\x1asealed_oauth_refresh_token\x18\x06 \x01(\fR\x17sealedOauthRefreshToken\"|\n" +
 	"\rSealedDkimKey\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12%\n" +
 	"\x03key\x18\x02 \x01(\v2\x13.mailbus.v1.DkimKeyR\x03key\x12,\n" +
@@ -3773,7 +4136,18 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x06relays\x18\x04 \x03(\v2\x17.mailbus.v1.SealedRelayR\x06relays\x126\n" +
 	"\tdkim_keys\x18\x05 \x03(\v2\x19.mailbus.v1.SealedDkimKeyR\bdkimKeys\x12@\n" +
 	"\x0edefault_server\x18\x06 \x01(\v2\x19.mailbus.v1.DefaultServerR\rdefaultServer\x12<\n" +
-	"\rdefault_relay\x18\a \x01(\v2\x17.mailbus.v1.SealedRelayR\fdefaultRelay*o\n" +
+	"\rdefault_relay\x18\a \x01(\v2\x17.mailbus.v1.SealedRelayR\fdefaultRelay\"V\n" +
+	"\x16BeginRelayOAuthRequest\x12\x19\n" +
+	"\brelay_id\x18\x01 \x01(\tR\arelayId\x12!\n" +
+	"\fredirect_uri\x18\x02 \x01(\tR\vredirectUri\"\\\n" +
+	"\x17BeginRelayOAuthResponse\x12+\n" +
+	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\"E\n" +
+	"\x19CompleteRelayOAuthRequest\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\tR\x04code\"E\n" +
+	"\x1aCompleteRelayOAuthResponse\x12'\n" +
+	"\x05relay\x18\x01 \x01(\v2\x11.mailbus.v1.RelayR\x05relay*o\n" +
 	"\x0fOverLimitPolicy\x12!\n" +
 	"\x1dOVER_LIMIT_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17OVER_LIMIT_POLICY_DEFER\x10\x01\x12\x1c\n" +
@@ -3811,7 +4185,7 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x12CHANGE_KIND_DOMAIN\x10\x02\x12\x15\n" +
 	"\x11CHANGE_KIND_RELAY\x10\x03\x12\x1e\n" +
 	"\x1aCHANGE_KIND_DEFAULT_SERVER\x10\x04\x12\x1b\n" +
-	"\x17CHANGE_KIND_SUPPRESSION\x10\x052\x98\x0e\n" +
+	"\x17CHANGE_KIND_SUPPRESSION\x10\x052\xd9\x0f\n" +
 	"\rConfigService\x12Q\n" +
 	"\fCreateTenant\x12\x1f.mailbus.v1.CreateTenantRequest\x1a .mailbus.v1.CreateTenantResponse\x12H\n" +
 	"\tGetTenant\x12\x1c.mailbus.v1.GetTenantRequest\x1a\x1d.mailbus.v1.GetTenantResponse\x12Q\n" +
@@ -3835,7 +4209,9 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x10GetDefaultServer\x12#.mailbus.v1.GetDefaultServerRequest\x1a$.mailbus.v1.GetDefaultServerResponse\x12]\n" +
 	"\x10SetDefaultServer\x12#.mailbus.v1.SetDefaultServerRequest\x1a$.mailbus.v1.SetDefaultServerResponse\x12S\n" +
 	"\fWatchChanges\x12\x1f.mailbus.v1.WatchChangesRequest\x1a .mailbus.v1.WatchChangesResponse0\x01\x12N\n" +
-	"\vGetSnapshot\x12\x1e.mailbus.v1.GetSnapshotRequest\x1a\x1f.mailbus.v1.GetSnapshotResponseB\x9f\x01\n" +
+	"\vGetSnapshot\x12\x1e.mailbus.v1.GetSnapshotRequest\x1a\x1f.mailbus.v1.GetSnapshotResponse\x12Z\n" +
+	"\x0fBeginRelayOAuth\x12\".mailbus.v1.BeginRelayOAuthRequest\x1a#.mailbus.v1.BeginRelayOAuthResponse\x12c\n" +
+	"\x12CompleteRelayOAuth\x12%.mailbus.v1.CompleteRelayOAuthRequest\x1a&.mailbus.v1.CompleteRelayOAuthResponseB\x9f\x01\n" +
 	"\x0ecom.mailbus.v1B\vConfigProtoP\x01Z7github.com/mailbus/mailbus/pkg/gen/mailbus/v1;mailbusv1\xa2\x02\x03MXX\xaa\x02\n" +
 	"Mailbus.V1\xca\x02\n" +
 	"Mailbus\\V1\xe2\x02\x16Mailbus\\V1\\GPBMetadata\xea\x02\vMailbus::V1b\x06proto3"
@@ -3853,179 +4229,190 @@ func file_mailbus_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_mailbus_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mailbus_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_mailbus_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_mailbus_v1_config_proto_goTypes = []any{
-	(OverLimitPolicy)(0),             // 0: mailbus.v1.OverLimitPolicy
-	(ReturnPathMode)(0),              // 1: mailbus.v1.ReturnPathMode
-	(DkimAlgorithm)(0),               // 2: mailbus.v1.DkimAlgorithm
-	(RelaySecurity)(0),               // 3: mailbus.v1.RelaySecurity
-	(AuthMechanism)(0),               // 4: mailbus.v1.AuthMechanism
-	(DefaultServerMode)(0),           // 5: mailbus.v1.DefaultServerMode
-	(ChangeKind)(0),                  // 6: mailbus.v1.ChangeKind
-	(*PlanCaps)(nil),                 // 7: mailbus.v1.PlanCaps
-	(*Tenant)(nil),                   // 8: mailbus.v1.Tenant
-	(*DkimKey)(nil),                  // 9: mailbus.v1.DkimKey
-	(*Domain)(nil),                   // 10: mailbus.v1.Domain
-	(*RelayAuth)(nil),                // 11: mailbus.v1.RelayAuth
-	(*Relay)(nil),                    // 12: mailbus.v1.Relay
-	(*DefaultServer)(nil),            // 13: mailbus.v1.DefaultServer
-	(*ConfigChange)(nil),             // 14: mailbus.v1.ConfigChange
-	(*SealedRelay)(nil),              // 15: mailbus.v1.SealedRelay
-	(*SealedDkimKey)(nil),            // 16: mailbus.v1.SealedDkimKey
-	(*CreateTenantRequest)(nil),      // 17: mailbus.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),     // 18: mailbus.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),         // 19: mailbus.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),        // 20: mailbus.v1.GetTenantResponse
-	(*UpdateTenantRequest)(nil),      // 21: mailbus.v1.UpdateTenantRequest
-	(*UpdateTenantResponse)(nil),     // 22: mailbus.v1.UpdateTenantResponse
-	(*DeleteTenantRequest)(nil),      // 23: mailbus.v1.DeleteTenantRequest
-	(*DeleteTenantResponse)(nil),     // 24: mailbus.v1.DeleteTenantResponse
-	(*ListTenantsRequest)(nil),       // 25: mailbus.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),      // 26: mailbus.v1.ListTenantsResponse
-	(*CreateDomainRequest)(nil),      // 27: mailbus.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),     // 28: mailbus.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),         // 29: mailbus.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),        // 30: mailbus.v1.GetDomainResponse
-	(*UpdateDomainRequest)(nil),      // 31: mailbus.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),     // 32: mailbus.v1.UpdateDomainResponse
-	(*DeleteDomainRequest)(nil),      // 33: mailbus.v1.DeleteDomainRequest
-	(*DeleteDomainResponse)(nil),     // 34: mailbus.v1.DeleteDomainResponse
-	(*ListDomainsRequest)(nil),       // 35: mailbus.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),      // 36: mailbus.v1.ListDomainsResponse
-	(*GenerateDkimKeyRequest)(nil),   // 37: mailbus.v1.GenerateDkimKeyRequest
-	(*GenerateDkimKeyResponse)(nil),  // 38: mailbus.v1.GenerateDkimKeyResponse
-	(*DeleteDkimKeyRequest)(nil),     // 39: mailbus.v1.DeleteDkimKeyRequest
-	(*DeleteDkimKeyResponse)(nil),    // 40: mailbus.v1.DeleteDkimKeyResponse
-	(*CreateRelayRequest)(nil),       // 41: mailbus.v1.CreateRelayRequest
-	(*CreateRelayResponse)(nil),      // 42: mailbus.v1.CreateRelayResponse
-	(*GetRelayRequest)(nil),          // 43: mailbus.v1.GetRelayRequest
-	(*GetRelayResponse)(nil),         // 44: mailbus.v1.GetRelayResponse
-	(*UpdateRelayRequest)(nil),       // 45: mailbus.v1.UpdateRelayRequest
-	(*UpdateRelayResponse)(nil),      // 46: mailbus.v1.UpdateRelayResponse
-	(*DeleteRelayRequest)(nil),       // 47: mailbus.v1.DeleteRelayRequest
-	(*DeleteRelayResponse)(nil),      // 48: mailbus.v1.DeleteRelayResponse
-	(*ListRelaysRequest)(nil),        // 49: mailbus.v1.ListRelaysRequest
-	(*ListRelaysResponse)(nil),       // 50: mailbus.v1.ListRelaysResponse
-	(*TestRelayRequest)(nil),         // 51: mailbus.v1.TestRelayRequest
-	(*TestStep)(nil),                 // 52: mailbus.v1.TestStep
-	(*TestRelayResponse)(nil),        // 53: mailbus.v1.TestRelayResponse
-	(*GetDefaultServerRequest)(nil),  // 54: mailbus.v1.GetDefaultServerRequest
-	(*GetDefaultServerResponse)(nil), // 55: mailbus.v1.GetDefaultServerResponse
-	(*SetDefaultServerRequest)(nil),  // 56: mailbus.v1.SetDefaultServerRequest
-	(*SetDefaultServerResponse)(nil), // 57: mailbus.v1.SetDefaultServerResponse
-	(*WatchChangesRequest)(nil),      // 58: mailbus.v1.WatchChangesRequest
-	(*WatchChangesResponse)(nil),     // 59: mailbus.v1.WatchChangesResponse
-	(*GetSnapshotRequest)(nil),       // 60: mailbus.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),      // 61: mailbus.v1.GetSnapshotResponse
-	(*timestamppb.Timestamp)(nil),    // 62: google.protobuf.Timestamp
-	(EmailKind)(0),                   // 63: mailbus.v1.EmailKind
-	(*SmtpReply)(nil),                // 64: mailbus.v1.SmtpReply
+	(OverLimitPolicy)(0),               // 0: mailbus.v1.OverLimitPolicy
+	(ReturnPathMode)(0),                // 1: mailbus.v1.ReturnPathMode
+	(DkimAlgorithm)(0),                 // 2: mailbus.v1.DkimAlgorithm
+	(RelaySecurity)(0),                 // 3: mailbus.v1.RelaySecurity
+	(AuthMechanism)(0),                 // 4: mailbus.v1.AuthMechanism
+	(DefaultServerMode)(0),             // 5: mailbus.v1.DefaultServerMode
+	(ChangeKind)(0),                    // 6: mailbus.v1.ChangeKind
+	(*PlanCaps)(nil),                   // 7: mailbus.v1.PlanCaps
+	(*Tenant)(nil),                     // 8: mailbus.v1.Tenant
+	(*DkimKey)(nil),                    // 9: mailbus.v1.DkimKey
+	(*Domain)(nil),                     // 10: mailbus.v1.Domain
+	(*RelayAuth)(nil),                  // 11: mailbus.v1.RelayAuth
+	(*RelayOAuth)(nil),                 // 12: mailbus.v1.RelayOAuth
+	(*Relay)(nil),                      // 13: mailbus.v1.Relay
+	(*DefaultServer)(nil),              // 14: mailbus.v1.DefaultServer
+	(*ConfigChange)(nil),               // 15: mailbus.v1.ConfigChange
+	(*SealedRelay)(nil),                // 16: mailbus.v1.SealedRelay
+	(*SealedDkimKey)(nil),              // 17: mailbus.v1.SealedDkimKey
+	(*CreateTenantRequest)(nil),        // 18: mailbus.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),       // 19: mailbus.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),           // 20: mailbus.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),          // 21: mailbus.v1.GetTenantResponse
+	(*UpdateTenantRequest)(nil),        // 22: mailbus.v1.UpdateTenantRequest
+	(*UpdateTenantResponse)(nil),       // 23: mailbus.v1.UpdateTenantResponse
+	(*DeleteTenantRequest)(nil),        // 24: mailbus.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),       // 25: mailbus.v1.DeleteTenantResponse
+	(*ListTenantsRequest)(nil),         // 26: mailbus.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),        // 27: mailbus.v1.ListTenantsResponse
+	(*CreateDomainRequest)(nil),        // 28: mailbus.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),       // 29: mailbus.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),           // 30: mailbus.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),          // 31: mailbus.v1.GetDomainResponse
+	(*UpdateDomainRequest)(nil),        // 32: mailbus.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),       // 33: mailbus.v1.UpdateDomainResponse
+	(*DeleteDomainRequest)(nil),        // 34: mailbus.v1.DeleteDomainRequest
+	(*DeleteDomainResponse)(nil),       // 35: mailbus.v1.DeleteDomainResponse
+	(*ListDomainsRequest)(nil),         // 36: mailbus.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),        // 37: mailbus.v1.ListDomainsResponse
+	(*GenerateDkimKeyRequest)(nil),     // 38: mailbus.v1.GenerateDkimKeyRequest
+	(*GenerateDkimKeyResponse)(nil),    // 39: mailbus.v1.GenerateDkimKeyResponse
+	(*DeleteDkimKeyRequest)(nil),       // 40: mailbus.v1.DeleteDkimKeyRequest
+	(*DeleteDkimKeyResponse)(nil),      // 41: mailbus.v1.DeleteDkimKeyResponse
+	(*CreateRelayRequest)(nil),         // 42: mailbus.v1.CreateRelayRequest
+	(*CreateRelayResponse)(nil),        // 43: mailbus.v1.CreateRelayResponse
+	(*GetRelayRequest)(nil),            // 44: mailbus.v1.GetRelayRequest
+	(*GetRelayResponse)(nil),           // 45: mailbus.v1.GetRelayResponse
+	(*UpdateRelayRequest)(nil),         // 46: mailbus.v1.UpdateRelayRequest
+	(*UpdateRelayResponse)(nil),        // 47: mailbus.v1.UpdateRelayResponse
+	(*DeleteRelayRequest)(nil),         // 48: mailbus.v1.DeleteRelayRequest
+	(*DeleteRelayResponse)(nil),        // 49: mailbus.v1.DeleteRelayResponse
+	(*ListRelaysRequest)(nil),          // 50: mailbus.v1.ListRelaysRequest
+	(*ListRelaysResponse)(nil),         // 51: mailbus.v1.ListRelaysResponse
+	(*TestRelayRequest)(nil),           // 52: mailbus.v1.TestRelayRequest
+	(*TestStep)(nil),                   // 53: mailbus.v1.TestStep
+	(*TestRelayResponse)(nil),          // 54: mailbus.v1.TestRelayResponse
+	(*GetDefaultServerRequest)(nil),    // 55: mailbus.v1.GetDefaultServerRequest
+	(*GetDefaultServerResponse)(nil),   // 56: mailbus.v1.GetDefaultServerResponse
+	(*SetDefaultServerRequest)(nil),    // 57: mailbus.v1.SetDefaultServerRequest
+	(*SetDefaultServerResponse)(nil),   // 58: mailbus.v1.SetDefaultServerResponse
+	(*WatchChangesRequest)(nil),        // 59: mailbus.v1.WatchChangesRequest
+	(*WatchChangesResponse)(nil),       // 60: mailbus.v1.WatchChangesResponse
+	(*GetSnapshotRequest)(nil),         // 61: mailbus.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),        // 62: mailbus.v1.GetSnapshotResponse
+	(*BeginRelayOAuthRequest)(nil),     // 63: mailbus.v1.BeginRelayOAuthRequest
+	(*BeginRelayOAuthResponse)(nil),    // 64: mailbus.v1.BeginRelayOAuthResponse
+	(*CompleteRelayOAuthRequest)(nil),  // 65: mailbus.v1.CompleteRelayOAuthRequest
+	(*CompleteRelayOAuthResponse)(nil), // 66: mailbus.v1.CompleteRelayOAuthResponse
+	(*timestamppb.Timestamp)(nil),      // 67: google.protobuf.Timestamp
+	(EmailKind)(0),                     // 68: mailbus.v1.EmailKind
+	(*SmtpReply)(nil),                  // 69: mailbus.v1.SmtpReply
 }
 var file_mailbus_v1_config_proto_depIdxs = []int32{
 	7,  // 0: mailbus.v1.Tenant.plan:type_name -> mailbus.v1.PlanCaps
 	0,  // 1: mailbus.v1.Tenant.over_limit_policy:type_name -> mailbus.v1.OverLimitPolicy
-	62, // 2: mailbus.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
-	62, // 3: mailbus.v1.Tenant.update_time:type_name -> google.protobuf.Timestamp
+	67, // 2: mailbus.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
+	67, // 3: mailbus.v1.Tenant.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: mailbus.v1.DkimKey.algorithm:type_name -> mailbus.v1.DkimAlgorithm
-	62, // 5: mailbus.v1.DkimKey.create_time:type_name -> google.protobuf.Timestamp
+	67, // 5: mailbus.v1.DkimKey.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: mailbus.v1.Domain.return_path_mode:type_name -> mailbus.v1.ReturnPathMode
 	9,  // 7: mailbus.v1.Domain.dkim_keys:type_name -> mailbus.v1.DkimKey
-	62, // 8: mailbus.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	62, // 9: mailbus.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	67, // 8: mailbus.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	67, // 9: mailbus.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 10: mailbus.v1.RelayAuth.mechanism:type_name -> mailbus.v1.AuthMechanism
-	3,  // 11: mailbus.v1.Relay.security:type_name -> mailbus.v1.RelaySecurity
-	11, // 12: mailbus.v1.Relay.auth:type_name -> mailbus.v1.RelayAuth
-	63, // 13: mailbus.v1.Relay.kinds:type_name -> mailbus.v1.EmailKind
-	62, // 14: mailbus.v1.Relay.create_time:type_name -> google.protobuf.Timestamp
-	62, // 15: mailbus.v1.Relay.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 16: mailbus.v1.DefaultServer.mode:type_name -> mailbus.v1.DefaultServerMode
-	12, // 17: mailbus.v1.DefaultServer.relay:type_name -> mailbus.v1.Relay
-	6,  // 18: mailbus.v1.ConfigChange.kind:type_name -> mailbus.v1.ChangeKind
-	62, // 19: mailbus.v1.ConfigChange.change_time:type_name -> google.protobuf.Timestamp
-	12, // 20: mailbus.v1.SealedRelay.relay:type_name -> mailbus.v1.Relay
-	9,  // 21: mailbus.v1.SealedDkimKey.key:type_name -> mailbus.v1.DkimKey
-	8,  // 22: mailbus.v1.CreateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 23: mailbus.v1.CreateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 24: mailbus.v1.GetTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 25: mailbus.v1.UpdateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 26: mailbus.v1.UpdateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 27: mailbus.v1.ListTenantsResponse.tenants:type_name -> mailbus.v1.Tenant
-	10, // 28: mailbus.v1.CreateDomainRequest.domain:type_name -> mailbus.v1.Domain
-	10, // 29: mailbus.v1.CreateDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 30: mailbus.v1.GetDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 31: mailbus.v1.UpdateDomainRequest.domain:type_name -> mailbus.v1.Domain
-	10, // 32: mailbus.v1.UpdateDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 33: mailbus.v1.ListDomainsResponse.domains:type_name -> mailbus.v1.Domain
-	2,  // 34: mailbus.v1.GenerateDkimKeyRequest.algorithm:type_name -> mailbus.v1.DkimAlgorithm
-	9,  // 35: mailbus.v1.GenerateDkimKeyResponse.key:type_name -> mailbus.v1.DkimKey
-	12, // 36: mailbus.v1.CreateRelayRequest.relay:type_name -> mailbus.v1.Relay
-	12, // 37: mailbus.v1.CreateRelayResponse.relay:type_name -> mailbus.v1.Relay
-	12, // 38: mailbus.v1.GetRelayResponse.relay:type_name -> mailbus.v1.Relay
-	12, // 39: mailbus.v1.UpdateRelayRequest.relay:type_name -> mailbus.v1.Relay
-	12, // 40: mailbus.v1.UpdateRelayResponse.relay:type_name -> mailbus.v1.Relay
-	12, // 41: mailbus.v1.ListRelaysResponse.relays:type_name -> mailbus.v1.Relay
-	12, // 42: mailbus.v1.TestRelayRequest.relay:type_name -> mailbus.v1.Relay
-	64, // 43: mailbus.v1.TestStep.reply:type_name -> mailbus.v1.SmtpReply
-	52, // 44: mailbus.v1.TestRelayResponse.steps:type_name -> mailbus.v1.TestStep
-	13, // 45: mailbus.v1.GetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
-	13, // 46: mailbus.v1.SetDefaultServerRequest.server:type_name -> mailbus.v1.DefaultServer
-	13, // 47: mailbus.v1.SetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
-	14, // 48: mailbus.v1.WatchChangesResponse.change:type_name -> mailbus.v1.ConfigChange
-	8,  // 49: mailbus.v1.GetSnapshotResponse.tenants:type_name -> mailbus.v1.Tenant
-	10, // 50: mailbus.v1.GetSnapshotResponse.domains:type_name -> mailbus.v1.Domain
-	15, // 51: mailbus.v1.GetSnapshotResponse.relays:type_name -> mailbus.v1.SealedRelay
-	16, // 52: mailbus.v1.GetSnapshotResponse.dkim_keys:type_name -> mailbus.v1.SealedDkimKey
-	13, // 53: mailbus.v1.GetSnapshotResponse.default_server:type_name -> mailbus.v1.DefaultServer
-	15, // 54: mailbus.v1.GetSnapshotResponse.default_relay:type_name -> mailbus.v1.SealedRelay
-	17, // 55: mailbus.v1.ConfigService.CreateTenant:input_type -> mailbus.v1.CreateTenantRequest
-	19, // 56: mailbus.v1.ConfigService.GetTenant:input_type -> mailbus.v1.GetTenantRequest
-	21, // 57: mailbus.v1.ConfigService.UpdateTenant:input_type -> mailbus.v1.UpdateTenantRequest
-	23, // 58: mailbus.v1.ConfigService.DeleteTenant:input_type -> mailbus.v1.DeleteTenantRequest
-	25, // 59: mailbus.v1.ConfigService.ListTenants:input_type -> mailbus.v1.ListTenantsRequest
-	27, // 60: mailbus.v1.ConfigService.CreateDomain:input_type -> mailbus.v1.CreateDomainRequest
-	29, // 61: mailbus.v1.ConfigService.GetDomain:input_type -> mailbus.v1.GetDomainRequest
-	31, // 62: mailbus.v1.ConfigService.UpdateDomain:input_type -> mailbus.v1.UpdateDomainRequest
-	33, // 63: mailbus.v1.ConfigService.DeleteDomain:input_type -> mailbus.v1.DeleteDomainRequest
-	35, // 64: mailbus.v1.ConfigService.ListDomains:input_type -> mailbus.v1.ListDomainsRequest
-	37, // 65: mailbus.v1.ConfigService.GenerateDkimKey:input_type -> mailbus.v1.GenerateDkimKeyRequest
-	39, // 66: mailbus.v1.ConfigService.DeleteDkimKey:input_type -> mailbus.v1.DeleteDkimKeyRequest
-	41, // 67: mailbus.v1.ConfigService.CreateRelay:input_type -> mailbus.v1.CreateRelayRequest
-	43, // 68: mailbus.v1.ConfigService.GetRelay:input_type -> mailbus.v1.GetRelayRequest
-	45, // 69: mailbus.v1.ConfigService.UpdateRelay:input_type -> mailbus.v1.UpdateRelayRequest
-	47, // 70: mailbus.v1.ConfigService.DeleteRelay:input_type -> mailbus.v1.DeleteRelayRequest
-	49, // 71: mailbus.v1.ConfigService.ListRelays:input_type -> mailbus.v1.ListRelaysRequest
-	51, // 72: mailbus.v1.ConfigService.TestRelay:input_type -> mailbus.v1.TestRelayRequest
-	54, // 73: mailbus.v1.ConfigService.GetDefaultServer:input_type -> mailbus.v1.GetDefaultServerRequest
-	56, // 74: mailbus.v1.ConfigService.SetDefaultServer:input_type -> mailbus.v1.SetDefaultServerRequest
-	58, // 75: mailbus.v1.ConfigService.WatchChanges:input_type -> mailbus.v1.WatchChangesRequest
-	60, // 76: mailbus.v1.ConfigService.GetSnapshot:input_type -> mailbus.v1.GetSnapshotRequest
-	18, // 77: mailbus.v1.ConfigService.CreateTenant:output_type -> mailbus.v1.CreateTenantResponse
-	20, // 78: mailbus.v1.ConfigService.GetTenant:output_type -> mailbus.v1.GetTenantResponse
-	22, // 79: mailbus.v1.ConfigService.UpdateTenant:output_type -> mailbus.v1.UpdateTenantResponse
-	24, // 80: mailbus.v1.ConfigService.DeleteTenant:output_type -> mailbus.v1.DeleteTenantResponse
-	26, // 81: mailbus.v1.ConfigService.ListTenants:output_type -> mailbus.v1.ListTenantsResponse
-	28, // 82: mailbus.v1.ConfigService.CreateDomain:output_type -> mailbus.v1.CreateDomainResponse
-	30, // 83: mailbus.v1.ConfigService.GetDomain:output_type -> mailbus.v1.GetDomainResponse
-	32, // 84: mailbus.v1.ConfigService.UpdateDomain:output_type -> mailbus.v1.UpdateDomainResponse
-	34, // 85: mailbus.v1.ConfigService.DeleteDomain:output_type -> mailbus.v1.DeleteDomainResponse
-	36, // 86: mailbus.v1.ConfigService.ListDomains:output_type -> mailbus.v1.ListDomainsResponse
-	38, // 87: mailbus.v1.ConfigService.GenerateDkimKey:output_type -> mailbus.v1.GenerateDkimKeyResponse
-	40, // 88: mailbus.v1.ConfigService.DeleteDkimKey:output_type -> mailbus.v1.DeleteDkimKeyResponse
-	42, // 89: mailbus.v1.ConfigService.CreateRelay:output_type -> mailbus.v1.CreateRelayResponse
-	44, // 90: mailbus.v1.ConfigService.GetRelay:output_type -> mailbus.v1.GetRelayResponse
-	46, // 91: mailbus.v1.ConfigService.UpdateRelay:output_type -> mailbus.v1.UpdateRelayResponse
-	48, // 92: mailbus.v1.ConfigService.DeleteRelay:output_type -> mailbus.v1.DeleteRelayResponse
-	50, // 93: mailbus.v1.ConfigService.ListRelays:output_type -> mailbus.v1.ListRelaysResponse
-	53, // 94: mailbus.v1.ConfigService.TestRelay:output_type -> mailbus.v1.TestRelayResponse
-	55, // 95: mailbus.v1.ConfigService.GetDefaultServer:output_type -> mailbus.v1.GetDefaultServerResponse
-	57, // 96: mailbus.v1.ConfigService.SetDefaultServer:output_type -> mailbus.v1.SetDefaultServerResponse
-	59, // 97: mailbus.v1.ConfigService.WatchChanges:output_type -> mailbus.v1.WatchChangesResponse
-	61, // 98: mailbus.v1.ConfigService.GetSnapshot:output_type -> mailbus.v1.GetSnapshotResponse
-	77, // [77:99] is the sub-list for method output_type
-	55, // [55:77] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	12, // 11: mailbus.v1.RelayAuth.oauth:type_name -> mailbus.v1.RelayOAuth
+	3,  // 12: mailbus.v1.Relay.security:type_name -> mailbus.v1.RelaySecurity
+	11, // 13: mailbus.v1.Relay.auth:type_name -> mailbus.v1.RelayAuth
+	68, // 14: mailbus.v1.Relay.kinds:type_name -> mailbus.v1.EmailKind
+	67, // 15: mailbus.v1.Relay.create_time:type_name -> google.protobuf.Timestamp
+	67, // 16: mailbus.v1.Relay.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 17: mailbus.v1.DefaultServer.mode:type_name -> mailbus.v1.DefaultServerMode
+	13, // 18: mailbus.v1.DefaultServer.relay:type_name -> mailbus.v1.Relay
+	6,  // 19: mailbus.v1.ConfigChange.kind:type_name -> mailbus.v1.ChangeKind
+	67, // 20: mailbus.v1.ConfigChange.change_time:type_name -> google.protobuf.Timestamp
+	13, // 21: mailbus.v1.SealedRelay.relay:type_name -> mailbus.v1.Relay
+	9,  // 22: mailbus.v1.SealedDkimKey.key:type_name -> mailbus.v1.DkimKey
+	8,  // 23: mailbus.v1.CreateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
+	8,  // 24: mailbus.v1.CreateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	8,  // 25: mailbus.v1.GetTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	8,  // 26: mailbus.v1.UpdateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
+	8,  // 27: mailbus.v1.UpdateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	8,  // 28: mailbus.v1.ListTenantsResponse.tenants:type_name -> mailbus.v1.Tenant
+	10, // 29: mailbus.v1.CreateDomainRequest.domain:type_name -> mailbus.v1.Domain
+	10, // 30: mailbus.v1.CreateDomainResponse.domain:type_name -> mailbus.v1.Domain
+	10, // 31: mailbus.v1.GetDomainResponse.domain:type_name -> mailbus.v1.Domain
+	10, // 32: mailbus.v1.UpdateDomainRequest.domain:type_name -> mailbus.v1.Domain
+	10, // 33: mailbus.v1.UpdateDomainResponse.domain:type_name -> mailbus.v1.Domain
+	10, // 34: mailbus.v1.ListDomainsResponse.domains:type_name -> mailbus.v1.Domain
+	2,  // 35: mailbus.v1.GenerateDkimKeyRequest.algorithm:type_name -> mailbus.v1.DkimAlgorithm
+	9,  // 36: mailbus.v1.GenerateDkimKeyResponse.key:type_name -> mailbus.v1.DkimKey
+	13, // 37: mailbus.v1.CreateRelayRequest.relay:type_name -> mailbus.v1.Relay
+	13, // 38: mailbus.v1.CreateRelayResponse.relay:type_name -> mailbus.v1.Relay
+	13, // 39: mailbus.v1.GetRelayResponse.relay:type_name -> mailbus.v1.Relay
+	13, // 40: mailbus.v1.UpdateRelayRequest.relay:type_name -> mailbus.v1.Relay
+	13, // 41: mailbus.v1.UpdateRelayResponse.relay:type_name -> mailbus.v1.Relay
+	13, // 42: mailbus.v1.ListRelaysResponse.relays:type_name -> mailbus.v1.Relay
+	13, // 43: mailbus.v1.TestRelayRequest.relay:type_name -> mailbus.v1.Relay
+	69, // 44: mailbus.v1.TestStep.reply:type_name -> mailbus.v1.SmtpReply
+	53, // 45: mailbus.v1.TestRelayResponse.steps:type_name -> mailbus.v1.TestStep
+	14, // 46: mailbus.v1.GetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
+	14, // 47: mailbus.v1.SetDefaultServerRequest.server:type_name -> mailbus.v1.DefaultServer
+	14, // 48: mailbus.v1.SetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
+	15, // 49: mailbus.v1.WatchChangesResponse.change:type_name -> mailbus.v1.ConfigChange
+	8,  // 50: mailbus.v1.GetSnapshotResponse.tenants:type_name -> mailbus.v1.Tenant
+	10, // 51: mailbus.v1.GetSnapshotResponse.domains:type_name -> mailbus.v1.Domain
+	16, // 52: mailbus.v1.GetSnapshotResponse.relays:type_name -> mailbus.v1.SealedRelay
+	17, // 53: mailbus.v1.GetSnapshotResponse.dkim_keys:type_name -> mailbus.v1.SealedDkimKey
+	14, // 54: mailbus.v1.GetSnapshotResponse.default_server:type_name -> mailbus.v1.DefaultServer
+	16, // 55: mailbus.v1.GetSnapshotResponse.default_relay:type_name -> mailbus.v1.SealedRelay
+	13, // 56: mailbus.v1.CompleteRelayOAuthResponse.relay:type_name -> mailbus.v1.Relay
+	18, // 57: mailbus.v1.ConfigService.CreateTenant:input_type -> mailbus.v1.CreateTenantRequest
+	20, // 58: mailbus.v1.ConfigService.GetTenant:input_type -> mailbus.v1.GetTenantRequest
+	22, // 59: mailbus.v1.ConfigService.UpdateTenant:input_type -> mailbus.v1.UpdateTenantRequest
+	24, // 60: mailbus.v1.ConfigService.DeleteTenant:input_type -> mailbus.v1.DeleteTenantRequest
+	26, // 61: mailbus.v1.ConfigService.ListTenants:input_type -> mailbus.v1.ListTenantsRequest
+	28, // 62: mailbus.v1.ConfigService.CreateDomain:input_type -> mailbus.v1.CreateDomainRequest
+	30, // 63: mailbus.v1.ConfigService.GetDomain:input_type -> mailbus.v1.GetDomainRequest
+	32, // 64: mailbus.v1.ConfigService.UpdateDomain:input_type -> mailbus.v1.UpdateDomainRequest
+	34, // 65: mailbus.v1.ConfigService.DeleteDomain:input_type -> mailbus.v1.DeleteDomainRequest
+	36, // 66: mailbus.v1.ConfigService.ListDomains:input_type -> mailbus.v1.ListDomainsRequest
+	38, // 67: mailbus.v1.ConfigService.GenerateDkimKey:input_type -> mailbus.v1.GenerateDkimKeyRequest
+	40, // 68: mailbus.v1.ConfigService.DeleteDkimKey:input_type -> mailbus.v1.DeleteDkimKeyRequest
+	42, // 69: mailbus.v1.ConfigService.CreateRelay:input_type -> mailbus.v1.CreateRelayRequest
+	44, // 70: mailbus.v1.ConfigService.GetRelay:input_type -> mailbus.v1.GetRelayRequest
+	46, // 71: mailbus.v1.ConfigService.UpdateRelay:input_type -> mailbus.v1.UpdateRelayRequest
+	48, // 72: mailbus.v1.ConfigService.DeleteRelay:input_type -> mailbus.v1.DeleteRelayRequest
+	50, // 73: mailbus.v1.ConfigService.ListRelays:input_type -> mailbus.v1.ListRelaysRequest
+	52, // 74: mailbus.v1.ConfigService.TestRelay:input_type -> mailbus.v1.TestRelayRequest
+	55, // 75: mailbus.v1.ConfigService.GetDefaultServer:input_type -> mailbus.v1.GetDefaultServerRequest
+	57, // 76: mailbus.v1.ConfigService.SetDefaultServer:input_type -> mailbus.v1.SetDefaultServerRequest
+	59, // 77: mailbus.v1.ConfigService.WatchChanges:input_type -> mailbus.v1.WatchChangesRequest
+	61, // 78: mailbus.v1.ConfigService.GetSnapshot:input_type -> mailbus.v1.GetSnapshotRequest
+	63, // 79: mailbus.v1.ConfigService.BeginRelayOAuth:input_type -> mailbus.v1.BeginRelayOAuthRequest
+	65, // 80: mailbus.v1.ConfigService.CompleteRelayOAuth:input_type -> mailbus.v1.CompleteRelayOAuthRequest
+	19, // 81: mailbus.v1.ConfigService.CreateTenant:output_type -> mailbus.v1.CreateTenantResponse
+	21, // 82: mailbus.v1.ConfigService.GetTenant:output_type -> mailbus.v1.GetTenantResponse
+	23, // 83: mailbus.v1.ConfigService.UpdateTenant:output_type -> mailbus.v1.UpdateTenantResponse
+	25, // 84: mailbus.v1.ConfigService.DeleteTenant:output_type -> mailbus.v1.DeleteTenantResponse
+	27, // 85: mailbus.v1.ConfigService.ListTenants:output_type -> mailbus.v1.ListTenantsResponse
+	29, // 86: mailbus.v1.ConfigService.CreateDomain:output_type -> mailbus.v1.CreateDomainResponse
+	31, // 87: mailbus.v1.ConfigService.GetDomain:output_type -> mailbus.v1.GetDomainResponse
+	33, // 88: mailbus.v1.ConfigService.UpdateDomain:output_type -> mailbus.v1.UpdateDomainResponse
+	35, // 89: mailbus.v1.ConfigService.DeleteDomain:output_type -> mailbus.v1.DeleteDomainResponse
+	37, // 90: mailbus.v1.ConfigService.ListDomains:output_type -> mailbus.v1.ListDomainsResponse
+	39, // 91: mailbus.v1.ConfigService.GenerateDkimKey:output_type -> mailbus.v1.GenerateDkimKeyResponse
+	41, // 92: mailbus.v1.ConfigService.DeleteDkimKey:output_type -> mailbus.v1.DeleteDkimKeyResponse
+	43, // 93: mailbus.v1.ConfigService.CreateRelay:output_type -> mailbus.v1.CreateRelayResponse
+	45, // 94: mailbus.v1.ConfigService.GetRelay:output_type -> mailbus.v1.GetRelayResponse
+	47, // 95: mailbus.v1.ConfigService.UpdateRelay:output_type -> mailbus.v1.UpdateRelayResponse
+	49, // 96: mailbus.v1.ConfigService.DeleteRelay:output_type -> mailbus.v1.DeleteRelayResponse
+	51, // 97: mailbus.v1.ConfigService.ListRelays:output_type -> mailbus.v1.ListRelaysResponse
+	54, // 98: mailbus.v1.ConfigService.TestRelay:output_type -> mailbus.v1.TestRelayResponse
+	56, // 99: mailbus.v1.ConfigService.GetDefaultServer:output_type -> mailbus.v1.GetDefaultServerResponse
+	58, // 100: mailbus.v1.ConfigService.SetDefaultServer:output_type -> mailbus.v1.SetDefaultServerResponse
+	60, // 101: mailbus.v1.ConfigService.WatchChanges:output_type -> mailbus.v1.WatchChangesResponse
+	62, // 102: mailbus.v1.ConfigService.GetSnapshot:output_type -> mailbus.v1.GetSnapshotResponse
+	64, // 103: mailbus.v1.ConfigService.BeginRelayOAuth:output_type -> mailbus.v1.BeginRelayOAuthResponse
+	66, // 104: mailbus.v1.ConfigService.CompleteRelayOAuth:output_type -> mailbus.v1.CompleteRelayOAuthResponse
+	81, // [81:105] is the sub-list for method output_type
+	57, // [57:81] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_mailbus_v1_config_proto_init() }
@@ -4040,7 +4427,7 @@ func file_mailbus_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mailbus_v1_config_proto_rawDesc), len(file_mailbus_v1_config_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   55,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,28 +19,30 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ConfigService_CreateTenant_FullMethodName     = "/mailbus.v1.ConfigService/CreateTenant"
-	ConfigService_GetTenant_FullMethodName        = "/mailbus.v1.ConfigService/GetTenant"
-	ConfigService_UpdateTenant_FullMethodName     = "/mailbus.v1.ConfigService/UpdateTenant"
-	ConfigService_DeleteTenant_FullMethodName     = "/mailbus.v1.ConfigService/DeleteTenant"
-	ConfigService_ListTenants_FullMethodName      = "/mailbus.v1.ConfigService/ListTenants"
-	ConfigService_CreateDomain_FullMethodName     = "/mailbus.v1.ConfigService/CreateDomain"
-	ConfigService_GetDomain_FullMethodName        = "/mailbus.v1.ConfigService/GetDomain"
-	ConfigService_UpdateDomain_FullMethodName     = "/mailbus.v1.ConfigService/UpdateDomain"
-	ConfigService_DeleteDomain_FullMethodName     = "/mailbus.v1.ConfigService/DeleteDomain"
-	ConfigService_ListDomains_FullMethodName      = "/mailbus.v1.ConfigService/ListDomains"
-	ConfigService_GenerateDkimKey_FullMethodName  = "/mailbus.v1.ConfigService/GenerateDkimKey"
-	ConfigService_DeleteDkimKey_FullMethodName    = "/mailbus.v1.ConfigService/DeleteDkimKey"
-	ConfigService_CreateRelay_FullMethodName      = "/mailbus.v1.ConfigService/CreateRelay"
-	ConfigService_GetRelay_FullMethodName         = "/mailbus.v1.ConfigService/GetRelay"
-	ConfigService_UpdateRelay_FullMethodName      = "/mailbus.v1.ConfigService/UpdateRelay"
-	ConfigService_DeleteRelay_FullMethodName      = "/mailbus.v1.ConfigService/DeleteRelay"
-	ConfigService_ListRelays_FullMethodName       = "/mailbus.v1.ConfigService/ListRelays"
-	ConfigService_TestRelay_FullMethodName        = "/mailbus.v1.ConfigService/TestRelay"
-	ConfigService_GetDefaultServer_FullMethodName = "/mailbus.v1.ConfigService/GetDefaultServer"
-	ConfigService_SetDefaultServer_FullMethodName = "/mailbus.v1.ConfigService/SetDefaultServer"
-	ConfigService_WatchChanges_FullMethodName     = "/mailbus.v1.ConfigService/WatchChanges"
-	ConfigService_GetSnapshot_FullMethodName      = "/mailbus.v1.ConfigService/GetSnapshot"
+	ConfigService_CreateTenant_FullMethodName       = "/mailbus.v1.ConfigService/CreateTenant"
+	ConfigService_GetTenant_FullMethodName          = "/mailbus.v1.ConfigService/GetTenant"
+	ConfigService_UpdateTenant_FullMethodName       = "/mailbus.v1.ConfigService/UpdateTenant"
+	ConfigService_DeleteTenant_FullMethodName       = "/mailbus.v1.ConfigService/DeleteTenant"
+	ConfigService_ListTenants_FullMethodName        = "/mailbus.v1.ConfigService/ListTenants"
+	ConfigService_CreateDomain_FullMethodName       = "/mailbus.v1.ConfigService/CreateDomain"
+	ConfigService_GetDomain_FullMethodName          = "/mailbus.v1.ConfigService/GetDomain"
+	ConfigService_UpdateDomain_FullMethodName       = "/mailbus.v1.ConfigService/UpdateDomain"
+	ConfigService_DeleteDomain_FullMethodName       = "/mailbus.v1.ConfigService/DeleteDomain"
+	ConfigService_ListDomains_FullMethodName        = "/mailbus.v1.ConfigService/ListDomains"
+	ConfigService_GenerateDkimKey_FullMethodName    = "/mailbus.v1.ConfigService/GenerateDkimKey"
+	ConfigService_DeleteDkimKey_FullMethodName      = "/mailbus.v1.ConfigService/DeleteDkimKey"
+	ConfigService_CreateRelay_FullMethodName        = "/mailbus.v1.ConfigService/CreateRelay"
+	ConfigService_GetRelay_FullMethodName           = "/mailbus.v1.ConfigService/GetRelay"
+	ConfigService_UpdateRelay_FullMethodName        = "/mailbus.v1.ConfigService/UpdateRelay"
+	ConfigService_DeleteRelay_FullMethodName        = "/mailbus.v1.ConfigService/DeleteRelay"
+	ConfigService_ListRelays_FullMethodName         = "/mailbus.v1.ConfigService/ListRelays"
+	ConfigService_TestRelay_FullMethodName          = "/mailbus.v1.ConfigService/TestRelay"
+	ConfigService_GetDefaultServer_FullMethodName   = "/mailbus.v1.ConfigService/GetDefaultServer"
+	ConfigService_SetDefaultServer_FullMethodName   = "/mailbus.v1.ConfigService/SetDefaultServer"
+	ConfigService_WatchChanges_FullMethodName       = "/mailbus.v1.ConfigService/WatchChanges"
+	ConfigService_GetSnapshot_FullMethodName        = "/mailbus.v1.ConfigService/GetSnapshot"
+	ConfigService_BeginRelayOAuth_FullMethodName    = "/mailbus.v1.ConfigService/BeginRelayOAuth"
+	ConfigService_CompleteRelayOAuth_FullMethodName = "/mailbus.v1.ConfigService/CompleteRelayOAuth"
 )
 
 // ConfigServiceClient is the client API for ConfigService service.
@@ -81,6 +83,15 @@ type ConfigServiceClient interface {
 	// The whole configuration at one revision, for pipeline caches. Secrets
 	// appear only sealed (AES-GCM) and only for callers with the pipeline role.
 	GetSnapshot(ctx context.Context, in *GetSnapshotRequest, opts ...grpc.CallOption) (*GetSnapshotResponse, error)
+	// Starts connecting an XOAUTH2 relay to its mail account with the OAuth
+	// authorization-code flow (PKCE): returns the provider's authorization URL
+	// to open in a browser. The provider redirects to redirect_uri with a code
+	// and the state, which CompleteRelayOAuth takes.
+	BeginRelayOAuth(ctx context.Context, in *BeginRelayOAuthRequest, opts ...grpc.CallOption) (*BeginRelayOAuthResponse, error)
+	// Exchanges the authorization code for tokens and stores the refresh
+	// token (sealed) on the relay; from then on the senders refresh access
+	// tokens themselves.
+	CompleteRelayOAuth(ctx context.Context, in *CompleteRelayOAuthRequest, opts ...grpc.CallOption) (*CompleteRelayOAuthResponse, error)
 }
 
 type configServiceClient struct {
@@ -320,6 +331,26 @@ func (c *configServiceClient) GetSnapshot(ctx context.Context, in *GetSnapshotRe
 	return out, nil
 }
 
+func (c *configServiceClient) BeginRelayOAuth(ctx context.Context, in *BeginRelayOAuthRequest, opts ...grpc.CallOption) (*BeginRelayOAuthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BeginRelayOAuthResponse)
+	err := c.cc.Invoke(ctx, ConfigService_BeginRelayOAuth_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *configServiceClient) CompleteRelayOAuth(ctx context.Context, in *CompleteRelayOAuthRequest, opts ...grpc.CallOption) (*CompleteRelayOAuthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompleteRelayOAuthResponse)
+	err := c.cc.Invoke(ctx, ConfigService_CompleteRelayOAuth_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConfigServiceServer is the server API for ConfigService service.
 // All implementations must embed UnimplementedConfigServiceServer
 // for forward compatibility.
@@ -358,6 +389,15 @@ type ConfigServiceServer interface {
 	// The whole configuration at one revision, for pipeline caches. Secrets
 	// appear only sealed (AES-GCM) and only for callers with the pipeline role.
 	GetSnapshot(context.Context, *GetSnapshotRequest) (*GetSnapshotResponse, error)
+	// Starts connecting an XOAUTH2 relay to its mail account with the OAuth
+	// authorization-code flow (PKCE): returns the provider's authorization URL
+	// to open in a browser. The provider redirects to redirect_uri with a code
+	// and the state, which CompleteRelayOAuth takes.
+	BeginRelayOAuth(context.Context, *BeginRelayOAuthRequest) (*BeginRelayOAuthResponse, error)
+	// Exchanges the authorization code for tokens and stores the refresh
+	// token (sealed) on the relay; from then on the senders refresh access
+	// tokens themselves.
+	CompleteRelayOAuth(context.Context, *CompleteRelayOAuthRequest) (*CompleteRelayOAuthResponse, error)
 	mustEmbedUnimplementedConfigServiceServer()
 }
 
@@ -433,6 +473,12 @@ func (UnimplementedConfigServiceServer) WatchChanges(*WatchChangesRequest, grpc.
 }
 func (UnimplementedConfigServiceServer) GetSnapshot(context.Context, *GetSnapshotRequest) (*GetSnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSnapshot not implemented")
+}
+func (UnimplementedConfigServiceServer) BeginRelayOAuth(context.Context, *BeginRelayOAuthRequest) (*BeginRelayOAuthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BeginRelayOAuth not implemented")
+}
+func (UnimplementedConfigServiceServer) CompleteRelayOAuth(context.Context, *CompleteRelayOAuthRequest) (*CompleteRelayOAuthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteRelayOAuth not implemented")
 }
 func (UnimplementedConfigServiceServer) mustEmbedUnimplementedConfigServiceServer() {}
 func (UnimplementedConfigServiceServer) testEmbeddedByValue()                       {}
@@ -844,6 +890,42 @@ func _ConfigService_GetSnapshot_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConfigService_BeginRelayOAuth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BeginRelayOAuthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConfigServiceServer).BeginRelayOAuth(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConfigService_BeginRelayOAuth_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConfigServiceServer).BeginRelayOAuth(ctx, req.(*BeginRelayOAuthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConfigService_CompleteRelayOAuth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteRelayOAuthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConfigServiceServer).CompleteRelayOAuth(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConfigService_CompleteRelayOAuth_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConfigServiceServer).CompleteRelayOAuth(ctx, req.(*CompleteRelayOAuthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConfigService_ServiceDesc is the grpc.ServiceDesc for ConfigService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -934,6 +1016,14 @@ var ConfigService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSnapshot",
 			Handler:    _ConfigService_GetSnapshot_Handler,
+		},
+		{
+			MethodName: "BeginRelayOAuth",
+			Handler:    _ConfigService_BeginRelayOAuth_Handler,
+		},
+		{
+			MethodName: "CompleteRelayOAuth",
+			Handler:    _ConfigService_CompleteRelayOAuth_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mailbus/mailbus/pkg/configclient"
@@ -17,7 +18,8 @@ import (
 
 const relayColumns = `id, tenant_id, name, host, port, security, skip_cert_verify, auth_mechanism, auth_username,
 	sealed_password, sealed_oauth_token, client_cert_pem, sealed_client_key, from_filter, priority, kinds,
-	daily_limit, rate_per_second, active, allow_plaintext_auth, max_connections, create_time, update_time`
+	daily_limit, rate_per_second, active, allow_plaintext_auth, max_connections, oauth_client,
+	sealed_oauth_client_secret, sealed_oauth_refresh_token, create_time, update_time`
 
 // defaultServerID is the resource id of the default server in changes.
 const defaultServerID = "default"
@@ -32,7 +34,8 @@ type relayRow struct {
 
 // sealedSecrets are the sealed secret columns of a relay, base64 or "".
 type sealedSecrets struct {
-	password, oauthToken, clientKey string
+	password, oauthToken, clientKey      string
+	oauthClientSecret, oauthRefreshToken string
 }
 
 func scanRelay(row scanner) (*relayRow, error) {
@@ -43,11 +46,13 @@ func scanRelay(row scanner) (*relayRow, error) {
 		sec              sealedSecrets
 		security, mech   int32
 		kinds            string
+		oauthClient      string
 		created, updated int64
 	)
 	err := row.Scan(&r.Id, &tenant, &r.Name, &r.Host, &r.Port, &security, &r.SkipCertVerify, &mech, &auth.Username,
 		&sec.password, &sec.oauthToken, &auth.ClientCertPem, &sec.clientKey, &r.FromFilter, &r.Priority, &kinds,
-		&r.DailyLimit, &r.RatePerSecond, &r.Active, &r.AllowPlaintextAuth, &r.MaxConnections, &created, &updated)
+		&r.DailyLimit, &r.RatePerSecond, &r.Active, &r.AllowPlaintextAuth, &r.MaxConnections, &oauthClient,
+		&sec.oauthClientSecret, &sec.oauthRefreshToken, &created, &updated)
 	if err != nil {
 		return nil, err
 	}
@@ -55,6 +60,13 @@ func scanRelay(row scanner) (*relayRow, error) {
 	r.Security = pb.RelaySecurity(security)
 	auth.Mechanism = pb.AuthMechanism(mech)
 	auth.HasPassword, auth.HasOauthToken, auth.HasClientKey = sec.password != "", sec.oauthToken != "", sec.clientKey != ""
+	if oauthClient != "" {
+		auth.Oauth = &pb.RelayOAuth{}
+		if err := protojson.Unmarshal([]byte(oauthClient), auth.Oauth); err != nil {
+			return nil, fmt.Errorf("relay %s: oauth_client: %w", r.Id, err)
+		}
+		auth.Oauth.HasClientSecret, auth.Oauth.HasRefreshToken = sec.oauthClientSecret != "", sec.oauthRefreshToken != ""
+	}
 	r.Auth = &auth
 	ks, err := parseJSONList[int32](kinds)
 	if err != nil {
@@ -162,7 +174,8 @@ func (s *Store) ListRelays(ctx context.Context, tenantID string, page Page) ([]*
 
 // RelaySecrets are a relay's secrets in plain text.
 type RelaySecrets struct {
-	Password, OAuthToken, ClientKeyPEM string
+	Password, OAuthToken, ClientKeyPEM   string
+	OAuthClientSecret, OAuthRefreshToken string
 }
 
 // GetRelaySecrets opens a relay's stored secrets (tenant relays and the
@@ -186,6 +199,12 @@ func (s *Store) GetRelaySecrets(ctx context.Context, id string) (RelaySecrets, e
 	if out.ClientKeyPEM, err = s.open(sec.clientKey, configclient.RelaySecretAAD(id, configclient.SecretClientKey)); err != nil {
 		return RelaySecrets{}, err
 	}
+	if out.OAuthClientSecret, err = s.open(sec.oauthClientSecret, configclient.RelaySecretAAD(id, configclient.SecretOAuthClientSecret)); err != nil {
+		return RelaySecrets{}, err
+	}
+	if out.OAuthRefreshToken, err = s.open(sec.oauthRefreshToken, configclient.RelaySecretAAD(id, configclient.SecretOAuthRefreshToken)); err != nil {
+		return RelaySecrets{}, err
+	}
 	return out, nil
 }
 
@@ -195,6 +214,29 @@ func usesPassword(m pb.AuthMechanism) bool {
 }
 func usesOAuthToken(m pb.AuthMechanism) bool { return m == pb.AuthMechanism_AUTH_MECHANISM_XOAUTH2 }
 func usesClientKey(m pb.AuthMechanism) bool  { return m == pb.AuthMechanism_AUTH_MECHANISM_CLIENT_CERT }
+
+// oauthClientOf is r's OAuth client when its mechanism uses one.
+func oauthClientOf(r *pb.Relay) *pb.RelayOAuth {
+	if !usesOAuthToken(r.GetAuth().GetMechanism()) {
+		return nil
+	}
+	return r.GetAuth().GetOauth()
+}
+
+// oauthColumn is the stored form of an OAuth client: protojson without
+// its secrets, or "" for none.
+func oauthColumn(o *pb.RelayOAuth) (string, error) {
+	if o == nil {
+		return "", nil
+	}
+	c := proto.Clone(o).(*pb.RelayOAuth)
+	c.ClientSecret, c.RefreshToken, c.HasClientSecret, c.HasRefreshToken = "", "", false, false
+	b, err := protojson.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("encoding the relay's OAuth client: %w", err)
+	}
+	return string(b), nil
+}
 
 // resolveSecrets decides the sealed secrets of a relay being written: a
 // secret the mechanism does not use is dropped; an empty one keeps the stored
@@ -207,27 +249,21 @@ func (w *writer) resolveSecrets(r *pb.Relay, old *relayRow) (sealedSecrets, erro
 	}
 	auth := r.GetAuth()
 	mech := auth.GetMechanism()
+	oauth := oauthClientOf(r)
+	// A refresh token belongs to one client of one provider: a relay that
+	// changes either has to be connected again.
+	sameClient := old != nil && oauth != nil && old.relay.GetAuth().GetOauth().GetClientId() == oauth.GetClientId() &&
+		old.relay.GetAuth().GetOauth().GetTokenUrl() == oauth.GetTokenUrl() && old.relay.GetAuth().GetOauth().GetProvider() == oauth.GetProvider()
+	if !sameClient {
+		oldSec.oauthRefreshToken = ""
+	}
 	one := func(field, secret, plain, oldSealed string, uses bool) (string, error) {
-		if !uses {
-			return "", nil
-		}
-		aad := configclient.RelaySecretAAD(r.Id, secret)
-		if plain == "" {
-			if oldSealed == "" {
-				return "", &FieldError{Field: "relay.auth." + field, Reason: "required for " + mechName(mech)}
-			}
-			return oldSealed, nil
-		}
-		if oldSealed != "" {
-			if prev, err := w.s.open(oldSealed, aad); err == nil && prev == plain {
-				return oldSealed, nil
-			}
-		}
-		sealed, err := w.s.seal(plain, aad)
-		if err != nil {
-			return "", fmt.Errorf("sealing relay %s: %w", field, err)
-		}
-		return sealed, nil
+		// The OAuth client's secrets are optional (a public client has no
+		// secret; the refresh token comes with CompleteRelayOAuth), and
+		// with a client the access token is too.
+		optional := secret == configclient.SecretOAuthClientSecret || secret == configclient.SecretOAuthRefreshToken ||
+			(secret == configclient.SecretOAuthToken && oauth != nil)
+		return w.resolveSecret(r.Id, mech, field, secret, plain, oldSealed, uses, uses && !optional)
 	}
 	var (
 		out sealedSecrets
@@ -239,10 +275,49 @@ func (w *writer) resolveSecrets(r *pb.Relay, old *relayRow) (sealedSecrets, erro
 	if out.oauthToken, err = one("oauth_token", configclient.SecretOAuthToken, auth.GetOauthToken(), oldSec.oauthToken, usesOAuthToken(mech)); err != nil {
 		return out, err
 	}
+	if out.oauthClientSecret, err = one("oauth.client_secret", configclient.SecretOAuthClientSecret, oauth.GetClientSecret(), oldSec.oauthClientSecret, oauth != nil); err != nil {
+		return out, err
+	}
+	if out.oauthRefreshToken, err = one("oauth.refresh_token", configclient.SecretOAuthRefreshToken, oauth.GetRefreshToken(), oldSec.oauthRefreshToken, oauth != nil); err != nil {
+		return out, err
+	}
 	if out.clientKey, err = one("client_key_pem", configclient.SecretClientKey, auth.GetClientKeyPem(), oldSec.clientKey, usesClientKey(mech)); err != nil {
 		return out, err
 	}
-	if usesClientKey(mech) {
+	return w.checkClientKey(r, out)
+}
+
+// resolveSecret is one secret of resolveSecrets: dropped when the mechanism
+// does not use it, the stored one when plain is empty (an error when
+// required and there is none), else plain sealed.
+func (w *writer) resolveSecret(id string, mech pb.AuthMechanism, field, secret, plain, oldSealed string, uses, required bool) (string, error) {
+	if !uses {
+		return "", nil
+	}
+	aad := configclient.RelaySecretAAD(id, secret)
+	if plain == "" {
+		if oldSealed == "" && required {
+			return "", &FieldError{Field: "relay.auth." + field, Reason: "required for " + mechName(mech)}
+		}
+		return oldSealed, nil
+	}
+	if oldSealed != "" {
+		if prev, err := w.s.open(oldSealed, aad); err == nil && prev == plain {
+			return oldSealed, nil
+		}
+	}
+	sealed, err := w.s.seal(plain, aad)
+	if err != nil {
+		return "", fmt.Errorf("sealing relay %s: %w", field, err)
+	}
+	return sealed, nil
+}
+
+// checkClientKey checks that a client certificate's key matches it.
+func (w *writer) checkClientKey(r *pb.Relay, out sealedSecrets) (sealedSecrets, error) {
+	auth := r.GetAuth()
+	var err error
+	if usesClientKey(auth.GetMechanism()) {
 		keyPEM := auth.GetClientKeyPem()
 		if keyPEM == "" {
 			if keyPEM, err = w.s.open(out.clientKey, configclient.RelaySecretAAD(r.Id, configclient.SecretClientKey)); err != nil {
@@ -276,6 +351,10 @@ func redacted(r *pb.Relay, sec sealedSecrets) *pb.Relay {
 	}
 	out.Auth.Password, out.Auth.OauthToken, out.Auth.ClientKeyPem = "", "", ""
 	out.Auth.HasPassword, out.Auth.HasOauthToken, out.Auth.HasClientKey = sec.password != "", sec.oauthToken != "", sec.clientKey != ""
+	if out.Auth.Oauth = oauthClientOf(out); out.Auth.Oauth != nil {
+		out.Auth.Oauth.ClientSecret, out.Auth.Oauth.RefreshToken = "", ""
+		out.Auth.Oauth.HasClientSecret, out.Auth.Oauth.HasRefreshToken = sec.oauthClientSecret != "", sec.oauthRefreshToken != ""
+	}
 	out.Domains = append([]string(nil), out.Domains...)
 	sort.Strings(out.Domains)
 	out.CreateTime, out.UpdateTime = nil, nil
@@ -320,7 +399,11 @@ func (w *writer) resolveRelayDomains(ctx context.Context, r *pb.Relay, tenant *p
 	return ids, nil
 }
 
-func relayArgs(r *pb.Relay, sec sealedSecrets) []any {
+func relayArgs(r *pb.Relay, sec sealedSecrets) ([]any, error) {
+	oauth, err := oauthColumn(oauthClientOf(r))
+	if err != nil {
+		return nil, err
+	}
 	kinds := make([]int32, len(r.Kinds))
 	for i, k := range r.Kinds {
 		kinds[i] = int32(k)
@@ -331,14 +414,19 @@ func relayArgs(r *pb.Relay, sec sealedSecrets) []any {
 	}
 	return []any{r.Name, r.Host, r.Port, int32(r.Security), r.SkipCertVerify, int32(mech), r.GetAuth().GetUsername(),
 		sec.password, sec.oauthToken, r.GetAuth().GetClientCertPem(), sec.clientKey, r.FromFilter, r.Priority, jsonList(kinds),
-		r.DailyLimit, r.RatePerSecond, r.Active, r.AllowPlaintextAuth, r.MaxConnections}
+		r.DailyLimit, r.RatePerSecond, r.Active, r.AllowPlaintextAuth, r.MaxConnections, oauth,
+		sec.oauthClientSecret, sec.oauthRefreshToken}, nil
 }
 
 // insertRelay inserts a relay row; tenant is nil for the default relay.
 func (w *writer) insertRelay(ctx context.Context, r *pb.Relay, tenant any, sec sealedSecrets, domainIDs []string) error {
-	args := append([]any{r.Id, tenant}, relayArgs(r, sec)...)
+	ra, err := relayArgs(r, sec)
+	if err != nil {
+		return err
+	}
+	args := append([]any{r.Id, tenant}, ra...)
 	args = append(args, micros(w.now), micros(w.now))
-	_, err := w.tx.ExecContext(ctx, `INSERT INTO relays (`+relayColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+	_, err = w.tx.ExecContext(ctx, `INSERT INTO relays (`+relayColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
 	if err != nil {
 		return fmt.Errorf("storing relay: %w", err)
 	}
@@ -346,11 +434,16 @@ func (w *writer) insertRelay(ctx context.Context, r *pb.Relay, tenant any, sec s
 }
 
 func (w *writer) updateRelay(ctx context.Context, r *pb.Relay, sec sealedSecrets, domainIDs []string) error {
-	args := append(relayArgs(r, sec), micros(w.now), r.Id)
-	_, err := w.tx.ExecContext(ctx, `UPDATE relays SET name = ?, host = ?, port = ?, security = ?, skip_cert_verify = ?,
+	ra, err := relayArgs(r, sec)
+	if err != nil {
+		return err
+	}
+	args := append(ra, micros(w.now), r.Id)
+	_, err = w.tx.ExecContext(ctx, `UPDATE relays SET name = ?, host = ?, port = ?, security = ?, skip_cert_verify = ?,
 		auth_mechanism = ?, auth_username = ?, sealed_password = ?, sealed_oauth_token = ?, client_cert_pem = ?,
 		sealed_client_key = ?, from_filter = ?, priority = ?, kinds = ?, daily_limit = ?, rate_per_second = ?,
-		active = ?, allow_plaintext_auth = ?, max_connections = ?, update_time = ? WHERE id = ?`, args...)
+		active = ?, allow_plaintext_auth = ?, max_connections = ?, oauth_client = ?, sealed_oauth_client_secret = ?,
+		sealed_oauth_refresh_token = ?, update_time = ? WHERE id = ?`, args...)
 	if err != nil {
 		return fmt.Errorf("updating relay: %w", err)
 	}
@@ -616,6 +709,41 @@ func (s *Store) SetDefaultServer(ctx context.Context, ds *pb.DefaultServer, newI
 			return err
 		}
 		out = d.server()
+		return nil
+	})
+	return out, err
+}
+
+// SetRelayOAuthRefreshToken stores the refresh token an OAuth
+// authorization-code exchange gave a tenant relay (sealed), and records a
+// change so that the senders pick it up. A refresh token the provider
+// rotates in later is not stored: Google's do not rotate, and Microsoft's
+// older ones stay valid for their lifetime.
+func (s *Store) SetRelayOAuthRefreshToken(ctx context.Context, id, refreshToken string) (*pb.Relay, error) {
+	var out *pb.Relay
+	err := s.write(ctx, func(ctx context.Context, w *writer) error {
+		old, err := getRelayRow(ctx, w.tx, id, false)
+		if err != nil {
+			return err
+		}
+		if oauthClientOf(old.relay) == nil {
+			return &FieldError{Field: "relay.auth.oauth", Reason: "the relay has no OAuth client (XOAUTH2 with auth.oauth)"}
+		}
+		sealed, err := w.s.seal(refreshToken, configclient.RelaySecretAAD(id, configclient.SecretOAuthRefreshToken))
+		if err != nil {
+			return fmt.Errorf("sealing the relay's refresh token: %w", err)
+		}
+		if _, err := w.tx.ExecContext(ctx, `UPDATE relays SET sealed_oauth_refresh_token = ?, update_time = ? WHERE id = ?`, sealed, micros(w.now), id); err != nil {
+			return fmt.Errorf("storing the relay's refresh token: %w", err)
+		}
+		if err := w.change(ctx, pb.ChangeKind_CHANGE_KIND_RELAY, id, old.relay.TenantId, false); err != nil {
+			return err
+		}
+		row, err := getRelayRow(ctx, w.tx, id, false)
+		if err != nil {
+			return err
+		}
+		out = row.relay
 		return nil
 	})
 	return out, err

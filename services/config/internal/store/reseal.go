@@ -39,6 +39,8 @@ func (s *Store) Reseal(ctx context.Context) (int, error) {
 				{"sealed_password", configclient.SecretPassword, r.secrets.password},
 				{"sealed_oauth_token", configclient.SecretOAuthToken, r.secrets.oauthToken},
 				{"sealed_client_key", configclient.SecretClientKey, r.secrets.clientKey},
+				{"sealed_oauth_client_secret", configclient.SecretOAuthClientSecret, r.secrets.oauthClientSecret},
+				{"sealed_oauth_refresh_token", configclient.SecretOAuthRefreshToken, r.secrets.oauthRefreshToken},
 			} {
 				if !stale(sec.value) {
 					continue

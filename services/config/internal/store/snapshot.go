@@ -88,6 +88,8 @@ func sealedRelay(r *relayRow, withSecrets bool) *pb.SealedRelay {
 		out.SealedPassword = unbase64(r.secrets.password)
 		out.SealedOauthToken = unbase64(r.secrets.oauthToken)
 		out.SealedClientKey = unbase64(r.secrets.clientKey)
+		out.SealedOauthClientSecret = unbase64(r.secrets.oauthClientSecret)
+		out.SealedOauthRefreshToken = unbase64(r.secrets.oauthRefreshToken)
 	}
 	return out
 }

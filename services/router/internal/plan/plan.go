@@ -259,13 +259,15 @@ func (p *Planner) plan(ctx context.Context, sub *mailbusv1.Submission, msgID str
 	if summary != nil {
 		summary.HeaderMessageId = built.MessageID
 		summary.From = built.From.Email
+		// A raw message's subject is in its header, not in the submission.
+		summary.Subject = built.Subject
 	}
 
 	d := &mailbusv1.Delivery{
 		MessageId: msgID, TenantId: tenant.GetId(), UserId: sub.GetUserId(), Kind: sub.GetKind(),
 		Message: built.Data, CampaignId: sub.GetCampaignId(), Metadata: sub.GetMetadata(), Attempt: 1,
 		QueueTime: timestamppb.New(now), HeaderMessageId: built.MessageID, IdempotencyId: sub.GetIdempotencyId(),
-		Subject: sub.GetSubject(),
+		Subject: built.Subject,
 		Route:   &mailbusv1.Route{OriginalFrom: built.From.Email},
 	}
 	deliveries, err := p.route(ctx, tenant, d, rcpts, deliveryID)

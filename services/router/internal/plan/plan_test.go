@@ -397,3 +397,21 @@ func mailHeaderFrom(d *mailbusv1.Delivery) (string, error) {
 	a, err := mail.HeaderFrom(d.GetMessage())
 	return a.Email, err
 }
+
+// A raw message's subject is only in its header; the message log shows it
+// (mailbus messages list) as it shows a composed one's.
+func TestPlanner_rawMessageSubjectReachesTheSummaryAndTheDelivery(t *testing.T) {
+	sub := &mailbusv1.Submission{IdempotencyId: "raw-1", TenantId: "acme", Kind: mailbusv1.EmailKind_EMAIL_KIND_WORKFLOW,
+		To:         []*mailbusv1.Address{{Email: "bob@example.net"}},
+		RawMessage: []byte("From: Alice <alice@acme.example>\r\nTo: bob@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= from\r\n the raw side\r\n\r\nHi.\r\n")}
+	res := plan(t, newPlanner(newConfig()), sub)
+	want := "Grüße from the raw side"
+	if got := res.Deliveries[0].GetSubject(); got != want {
+		t.Errorf("delivery subject %q, want %q", got, want)
+	}
+	for _, e := range res.Events {
+		if e.GetSummary() != nil && e.GetSummary().GetSubject() != want {
+			t.Errorf("%v event summary subject %q, want %q", e.GetStatus(), e.GetSummary().GetSubject(), want)
+		}
+	}
+}

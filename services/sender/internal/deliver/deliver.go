@@ -42,6 +42,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/oauthtoken"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
@@ -74,7 +75,10 @@ type Options struct {
 	// destination's messages-per-minute budget before it is deferred
 	// instead; default 30s.
 	MaxRateWait time.Duration
-	Now         func() time.Time
+	// Tokens refreshes the access tokens of relays that sign in with
+	// OAuth; nil leaves such relays with their stored token.
+	Tokens *oauthtoken.Tokens
+	Now    func() time.Time
 }
 
 // Deliverer sends deliveries.
@@ -158,6 +162,7 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if err != nil {
 			return d.fallback(ctx, dl, tenant, "relay_misconfigured", err.Error(), false)
 		}
+		d.useTokens(&relay, rs)
 		dest := d.shaping.ForRelay(tenant.GetId(), rs.Relay)
 		res, err, held := d.send(ctx, dl, dest, relay, msg)
 		if held != nil {
@@ -180,6 +185,7 @@ func (d *Deliverer) Deliver(ctx context.Context, dl *mailbusv1.Delivery) (Outcom
 		if err != nil {
 			return d.deferAll(dl, "default_relay_misconfigured", err.Error()), nil
 		}
+		d.useTokens(&relay, ds.Relay)
 		res, err, held := d.send(ctx, dl, d.shaping.ForDefaultRelay(relay.Addr(), relay.MaxConns), relay, msg)
 		if held != nil {
 			return *held, nil
@@ -446,4 +452,31 @@ func dsnEnvID(id string) string {
 		}
 		return -1
 	}, id)
+}
+
+// useTokens lets an XOAUTH2 relay with an OAuth client and a refresh token
+// get its access tokens from the shared, refreshed ones instead of the
+// stored token, which expires within the hour.
+func (d *Deliverer) useTokens(relay *smtpclient.Relay, rs *configclient.RelayWithSecrets) {
+	if d.opts.Tokens == nil || relay.Auth.Mechanism != smtpclient.MechanismXOAUTH2 {
+		return
+	}
+	c := oauthtoken.Client{RelayID: rs.Relay.GetId(), OAuth: rs.Relay.GetAuth().GetOauth(),
+		ClientSecret: rs.OAuthClientSecret, RefreshToken: rs.OAuthRefreshToken}
+	if !c.Usable() {
+		return
+	}
+	relay.Auth.Tokens = relayTokens{t: d.opts.Tokens, c: c}
+}
+
+// relayTokens is one relay's smtpclient.TokenProvider.
+type relayTokens struct {
+	t *oauthtoken.Tokens
+	c oauthtoken.Client
+}
+
+func (r relayTokens) Token(ctx context.Context) (string, error) { return r.t.Token(ctx, r.c) }
+
+func (r relayTokens) Refresh(ctx context.Context, rejected string) (string, error) {
+	return r.t.Refresh(ctx, r.c, rejected)
 }
