@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/infra"
 )
 
@@ -16,6 +17,7 @@ type Endpoints struct {
 	Config       string // ConfigService
 	Messages     string // MessageService (the tracker)
 	Suppressions string // SuppressionService (the bounce service)
+	Webhooks     string // WebhookService (the webhook service); optional
 	// TLS reaches them over TLS with the system roots.
 	TLS bool
 }
@@ -59,7 +61,16 @@ func NewApplication(_ context.Context, cfg Config, ep Endpoints, in infra.Infra)
 		}
 		cc[i] = c
 	}
-	svc, err := New(cfg, Deps{Log: in.Logger(), API: NewAPI(cc[0], cc[1], cc[2])})
+	api := NewAPI(cc[0], cc[1], cc[2])
+	if ep.Webhooks != "" {
+		c, err := dial(ep.Webhooks)
+		if err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		api.Webhooks = mailbusv1.NewWebhookServiceClient(c)
+	}
+	svc, err := New(cfg, Deps{Log: in.Logger(), API: api})
 	if err != nil {
 		cleanup()
 		return nil, nil, err

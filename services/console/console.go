@@ -60,6 +60,9 @@ type API struct {
 	Config       mailbusv1.ConfigServiceClient
 	Messages     mailbusv1.MessageServiceClient
 	Suppressions mailbusv1.SuppressionServiceClient
+	// Webhooks is nil when the console is given no WebhookService address;
+	// the webhooks page says so.
+	Webhooks mailbusv1.WebhookServiceClient
 }
 
 // NewAPI returns the API over connections to the three services; in

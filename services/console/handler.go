@@ -179,6 +179,7 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("POST /suppressions/add", s.authed((*req).suppressionAdd))
 	mux.Handle("POST /suppressions/remove", s.authed((*req).suppressionRemove))
 	mux.Handle("GET /webhooks", s.authed((*req).webhooks))
+	mux.Handle("POST /webhooks/replay", s.authed((*req).webhooksReplay))
 	return securityHeaders(mux)
 }
 

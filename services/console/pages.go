@@ -1,6 +1,7 @@
 package console
 
 import (
+	"fmt"
 	"encoding/csv"
 	"net/http"
 	"net/url"
@@ -159,9 +160,67 @@ func (q *req) suppressionRemove() error {
 	return q.redirect("/suppressions", "Removed "+addr+" from the suppression list.", true)
 }
 
-// webhooks is a placeholder until the webhook service exists: it says so
-// and shows nothing made up.
+type webhooksData struct {
+	Available   bool
+	Endpoints   []*mailbusv1.WebhookEndpoint
+	DeadLetters []*mailbusv1.WebhookDeadLetter
+	MoreDead    bool
+}
+
+// webhooks lists the tenant's endpoints and the webhooks that gave up
+// after 72 hours of retries, with replay.
 func (q *req) webhooks() error {
-	q.render(http.StatusOK, "webhooks", "Webhooks", "webhooks", nil, nil)
+	if q.s.api.Webhooks == nil {
+		q.render(http.StatusOK, "webhooks", "Webhooks", "webhooks", webhooksData{}, nil)
+		return nil
+	}
+	_, tenant, err := q.tenants()
+	if err != nil {
+		return err
+	}
+	d := webhooksData{Available: true}
+	if tenant == nil {
+		q.render(http.StatusOK, "webhooks", "Webhooks", "webhooks", d, errNoTenant)
+		return nil
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	eps, err := q.s.api.Webhooks.ListWebhookEndpoints(ctx, &mailbusv1.ListWebhookEndpointsRequest{TenantId: tenant.GetId()})
+	if err == nil {
+		d.Endpoints = eps.GetEndpoints()
+		var dead *mailbusv1.ListDeadLettersResponse
+		dead, err = q.s.api.Webhooks.ListDeadLetters(ctx, &mailbusv1.ListDeadLettersRequest{TenantId: tenant.GetId(), PageSize: 100})
+		d.DeadLetters, d.MoreDead = dead.GetDeadLetters(), dead.GetNextPageToken() != ""
+	}
+	if status.Code(err) == codes.Unauthenticated {
+		return err
+	}
+	q.render(http.StatusOK, "webhooks", "Webhooks", "webhooks", d, err)
 	return nil
+}
+
+// webhooksReplay sends dead letters again: one (webhook_id), an
+// endpoint's, or all of the tenant's.
+func (q *req) webhooksReplay() error {
+	if q.s.api.Webhooks == nil {
+		return q.redirect("/webhooks", "This console has no webhook service to ask.", false)
+	}
+	_, tenant, err := q.tenants()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := q.call()
+	defer cancel()
+	req := &mailbusv1.ReplayDeadLettersRequest{TenantId: tenant.GetId(), EndpointId: q.r.PostFormValue("endpoint_id")}
+	if id := q.r.PostFormValue("webhook_id"); id != "" {
+		req.WebhookIds = []string{id}
+	}
+	resp, err := q.s.api.Webhooks.ReplayDeadLetters(ctx, req)
+	if err != nil {
+		if status.Code(err) == codes.Unauthenticated {
+			return err
+		}
+		return q.redirect("/webhooks", "Could not replay: "+status.Convert(err).Message(), false)
+	}
+	return q.redirect("/webhooks", fmt.Sprintf("Replayed %d webhook(s); they are delivered again from now on.", resp.GetReplayed()), true)
 }

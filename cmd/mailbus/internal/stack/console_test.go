@@ -176,6 +176,7 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 	messages := mailbusv1.NewMessageServiceClient(conn)
 	cfg := mailbusv1.NewConfigServiceClient(conn)
 	supp := mailbusv1.NewSuppressionServiceClient(conn)
+	hooks := mailbusv1.NewWebhookServiceClient(conn)
 
 	// Mail for the log: one sent, one bounced by the relay, one deferred
 	// by it, one refused by the router (an address without a domain).
@@ -355,7 +356,15 @@ func TestConsole_adminSignsInFindsRetriesCancelsTestsARelayAndManagesSuppression
 		t.Fatalf("the console said it removed %s, but SuppressionService still has it", addr)
 	}
 
-	b.do("open the webhooks", chromedp.Navigate(base+"/webhooks"), chromedp.WaitVisible(chromedp.CSS("#webhooks-placeholder")))
-	mustContain(t, "the webhooks page", b.text("#webhooks-placeholder"), "Not available yet")
+	// Webhooks: the endpoint made through WebhookService is listed; no
+	// webhook has given up.
+	if _, err := hooks.CreateWebhookEndpoint(context.Background(), &mailbusv1.CreateWebhookEndpointRequest{Endpoint: &mailbusv1.WebhookEndpoint{
+		TenantId: "acme", Url: "http://127.0.0.1:9/crm-hook", Description: "the CRM", FinalOnly: true, Active: true,
+	}}); err != nil {
+		t.Fatalf("create a webhook endpoint: %v", err)
+	}
+	b.do("open the webhooks", chromedp.Navigate(base+"/webhooks"), chromedp.WaitVisible(chromedp.CSS("#webhook-endpoints")))
+	mustContain(t, "the webhooks page", b.text("#webhook-endpoints"), "http://127.0.0.1:9/crm-hook", "the CRM", "final states only")
+	mustContain(t, "the dead letters", b.text("#webhook-dead-letters"), "No dead letters")
 	b.shot("14-webhooks")
 }

@@ -383,7 +383,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	// The console calls the one gRPC server as whoever signed in to it,
 	// as it calls the three services in production.
 	con, closeCon, err := console.NewApplication(ctx, console.Config{Addr: orDefault(o.ConsoleAddr, "127.0.0.1:0")},
-		console.Endpoints{Config: s.GRPCAddr, Messages: s.GRPCAddr, Suppressions: s.GRPCAddr}, in)
+		console.Endpoints{Config: s.GRPCAddr, Messages: s.GRPCAddr, Suppressions: s.GRPCAddr, Webhooks: s.GRPCAddr}, in)
 	if err != nil {
 		return nil, err
 	}

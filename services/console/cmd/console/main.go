@@ -7,6 +7,7 @@
 //	MAILBUS_CONFIG_ADDR           ConfigService (default 127.0.0.1:7070)
 //	MAILBUS_TRACKER_ADDR          MessageService (default 127.0.0.1:7071)
 //	MAILBUS_SUPPRESSION_ADDR      SuppressionService (default 127.0.0.1:7072)
+//	MAILBUS_WEBHOOK_ADDR          WebhookService (default 127.0.0.1:7073; "off": no webhooks page)
 //	MAILBUS_CONFIG_TLS            "true" to reach the services over TLS
 //	MAILBUS_CONSOLE_SESSION_KEY   32 bytes, hex or base64 shared by replicas;
 //	                              empty makes one at start (sign-ins end on restart)
@@ -41,7 +42,11 @@ func run(ctx context.Context, env *svcenv.Env) error {
 		Config:       svcenv.Get("MAILBUS_CONFIG_ADDR", "127.0.0.1:7070"),
 		Messages:     svcenv.Get("MAILBUS_TRACKER_ADDR", "127.0.0.1:7071"),
 		Suppressions: svcenv.Get("MAILBUS_SUPPRESSION_ADDR", "127.0.0.1:7072"),
+		Webhooks:     svcenv.Get("MAILBUS_WEBHOOK_ADDR", "127.0.0.1:7073"),
 		TLS:          os.Getenv("MAILBUS_CONFIG_TLS") == "true",
+	}
+	if ep.Webhooks == "off" {
+		ep.Webhooks = ""
 	}
 	svc, cleanup, err := console.NewApplication(ctx, cfg, ep, infra.Infra{Log: env.Log, Metrics: env.Metrics})
 	if err != nil {
