@@ -1,8 +1,8 @@
 package console
 
 import (
-	"fmt"
 	"encoding/csv"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
