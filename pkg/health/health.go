@@ -24,6 +24,7 @@ package health
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -43,6 +44,9 @@ type Health struct {
 	prefix string
 	log    *slog.Logger
 	now    func() time.Time
+
+	mu     sync.Mutex
+	pauses map[string]pauseState // by Destination.Key; see pauseCacheTTL
 }
 
 // Options tune New; zero fields take the defaults.
@@ -70,7 +74,8 @@ func New(rdb redis.UniversalClient, lim *limits.Limits, o Options) *Health {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Health{rdb: rdb, lim: lim, rate: redis_rate.NewLimiter(rdb), prefix: o.KeyPrefix, log: o.Log, now: o.Now}
+	return &Health{rdb: rdb, lim: lim, rate: redis_rate.NewLimiter(rdb), prefix: o.KeyPrefix, log: o.Log, now: o.Now,
+		pauses: map[string]pauseState{}}
 }
 
 // RelayFailed counts a failed send through a tenant's relay (it refused

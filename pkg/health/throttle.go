@@ -68,17 +68,14 @@ const maxRampDoublings = 20
 // decides (the sender goes on at the configured limit: a pause is a
 // courtesy to the receiver, not a promise to a tenant).
 func (h *Health) State(ctx context.Context, dest Destination, max int) (State, error) {
-	vals, err := h.rdb.HMGet(ctx, h.throttleKey(dest), "until", "reply").Result()
+	p, err := h.pause(ctx, dest)
 	if err != nil {
-		return State{Conns: max}, fmt.Errorf("read the throttling state of %s: %w", dest.Name, err)
+		return State{Conns: max}, err
 	}
-	s, _ := vals[0].(string)
-	ms, _ := strconv.ParseInt(s, 10, 64)
-	if ms == 0 {
+	if p.until.IsZero() {
 		return State{Conns: max}, nil
 	}
-	st := State{PausedUntil: time.UnixMilli(ms)}
-	st.Reply, _ = vals[1].(string)
+	st := State{PausedUntil: p.until, Reply: p.reply}
 	since := h.now().Sub(st.PausedUntil)
 	switch {
 	case since < 0:
@@ -118,6 +115,55 @@ redis.call('PEXPIRE', KEYS[1], p + 24 * tonumber(ARGV[4]))
 return {untilMs, 1}
 `)
 
+// pauseCacheTTL is how long a replica trusts the pause it last read for a
+// destination. Every delivery asks for its destination's state, and a
+// Redis round trip per message for a pause that lasts minutes is waste;
+// another replica's new pause reaches this one at most this late (its own
+// is seen at once, Throttled records it here too).
+const pauseCacheTTL = time.Second
+
+// pauseState is a destination's pause as stored: until (zero for none)
+// and the reply that started it.
+type pauseState struct {
+	until   time.Time
+	reply   string
+	expires time.Time // of the cache entry
+}
+
+// pause reads dest's pause, from the cache when fresh.
+func (h *Health) pause(ctx context.Context, dest Destination) (pauseState, error) {
+	now := h.now()
+	h.mu.Lock()
+	p, ok := h.pauses[dest.Key]
+	h.mu.Unlock()
+	if ok && now.Before(p.expires) {
+		return p, nil
+	}
+	vals, err := h.rdb.HMGet(ctx, h.throttleKey(dest), "until", "reply").Result()
+	if err != nil {
+		return pauseState{}, fmt.Errorf("read the throttling state of %s: %w", dest.Name, err)
+	}
+	p = pauseState{expires: now.Add(pauseCacheTTL)}
+	s, _ := vals[0].(string)
+	if ms, _ := strconv.ParseInt(s, 10, 64); ms != 0 {
+		p.until = time.UnixMilli(ms)
+		p.reply, _ = vals[1].(string)
+	}
+	h.remember(dest, p)
+	return p, nil
+}
+
+func (h *Health) remember(dest Destination, p pauseState) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.pauses) > 10000 {
+		// Destinations come and go (every MX host of direct delivery);
+		// dropping the whole cache now and then keeps it bounded.
+		clear(h.pauses)
+	}
+	h.pauses[dest.Key] = p
+}
+
 // Throttled pauses dest after it sent the throttling reply and returns
 // its state: paused until the pause's end. started is true for the one
 // call, among every replica, that started this pause.
@@ -130,6 +176,14 @@ func (h *Health) Throttled(ctx context.Context, dest Destination, reply *mail.SM
 		return State{}, false, fmt.Errorf("pause %s after its throttling reply: %w", dest.Name, err)
 	}
 	st = State{PausedUntil: time.UnixMilli(res[0]), Reply: text}
+	if res[1] == 0 {
+		// The pause another call started: read its reply afresh.
+		h.mu.Lock()
+		delete(h.pauses, dest.Key)
+		h.mu.Unlock()
+	} else {
+		h.remember(dest, pauseState{until: st.PausedUntil, reply: text, expires: h.now().Add(pauseCacheTTL)})
+	}
 	if res[1] == 1 {
 		h.log.Warn("destination throttled us: pausing it", "destination", dest.Name, "reply", text, "until", st.PausedUntil)
 	}
@@ -151,13 +205,15 @@ func ReplyText(e *mail.SMTPError) string {
 	return strings.Join(parts, " ")
 }
 
-// throttleKey is the destination's throttling state. The destination's
-// key is hashed into the hash tag because relay ids and MX names are not
-// ours to keep free of braces.
-func (h *Health) throttleKey(dest Destination) string {
+// destKey is one of the destination's keys (suffix "throttle", "rate").
+// The destination's key is hashed into the hash tag because relay ids and
+// MX names are not ours to keep free of braces.
+func (h *Health) destKey(dest Destination, suffix string) string {
 	sum := sha256.Sum256([]byte(dest.Key))
-	return h.prefix + "{dest:" + hex.EncodeToString(sum[:8]) + "}:throttle"
+	return h.prefix + "{dest:" + hex.EncodeToString(sum[:8]) + "}:" + suffix
 }
+
+func (h *Health) throttleKey(dest Destination) string { return h.destKey(dest, "throttle") }
 
 // AllowMessage counts one message against dest's messages per minute,
 // shared by every replica, and returns how long to wait when the minute's
@@ -169,8 +225,7 @@ func (h *Health) AllowMessage(ctx context.Context, dest Destination) (time.Durat
 		return 0, nil
 	}
 	lim := redisRatePerMinute(n)
-	sum := sha256.Sum256([]byte(dest.Key))
-	res, err := h.rate.Allow(ctx, h.prefix+"{dest:"+hex.EncodeToString(sum[:8])+"}:rate", lim)
+	res, err := h.rate.Allow(ctx, h.destKey(dest, "rate"), lim)
 	if err != nil {
 		return 0, fmt.Errorf("count a message against the rate of %s: %w", dest.Name, err)
 	}
