@@ -363,16 +363,24 @@ func RewriteFrom(msg []byte, newFrom Address, via string) ([]byte, Address, erro
 // HasHeader reports whether msg's header has a field called name (any
 // case). A header that does not scan has none.
 func HasHeader(msg []byte, name string) bool {
+	_, ok := HeaderValue(msg, name)
+	return ok
+}
+
+// HeaderValue returns the unfolded, trimmed value of msg's first field
+// called name (any case), and whether there is one. A header that does not
+// scan has none.
+func HeaderValue(msg []byte, name string) (string, bool) {
 	fields, err := scanFields(msg[:headerBlock(msg)])
 	if err != nil {
-		return false
+		return "", false
 	}
 	for i := range fields {
 		if strings.EqualFold(fields[i].name, name) {
-			return true
+			return strings.TrimSpace(fromFolded(fields[i].value(msg))), true
 		}
 	}
-	return false
+	return "", false
 }
 
 // PrependFields returns msg with the fields (each "Name: value", without

@@ -144,7 +144,7 @@ func (s *Service) mailtoUnsubscribe(ctx context.Context, t target, mailFrom stri
 			continue
 		}
 		messageID := ""
-		if subj := headerValue(raw, "Subject"); subj != "" {
+		if subj, _ := mail.HeaderValue(raw, "Subject"); subj != "" {
 			f := strings.Fields(subj)
 			if l, err := unsub.Parse(s.cfg.VERPKeys, f[len(f)-1]); err == nil && l.Tenant == t.tenant.GetId() && strings.EqualFold(l.Recipient, sender) {
 				messageID = l.MessageID
@@ -156,26 +156,3 @@ func (s *Service) mailtoUnsubscribe(ctx context.Context, t target, mailFrom stri
 }
 
 var errNotTheRecipient = errors.New("the unsubscribe address was not made for this sender")
-
-// headerValue is the unfolded value of msg's first field called name.
-func headerValue(msg []byte, name string) string {
-	end := len(msg)
-	if i := strings.Index(string(msg), "\r\n\r\n"); i >= 0 {
-		end = i
-	}
-	lines := strings.Split(strings.ReplaceAll(string(msg[:end]), "\r\n", "\n"), "\n")
-	for i, l := range lines {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(k), name) {
-			continue
-		}
-		for _, c := range lines[i+1:] {
-			if c == "" || (c[0] != ' ' && c[0] != '\t') {
-				break
-			}
-			v += " " + strings.TrimSpace(c)
-		}
-		return strings.TrimSpace(v)
-	}
-	return ""
-}

@@ -33,15 +33,7 @@ func TestPipeline_deliversKcatJSONSubmissionWithDKIMThatDkimpyVerifies(t *testin
 		t.Errorf("return path %q is not a VERP address on the bounce domain", got.From)
 	}
 
-	dom, err := p.cfg.GetDomain(context.Background(), &mailbusv1.GetDomainRequest{Id: "acme-example"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	records := map[string]string{}
-	for _, k := range dom.GetDomain().GetDkimKeys() {
-		records[k.GetDnsName()] = k.GetDnsTxtValue()
-	}
-	results := testkit.VerifyDKIMWithDkimpy(t, got.Data, records)
+	results := testkit.VerifyDKIMWithDkimpy(t, got.Data, p.dkimRecords(t, "acme-example"))
 	algs := map[string]bool{}
 	for _, r := range results {
 		if !r.OK {

@@ -155,6 +155,21 @@ func (p *pipeline) waitMessageWithin(t *testing.T, id string, done func(*mailbus
 	return nil
 }
 
+// dkimRecords are the DNS TXT records ConfigService says to publish for
+// the domain's DKIM keys, by record name.
+func (p *pipeline) dkimRecords(t *testing.T, domainID string) map[string]string {
+	t.Helper()
+	dom, err := p.cfg.GetDomain(context.Background(), &mailbusv1.GetDomainRequest{Id: domainID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := map[string]string{}
+	for _, k := range dom.GetDomain().GetDkimKeys() {
+		records[k.GetDnsName()] = k.GetDnsTxtValue()
+	}
+	return records
+}
+
 func hasStatus(s mailbusv1.DeliveryStatus) func(*mailbusv1.Message) bool {
 	return func(m *mailbusv1.Message) bool { return m.GetStatus() == s }
 }

@@ -60,15 +60,7 @@ func TestPipeline_oneClickUnsubscribeStopsMassMailButNotTransactional(t *testing
 	}
 
 	// Both fields are signed, and dkimpy verifies the signatures.
-	dom, err := p.cfg.GetDomain(context.Background(), &mailbusv1.GetDomainRequest{Id: "acme-example"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	records := map[string]string{}
-	for _, k := range dom.GetDomain().GetDkimKeys() {
-		records[k.GetDnsName()] = k.GetDnsTxtValue()
-	}
-	for _, r := range testkit.VerifyDKIMWithDkimpy(t, got.Data, records) {
+	for _, r := range testkit.VerifyDKIMWithDkimpy(t, got.Data, p.dkimRecords(t, "acme-example")) {
 		if !r.OK {
 			t.Errorf("dkimpy rejects the %v signature: %v", r.Algorithm, r.Error)
 		}
