@@ -246,15 +246,23 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 		return fmt.Errorf("wait for the other copy of delivery %s in flight: %w", d.GetDeliveryId(), err)
 	}
 	defer release()
-	if n, err := s.deps.Redis.Exists(ctx, key).Result(); err != nil {
-		return fmt.Errorf("check whether delivery %s was sent: %w", d.GetDeliveryId(), err)
-	} else if n > 0 {
+	// Both checks in one round trip: every delivery makes them, and the
+	// two keys share the tenant's hash tag.
+	var sent, cancelMark *redis.IntCmd
+	if _, err := s.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		sent = p.Exists(ctx, key)
+		cancelMark = p.Exists(ctx, cancelled.Key(d.GetTenantId(), d.GetMessageId()))
+		return nil
+	}); err != nil {
+		return fmt.Errorf("check whether delivery %s was sent or cancelled: %w", d.GetDeliveryId(), err)
+	}
+	if sent.Val() > 0 {
 		s.skipped.Inc()
 		s.log.Debug("delivery attempt already made, skipping redelivered record", "delivery_id", d.GetDeliveryId(), "attempt", d.GetAttempt())
 		return nil
 	}
-	if stop, err := s.stopCancelled(ctx, msg, d); stop || err != nil {
-		return err
+	if cancelMark.Val() > 0 {
+		return s.stopCancelled(msg, d)
 	}
 	out, err := s.d.Deliver(ctx, d)
 	if err != nil {
@@ -306,19 +314,15 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 	return nil
 }
 
-// stopCancelled reports whether d's message was cancelled, after
-// publishing the cancelled event instead of sending. It is the last check
-// before SMTP, and the one that deliveries released from the retry topics
-// meet (they come back through mail.signed).
-func (s *Service) stopCancelled(ctx context.Context, msg *message.Message, d *mailbusv1.Delivery) (bool, error) {
-	stop, err := cancelled.Is(ctx, s.deps.Redis, d)
-	if err != nil || !stop {
-		return false, err
-	}
+// stopCancelled publishes the cancelled event of d instead of sending it.
+// The sender's is the last check before SMTP, and the one that deliveries
+// released from the retry topics meet (they come back through
+// mail.signed).
+func (s *Service) stopCancelled(msg *message.Message, d *mailbusv1.Delivery) error {
 	e := cancelled.Event(d, events.StageSender, s.deps.Now())
 	if err := bus.Publish(s.pub, bus.TopicEvents, e, bus.MetaFrom(msg)); err != nil {
-		return true, fmt.Errorf("publish cancellation of delivery %s: %w", d.GetDeliveryId(), err)
+		return fmt.Errorf("publish cancellation of delivery %s: %w", d.GetDeliveryId(), err)
 	}
 	s.results.WithLabelValues(e.GetStatus().String()).Add(float64(max(len(e.GetRecipients()), 1)))
-	return true, nil
+	return nil
 }
