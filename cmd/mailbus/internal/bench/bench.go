@@ -62,6 +62,14 @@ type Options struct {
 	Warmup       int
 	Timeout      time.Duration
 	Log          *slog.Logger
+	// OpenLoop, when positive, adds a second phase after the burst: for
+	// this long, messages are published at a fixed rate (OpenLoopRate, or
+	// half the burst's rate) whatever the pipeline does, and latency is
+	// counted from each message's scheduled time. A burst measures
+	// capacity; its latency is the queue's. This phase measures what a
+	// password reset waits when the system is busy but not saturated.
+	OpenLoop     time.Duration
+	OpenLoopRate float64
 }
 
 // Result is what a run measured.
@@ -87,6 +95,17 @@ type Result struct {
 	// PeakRSS is the process's peak resident set (every stage, the
 	// embedded broker and the sink run in it); 0 where unknown.
 	PeakRSS int64
+	// Open is the open-loop phase's result; its Rate is zero when the
+	// phase did not run.
+	Open OpenLoopResult
+}
+
+// OpenLoopResult is what the fixed-rate phase measured.
+type OpenLoopResult struct {
+	Rate           float64 // scheduled messages per second
+	Messages       int
+	P50, P99, P999 time.Duration
+	Max            time.Duration
 }
 
 // Run runs the benchmark and prints a report to w.
@@ -223,7 +242,92 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 		_ = os.WriteFile(path, prof.Bytes(), 0o644)
 	}
 	res.Stages, res.TotalCPU, err = attribute(prof.Bytes())
-	return res, err
+	if err != nil {
+		return res, err
+	}
+	if o.OpenLoop > 0 {
+		rate := o.OpenLoopRate
+		if rate <= 0 {
+			rate = res.Rate / 2
+		}
+		fmt.Fprintf(progress, "waiting for the consumers to catch up...\n")
+		if err := waitIdle(ctx, st.Brokers, o.Timeout); err != nil {
+			return res, err
+		}
+		fmt.Fprintf(progress, "publishing at a fixed %.0f messages/s for %s (open loop)...\n", rate, o.OpenLoop)
+		res.Open, err = openLoop(ctx, pub, snk, st, rate, o.OpenLoop, body, o.Timeout)
+		if err != nil {
+			return res, fmt.Errorf("open-loop phase: %w", err)
+		}
+		res.PeakRSS = peakRSS()
+	}
+	return res, nil
+}
+
+// openLoop publishes at rate for d, each message stamped with the time it
+// was due rather than the time it went out, so that a publisher held up
+// by a slow pipeline shows up in the latency instead of hiding it (the
+// coordinated omission a closed loop suffers from). Several publishers
+// take the due messages so that one slow produce does not delay the next.
+func openLoop(ctx context.Context, pub message.Publisher, snk *sink, st *stack.Stack, rate float64, d time.Duration, body string, timeout time.Duration) (OpenLoopResult, error) {
+	n := max(int(rate*d.Seconds()), 1)
+	res := OpenLoopResult{Rate: rate, Messages: n}
+	snk.reset(n)
+	interval := time.Duration(float64(time.Second) / rate)
+	due := make(chan int64, n)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for at := range due {
+				m, err := bus.Encode(benchSubmission("open", int(at%1_000_000), at, body), nil)
+				if err == nil {
+					err = pub.Publish(bus.TopicSubmit, m)
+				}
+				if err != nil {
+					select {
+					case errc <- err:
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	for i := range n {
+		at := start.Add(time.Duration(i) * interval)
+		if wait := time.Until(at); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				close(due)
+				return res, ctx.Err()
+			}
+		}
+		due <- at.UnixNano()
+	}
+	close(due)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return res, err
+	default:
+	}
+	if err := waitSink(ctx, snk, st, timeout); err != nil {
+		return res, err
+	}
+	snk.mu.Lock()
+	lat := slices.Clone(snk.latencies)
+	snk.mu.Unlock()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
+		res.P50, res.P99, res.P999, res.Max = q(0.50), q(0.99), q(0.999), lat[len(lat)-1]
+	}
+	return res, nil
 }
 
 // Report prints a result.
@@ -251,6 +355,10 @@ func Report(w io.Writer, r Result) {
 		fmt.Fprintf(tw, "    %s\t%.0f µs\t%.0f%%\t\n", s.Stage, float64(s.CPU.Microseconds())/float64(r.Messages), 100*float64(s.CPU)/float64(r.TotalCPU))
 	}
 	_ = tw.Flush()
+	if o := r.Open; o.Rate > 0 {
+		fmt.Fprintf(w, "  open loop at a fixed %.0f messages/s (%d messages), latency publish → SMTP accepted: p50 %s  p99 %s  p999 %s  max %s\n",
+			o.Rate, o.Messages, ms(o.P50), ms(o.P99), ms(o.P999), ms(o.Max))
+	}
 	fmt.Fprintf(w, "%.0f messages/s\n", r.Rate)
 }
 
@@ -271,16 +379,7 @@ func publish(pub message.Publisher, n int, tag, body string) error {
 				hi := min(lo+batch, n)
 				msgs := make([]*message.Message, 0, hi-lo)
 				for i := lo; i < hi; i++ {
-					sub := &mailbusv1.Submission{
-						IdempotencyId: fmt.Sprintf("%s-%d-%d", tag, time.Now().UnixNano(), i), TenantId: "bench",
-						Kind:    mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
-						From:    &mailbusv1.Address{Name: "Bench", Email: "bench@bench.example"},
-						To:      []*mailbusv1.Address{{Email: "rcpt" + strconv.Itoa(i) + "@sink.example"}},
-						Subject: "bench " + strconv.Itoa(i), TextBody: body,
-						Headers:    []*mailbusv1.Header{{Name: "X-Bench-Published", Value: strconv.FormatInt(time.Now().UnixNano(), 10)}},
-						SubmitTime: timestamppb.Now(),
-					}
-					m, err := bus.Encode(sub, nil)
+					m, err := bus.Encode(benchSubmission(tag, i, time.Now().UnixNano(), body), nil)
 					if err != nil {
 						errc <- err
 						return
@@ -297,6 +396,28 @@ func publish(pub message.Publisher, n int, tag, body string) error {
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// benchSubmission is the i-th transactional message of a phase, stamped
+// with the time (Unix nanoseconds) its latency counts from.
+func benchSubmission(tag string, i int, published int64, body string) *mailbusv1.Submission {
+	return &mailbusv1.Submission{
+		IdempotencyId: fmt.Sprintf("%s-%d-%d", tag, time.Now().UnixNano(), i), TenantId: "bench",
+		Kind:    mailbusv1.EmailKind_EMAIL_KIND_TRANSACTIONAL,
+		From:    &mailbusv1.Address{Name: "Bench", Email: "bench@bench.example"},
+		To:      []*mailbusv1.Address{{Email: "rcpt" + strconv.Itoa(i) + "@sink.example"}},
+		Subject: "bench " + strconv.Itoa(i), TextBody: body,
+		Headers:    []*mailbusv1.Header{{Name: "X-Bench-Published", Value: strconv.FormatInt(published, 10)}},
+		SubmitTime: timestamppb.New(time.Unix(0, published)),
+	}
+}
+
+// ms rounds a latency for the report: to 0.1 ms below 10 ms.
+func ms(d time.Duration) time.Duration {
+	if d < 10*time.Millisecond {
+		return d.Round(100 * time.Microsecond)
+	}
+	return d.Round(time.Millisecond)
 }
 
 func waitSink(ctx context.Context, s *sink, st *stack.Stack, timeout time.Duration) error {
@@ -449,3 +570,67 @@ default_server:
     port: 1
     security: none
 `
+
+// waitIdle waits until every consumer group has committed every record of
+// every topic it reads, so that a phase starts on an idle pipeline: the
+// tracker and the webhook stage still work through a burst's events after
+// its last message reached the sink, and their CPU would otherwise be
+// charged to the next phase's latency.
+func waitIdle(ctx context.Context, brokers []string, timeout time.Duration) error {
+	sc := sarama.NewConfig()
+	v, err := sarama.ParseKafkaVersion(bus.DefaultKafkaVersion)
+	if err != nil {
+		return err
+	}
+	sc.Version = v
+	client, err := sarama.NewClient(brokers, sc)
+	if err != nil {
+		return fmt.Errorf("connect to kafka: %w", err)
+	}
+	defer client.Close()
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		return fmt.Errorf("kafka admin: %w", err)
+	}
+	lag := func() (int64, error) {
+		groups, err := admin.ListConsumerGroups()
+		if err != nil {
+			return 0, err
+		}
+		var total int64
+		for g := range groups {
+			offs, err := admin.ListConsumerGroupOffsets(g, nil)
+			if err != nil {
+				return 0, err
+			}
+			for topic, parts := range offs.Blocks {
+				for p, b := range parts {
+					if b.Offset < 0 {
+						continue
+					}
+					end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+					if err != nil {
+						return 0, err
+					}
+					total += max(end-b.Offset, 0)
+				}
+			}
+		}
+		return total, nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := lag()
+		if err == nil && n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("consumers still %d records behind after %s (%v)", n, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

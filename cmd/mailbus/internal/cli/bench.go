@@ -27,6 +27,8 @@ to SMTP acceptance, CPU per message per stage, and the RSA-2048 ceiling.`,
 	f.DurationVar(&o.SinkDataDelay, "sink-data-delay", 0, "how long the SMTP sink waits before its reply to the message (after the final dot), like a relay that scans mail; other commands are answered at once")
 	f.IntVar(&o.MaxConnections, "max-connections", 0, "the sink relay's max_connections (default: the sender's default)")
 	f.StringVar(&o.RedisAddr, "redis", "", "Redis address (default: start a redis-server, else in-process)")
+	f.DurationVar(&o.OpenLoop, "open-loop", 0, "after the burst, publish at a fixed rate for this long and print latency percentiles from each message's scheduled time (0: no such phase)")
+	f.Float64Var(&o.OpenLoopRate, "open-loop-rate", 0, "the open-loop phase's rate in messages/s (default: half the burst's measured rate)")
 	f.StringSliceVar(&o.KafkaBrokers, "kafka", nil, "Kafka bootstrap brokers, host:port[,...] (default: the embedded broker)")
 	return cmd
 }
