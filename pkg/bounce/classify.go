@@ -247,6 +247,12 @@ func probeRejected(fx *facts, sn string) bool {
 	if sn == "rejected" {
 		return true
 	}
+	if strings.Contains(fx.text, "sender address rejected") {
+		// Postfix's reject_unlisted_sender says "Sender address
+		// rejected: User unknown in ... table" with 5.1.0 or 5.1.1: the
+		// unknown user is our sender, and the recipient is fine.
+		return true
+	}
 	switch {
 	case fx.command == "MAIL":
 		return pRejected.match(fx.text)

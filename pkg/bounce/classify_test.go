@@ -41,6 +41,7 @@ func TestClassify_readsSMTPReplies(t *testing.T) {
 		{"content error from 5.6.x", 554, "5.6.0", "Message contains invalid header", "contenterror", false},
 		{"no such user at RCPT is a bad address", 550, "", "rcpt: 550 No such user here", "userunknown", true},
 		{"no such user after DATA is a filter", 550, "", "data: 550 No such user here", "filtered", false},
+		{"an unknown sender is not an unknown recipient", 550, "5.1.0", "rcpt: <sender@example.org>: Sender address rejected: User unknown in virtual mailbox table", "rejected", false},
 		{"rejected at the greeting is blocked", 554, "", "greeting: 554 mx.example.jp ESMTP not accepting messages", "blocked", false},
 	}
 	for _, tt := range tests {
