@@ -225,6 +225,13 @@ func probeUserUnknown(fx *facts, sn string) bool {
 		}
 		return true
 	}
+	if strings.HasPrefix(fx.status, "5.7.") && strings.Contains(fx.text, "recipient address rejected: access denied") {
+		// Postfix's check_recipient_access REJECT: a local policy
+		// about this recipient, not proof that it does not exist
+		// (Exchange Online's unknown recipient says the same words
+		// with 5.4.1, and stays an unknown user).
+		return false
+	}
 	return fx.command == "RCPT" && pUserUnknown.match(fx.text)
 }
 
@@ -268,7 +275,9 @@ func probeHostUnknown(fx *facts, sn string) bool {
 	if sn == "hostunknown" {
 		return !pNetworkError.match(fx.text)
 	}
-	return pHostUnknown.match(fx.text)
+	// "Host not found, try again" is a DNS server failure, not a
+	// domain that does not exist.
+	return pHostUnknown.match(fx.text) && !pNetworkError.match(fx.text)
 }
 
 func probeSpam(fx *facts, sn string) bool {
@@ -406,7 +415,11 @@ var pseudoReasons = map[string]string{
 func isHard(reason string, fx facts, soft bool) bool {
 	switch reason {
 	case "userunknown", "hostunknown", "hasmoved":
-		return true
+		// A temporary failure that says so ("greylisted", "try again
+		// later", Postfix's "address verification in progress") has not
+		// judged the address yet. A bare 450 "user unknown" stays hard:
+		// some servers give every refusal a 4xx code.
+		return !(temporary(fx) && pTemporary.match(fx.text))
 	case "notaccept":
 		if soft {
 			return false
@@ -420,6 +433,23 @@ func isHard(reason string, fx facts, soft bool) bool {
 		return !strings.Contains(fx.text, " temporar") && !strings.Contains(fx.text, " persistent")
 	}
 	return false
+}
+
+// temporary reports whether the failure carries a 4xx code: the status
+// when there is one, else the reply.
+func temporary(fx facts) bool {
+	if fx.status != "" {
+		return strings.HasPrefix(fx.status, "4")
+	}
+	return fx.reply >= 400 && fx.reply < 500
+}
+
+// pTemporary are words by which a server says it has not decided yet.
+var pTemporary = phrases{
+	any: []string{
+		"greylist", "graylist", "try again later", "please try later", "try later", "come back later",
+		"verification in progress", "temporarily unable to verify", "temporary lookup failure",
+	},
 }
 
 // replyString renders a reply code; "" for 0.

@@ -42,6 +42,18 @@ func TestClassify_readsSMTPReplies(t *testing.T) {
 		{"no such user at RCPT is a bad address", 550, "", "rcpt: 550 No such user here", "userunknown", true},
 		{"no such user after DATA is a filter", 550, "", "data: 550 No such user here", "filtered", false},
 		{"an unknown sender is not an unknown recipient", 550, "5.1.0", "rcpt: <sender@example.org>: Sender address rejected: User unknown in virtual mailbox table", "rejected", false},
+		{"Postfix access map REJECT is a policy, not an unknown user", 554, "5.7.1", "rcpt: <kijitora@example.jp>: Recipient address rejected: Access denied", "securityerror", false},
+		{"Exchange Online's unknown recipient keeps its words", 550, "5.4.1", "rcpt: Recipient address rejected: Access denied. AS(201806281)", "userunknown", true},
+		{"a DNS server failure is not an unknown host", 550, "", "Host or domain name not found. Name service error for name=example.jp type=MX: Host not found, try again", "networkerror", false},
+		{"an unknown host is still one", 550, "", "Host or domain name not found. Name service error for name=example.jp type=MX: Host not found", "hostunknown", true},
+		{"greylisting words make a temporary unknown user soft", 450, "4.2.0", "rcpt: <kijitora@example.jp>: Recipient address rejected: User unknown; greylisted, try again later", "userunknown", false},
+		{"a bare 450 unknown user stays hard", 450, "4.1.1", "rcpt: <kijitora@example.jp>: Recipient address rejected: User unknown in local recipient table", "userunknown", true},
+		{"a disabled mailbox under 5.1.1 is suspended", 550, "5.1.1", "rcpt: <kijitora@example.jp>: Recipient address rejected: mailbox is disabled", "suspend", false},
+		{"an inactive user under 5.1.1 is suspended", 550, "5.1.1", "rcpt: User inactive", "suspend", false},
+		{"exceeded their quota under 5.1.1 is a full mailbox", 550, "5.1.1", "rcpt: <kijitora@example.jp>: user has exceeded their quota", "mailboxfull", false},
+		{"a full mailbox in German", 550, "", "rcpt: Postfach voll", "mailboxfull", false},
+		{"a full mailbox in French", 552, "", "rcpt: Boite aux lettres pleine", "mailboxfull", false},
+		{"refusing mail from us is not a null MX", 550, "5.7.1", "rcpt: Recipient address rejected: user does not accept mail from this sender", "securityerror", false},
 		{"rejected at the greeting is blocked", 554, "", "greeting: 554 mx.example.jp ESMTP not accepting messages", "blocked", false},
 	}
 	for _, tt := range tests {
