@@ -54,6 +54,9 @@ func TestClassify_readsSMTPReplies(t *testing.T) {
 		{"a full mailbox in German", 550, "", "rcpt: Postfach voll", "mailboxfull", false},
 		{"a full mailbox in French", 552, "", "rcpt: Boite aux lettres pleine", "mailboxfull", false},
 		{"refusing mail from us is not a null MX", 550, "5.7.1", "rcpt: Recipient address rejected: user does not accept mail from this sender", "securityerror", false},
+		{"Domino's permanent-error wrapper is not a null MX", 0, "", "Error transferring to mx.example.jp; SMTP Protocol Returned a Permanent Error 550 5.7.1 Unable to relay", "securityerror", false},
+		{"the reply inside Domino's wrapper decides", 0, "", "Error transferring to mx.example.jp; SMTP Protocol Returned a Permanent Error 550 5.1.1 Unknown Recipient", "userunknown", true},
+		{"mail receiving disabled is one mailbox switched off", 550, "", "Mail receiving disabled", "suspend", false},
 		{"rejected at the greeting is blocked", 554, "", "greeting: 554 mx.example.jp ESMTP not accepting messages", "blocked", false},
 	}
 	for _, tt := range tests {

@@ -102,7 +102,7 @@ var (
 			// The account exists but is switched off: it may come back,
 			// so these are not an unknown user even under a 5.1.1.
 			"mailbox is disabled", "mailbox inactive", "user inactive", "inactive user", "account inactive",
-			"account deactivated", "has been deactivated", "account locked",
+			"account deactivated", "has been deactivated", "account locked", "mail receiving disabled",
 			"mailaddress is administrativ", "account is inactive", "mailbox is inactive", "user account is unavailable",
 		},
 	}
@@ -435,11 +435,16 @@ var (
 	}
 	pNotAccept = phrases{
 		// "does not accept mail from <sender>" refuses us, not mail.
+		// Two of sisimai's phrases are left out: "SMTP Protocol Returned
+		// a Permanent Error" is how Lotus Domino wraps any remote 5xx
+		// (relay denied, spam, unknown user: the reply that follows
+		// decides), and "mail receiving disabled" is one mailbox switched
+		// off (pSuspend), not a domain that takes no mail.
 		not: []string{"does not accept mail from", "doesn't accept mail from"},
 		any: []string{
 			"does not accept mail (nullmx)", "host/domain does not accept mail", "host does not accept mail",
-			"mail receiving disabled", "name server: .: host not found", "no mx record found for domain=",
-			"no route for current request", "smtp protocol returned a permanent error", "null mx",
+			"name server: .: host not found", "no mx record found for domain=",
+			"no route for current request", "null mx",
 			"does not accept mail", "doesn't receive email",
 		},
 	}
