@@ -87,6 +87,7 @@ type facts struct {
 	reply    int
 	status   string
 	text     string // lower-cased diagnostic plus context
+	diag     string // lower-cased diagnostic alone
 	hasDiag  bool   // the finding has a diagnostic of its own
 	command  string
 	action   string
@@ -102,6 +103,7 @@ func decide(f *finding) (string, bool) {
 		reply:    f.reply,
 		status:   f.status,
 		text:     strings.ToLower(strings.TrimSpace(f.diag + " " + f.ctx)),
+		diag:     strings.ToLower(f.diag),
 		hasDiag:  strings.TrimSpace(f.diag) != "",
 		command:  f.command,
 		action:   f.action,
@@ -139,6 +141,40 @@ func classify(fx *facts, tentative string) string {
 	if r := remoteHost(fx); explicit(r) {
 		return r
 	}
+	r := generic(fx, tentative)
+	if r == "userunknown" {
+		if p := contradicted(fx.diag); p != "" {
+			return p
+		}
+	}
+	return r
+}
+
+// contradicted returns the soft reason a diagnostic also gives when it
+// reads as an unknown user but speaks of spam, a block list or a policy
+// ("Invalid recipient, blocked by policy", "mailbox unavailable, your IP
+// is listed in RBL"): the server refused us, and whether the mailbox
+// exists is not what it said. "" when the words agree.
+func contradicted(diag string) string {
+	switch {
+	case pContraBlock.match(diag):
+		return "blocked"
+	case pContraSpam.match(diag):
+		return "spamdetected"
+	case pContraPolicy.match(diag):
+		return "policyviolation"
+	}
+	return ""
+}
+
+var (
+	pContraSpam   = phrases{any: []string{"spam"}}
+	pContraBlock  = phrases{any: []string{"blocked using", "blacklist", "blocklist", " rbl", "dnsbl", "spamhaus", "your ip"}}
+	pContraPolicy = phrases{any: []string{"policy", "not permitted to send"}}
+)
+
+// generic is classify without the local-agent and provider readers.
+func generic(fx *facts, tentative string) string {
 	r := ""
 	if fx.diagType == "SMTP" || fx.diagType == "" {
 		r = firstPass(fx, tentative)

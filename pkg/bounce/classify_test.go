@@ -57,6 +57,10 @@ func TestClassify_readsSMTPReplies(t *testing.T) {
 		{"Domino's permanent-error wrapper is not a null MX", 0, "", "Error transferring to mx.example.jp; SMTP Protocol Returned a Permanent Error 550 5.7.1 Unable to relay", "securityerror", false},
 		{"the reply inside Domino's wrapper decides", 0, "", "Error transferring to mx.example.jp; SMTP Protocol Returned a Permanent Error 550 5.1.1 Unknown Recipient", "userunknown", true},
 		{"mail receiving disabled is one mailbox switched off", 550, "", "Mail receiving disabled", "suspend", false},
+		{"an unknown user that speaks of spam is a spam refusal", 550, "", "rcpt: Invalid mailbox: spam detected", "spamdetected", false},
+		{"an unknown user that names a block list is a block", 550, "5.7.1", "rcpt: <kijitora@example.jp>: Recipient address rejected: User unknown; blocked using zen.spamhaus.org", "blocked", false},
+		{"an unknown user refused by policy is a policy", 550, "5.1.1", "rcpt: <kijitora@example.jp>: Recipient address rejected: Invalid recipient, blocked by policy", "policyviolation", false},
+		{"mailbox unavailable because of our IP is a block", 550, "", "rcpt: Requested action not taken: mailbox unavailable, your IP is listed in RBL", "blocked", false},
 		{"rejected at the greeting is blocked", 554, "", "greeting: 554 mx.example.jp ESMTP not accepting messages", "blocked", false},
 	}
 	for _, tt := range tests {
