@@ -87,6 +87,7 @@ type facts struct {
 	reply    int
 	status   string
 	text     string // lower-cased diagnostic plus context
+	diag     string // lower-cased diagnostic alone
 	hasDiag  bool   // the finding has a diagnostic of its own
 	command  string
 	action   string
@@ -102,6 +103,7 @@ func decide(f *finding) (string, bool) {
 		reply:    f.reply,
 		status:   f.status,
 		text:     strings.ToLower(strings.TrimSpace(f.diag + " " + f.ctx)),
+		diag:     strings.ToLower(f.diag),
 		hasDiag:  strings.TrimSpace(f.diag) != "",
 		command:  f.command,
 		action:   f.action,
@@ -139,6 +141,40 @@ func classify(fx *facts, tentative string) string {
 	if r := remoteHost(fx); explicit(r) {
 		return r
 	}
+	r := generic(fx, tentative)
+	if r == "userunknown" {
+		if p := contradicted(fx.diag); p != "" {
+			return p
+		}
+	}
+	return r
+}
+
+// contradicted returns the soft reason a diagnostic also gives when it
+// reads as an unknown user but speaks of spam, a block list or a policy
+// ("Invalid recipient, blocked by policy", "mailbox unavailable, your IP
+// is listed in RBL"): the server refused us, and whether the mailbox
+// exists is not what it said. "" when the words agree.
+func contradicted(diag string) string {
+	switch {
+	case pContraBlock.match(diag):
+		return "blocked"
+	case pContraSpam.match(diag):
+		return "spamdetected"
+	case pContraPolicy.match(diag):
+		return "policyviolation"
+	}
+	return ""
+}
+
+var (
+	pContraSpam   = phrases{any: []string{"spam"}}
+	pContraBlock  = phrases{any: []string{"blocked using", "blacklist", "blocklist", " rbl", "dnsbl", "spamhaus", "your ip"}}
+	pContraPolicy = phrases{any: []string{"policy", "not permitted to send"}}
+)
+
+// generic is classify without the local-agent and provider readers.
+func generic(fx *facts, tentative string) string {
 	r := ""
 	if fx.diagType == "SMTP" || fx.diagType == "" {
 		r = firstPass(fx, tentative)
@@ -225,6 +261,13 @@ func probeUserUnknown(fx *facts, sn string) bool {
 		}
 		return true
 	}
+	if strings.HasPrefix(fx.status, "5.7.") && strings.Contains(fx.text, "recipient address rejected: access denied") {
+		// Postfix's check_recipient_access REJECT: a local policy
+		// about this recipient, not proof that it does not exist
+		// (Exchange Online's unknown recipient says the same words
+		// with 5.4.1, and stays an unknown user).
+		return false
+	}
 	return fx.command == "RCPT" && pUserUnknown.match(fx.text)
 }
 
@@ -247,6 +290,12 @@ func probeRejected(fx *facts, sn string) bool {
 	if sn == "rejected" {
 		return true
 	}
+	if strings.Contains(fx.text, "sender address rejected") {
+		// Postfix's reject_unlisted_sender says "Sender address
+		// rejected: User unknown in ... table" with 5.1.0 or 5.1.1: the
+		// unknown user is our sender, and the recipient is fine.
+		return true
+	}
 	switch {
 	case fx.command == "MAIL":
 		return pRejected.match(fx.text)
@@ -262,7 +311,9 @@ func probeHostUnknown(fx *facts, sn string) bool {
 	if sn == "hostunknown" {
 		return !pNetworkError.match(fx.text)
 	}
-	return pHostUnknown.match(fx.text)
+	// "Host not found, try again" is a DNS server failure, not a
+	// domain that does not exist.
+	return pHostUnknown.match(fx.text) && !pNetworkError.match(fx.text)
 }
 
 func probeSpam(fx *facts, sn string) bool {
@@ -400,7 +451,11 @@ var pseudoReasons = map[string]string{
 func isHard(reason string, fx facts, soft bool) bool {
 	switch reason {
 	case "userunknown", "hostunknown", "hasmoved":
-		return true
+		// A temporary failure that says so ("greylisted", "try again
+		// later", Postfix's "address verification in progress") has not
+		// judged the address yet. A bare 450 "user unknown" stays hard:
+		// some servers give every refusal a 4xx code.
+		return !(temporary(fx) && pTemporary.match(fx.text))
 	case "notaccept":
 		if soft {
 			return false
@@ -414,6 +469,23 @@ func isHard(reason string, fx facts, soft bool) bool {
 		return !strings.Contains(fx.text, " temporar") && !strings.Contains(fx.text, " persistent")
 	}
 	return false
+}
+
+// temporary reports whether the failure carries a 4xx code: the status
+// when there is one, else the reply.
+func temporary(fx facts) bool {
+	if fx.status != "" {
+		return strings.HasPrefix(fx.status, "4")
+	}
+	return fx.reply >= 400 && fx.reply < 500
+}
+
+// pTemporary are words by which a server says it has not decided yet.
+var pTemporary = phrases{
+	any: []string{
+		"greylist", "graylist", "try again later", "please try later", "try later", "come back later",
+		"verification in progress", "temporarily unable to verify", "temporary lookup failure",
+	},
 }
 
 // replyString renders a reply code; "" for 0.

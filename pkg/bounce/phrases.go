@@ -64,10 +64,16 @@ var (
 			"inbox is out of storage space", "is over quota", "mailbox has exceeded", "mailbox is over",
 			"storage quota", "quota full", "user is over quota", "maildir over quota", "the user's mailbox is full",
 			"mailbox has reached its size limit", "out of storage",
+			// Other languages, as German, French, Spanish, Italian and
+			// Portuguese servers word it when they say it in their own.
+			"postfach voll", "postfach ist voll", "postfach des empfaengers ist voll", "boite aux lettres pleine",
+			"boîte aux lettres pleine", "quota dépassé", "quota depasse", "buzón lleno", "buzon lleno",
+			"casella piena", "casella di posta piena", "caixa postal cheia", "caixa de correio cheia",
 		},
 		seq: [][]string{
 			{"account is ", " quota"}, {"disk", "quota"}, {"enough ", " space"}, {"mailbox ", "exceeded", " limit"},
 			{"mailbox ", "full"}, {"mailbox ", "quota"}, {"maildir ", "quota"}, {"over ", "quota"}, {"quota ", "exceeded"},
+			{"exceeded ", " quota"}, {"speicherplatz", "berschritten"},
 		},
 	}
 	pEmailTooLarge = phrases{
@@ -93,6 +99,10 @@ var (
 			"this account has been temporarily suspended", "this address no longer accepts mail", "this mailbox is disabled",
 			"user or domain is disabled", "user suspended", "vdelivermail: account is locked email bounced",
 			"account is locked", "account has been disabled", "account is disabled", "account disabled",
+			// The account exists but is switched off: it may come back,
+			// so these are not an unknown user even under a 5.1.1.
+			"mailbox is disabled", "mailbox inactive", "user inactive", "inactive user", "account inactive",
+			"account deactivated", "has been deactivated", "account locked", "mail receiving disabled",
 			"mailaddress is administrativ", "account is inactive", "mailbox is inactive", "user account is unavailable",
 		},
 	}
@@ -424,10 +434,17 @@ var (
 		any: []string{"mail system full", "requested mail action aborted: exceeded storage allocation"},
 	}
 	pNotAccept = phrases{
+		// "does not accept mail from <sender>" refuses us, not mail.
+		// Two of sisimai's phrases are left out: "SMTP Protocol Returned
+		// a Permanent Error" is how Lotus Domino wraps any remote 5xx
+		// (relay denied, spam, unknown user: the reply that follows
+		// decides), and "mail receiving disabled" is one mailbox switched
+		// off (pSuspend), not a domain that takes no mail.
+		not: []string{"does not accept mail from", "doesn't accept mail from"},
 		any: []string{
 			"does not accept mail (nullmx)", "host/domain does not accept mail", "host does not accept mail",
-			"mail receiving disabled", "name server: .: host not found", "no mx record found for domain=",
-			"no route for current request", "smtp protocol returned a permanent error", "null mx",
+			"name server: .: host not found", "no mx record found for domain=",
+			"no route for current request", "null mx",
 			"does not accept mail", "doesn't receive email",
 		},
 	}

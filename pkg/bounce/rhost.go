@@ -758,6 +758,16 @@ func readMimecast(fx *facts) string {
 }
 
 func readDocomo(fx *facts) string {
+	// The status decides first, as in sisimai's Rhost::NTTDOCOMO: the
+	// text includes the session transcript, and after a refused RCPT it
+	// goes on with ">>> DATA <<< 503 Bad sequence of commands", which
+	// says nothing about the recipient.
+	switch fx.status {
+	case "5.1.1", "5.0.911":
+		return "userunknown"
+	case "5.2.0":
+		return "filtered"
+	}
 	if r := firstRule(fx.text, []rule{
 		{"mailboxfull", "552 too much mail data"},
 		{"syntaxerror", "503 bad sequence of commands"},
@@ -766,12 +776,7 @@ func readDocomo(fx *facts) string {
 	}); r != "" {
 		return r
 	}
-	switch fx.status {
-	case "5.1.1", "5.0.911":
-		return "userunknown"
-	case "5.2.0":
-		return "filtered"
-	case "5.0.0":
+	if fx.status == "5.0.0" {
 		// Without a telling status, the SMTP command does: docomo
 		// rejects unknown users at RCPT, and refuses by its filter
 		// after DATA.
