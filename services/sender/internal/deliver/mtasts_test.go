@@ -2,6 +2,7 @@ package deliver
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,6 +54,8 @@ type policyHost struct {
 	mu     sync.Mutex
 	body   string
 	status int
+	// answer, when set, answers instead.
+	answer http.HandlerFunc
 	hits   atomic.Int32
 	srv    *httptest.Server
 }
@@ -70,8 +73,12 @@ func (p *policyHost) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.mu.Lock()
-	status, body := p.status, p.body
+	status, body, answer := p.status, p.body, p.answer
 	p.mu.Unlock()
+	if answer != nil {
+		answer(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body))
@@ -214,19 +221,28 @@ func (e *stsEnv) send() *mailbusv1.DeliveryEvent {
 
 func (e *stsEnv) failures(mode, kind string) float64 {
 	e.t.Helper()
+	return e.counter("mailbus_sender_mta_sts_failures_total", "mode", mode, "kind", kind)
+}
+
+// counter is the value of the named counter with the label values given as
+// name, value pairs.
+func (e *stsEnv) counter(name string, labels ...string) float64 {
+	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "mailbus_sender_mta_sts_failures_total" {
+		if mf.GetName() != name {
 			continue
 		}
 	metrics:
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "mode" && l.GetValue() != mode || l.GetName() == "kind" && l.GetValue() != kind {
-					continue metrics
+				for i := 0; i+1 < len(labels); i += 2 {
+					if l.GetName() == labels[i] && l.GetValue() != labels[i+1] {
+						continue metrics
+					}
 				}
 			}
 			return m.GetCounter().GetValue()
@@ -253,6 +269,9 @@ func TestMTASTS_enforceDeliversToAListedMXOverVerifiedTLS(t *testing.T) {
 	e.policy.serve(http.StatusOK, "version: STSv1\r\nmode: enforce\r\nmx: *.example.com\r\nmax_age: 86400\r\n")
 
 	wantStatus(t, e.send(), mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT)
+	if n := e.counter("mailbus_sender_mta_sts_policy_fetches_total", "result", "ok"); n != 1 {
+		t.Errorf("%v policy fetches counted, want 1", n)
+	}
 	got := e.smtp.WaitMessages(t, 1)[0]
 	if !got.TLS || got.TLSServerName != "mx.example.com" {
 		t.Errorf("message came with TLS %v for %q, want TLS for mx.example.com", got.TLS, got.TLSServerName)
@@ -447,4 +466,43 @@ func TestMTASTS_withoutAPolicyDeliversAsBefore(t *testing.T) {
 	if n := e.policy.hits.Load(); n != 0 {
 		t.Errorf("policy host asked %d times without a record, want never", n)
 	}
+}
+
+func TestMTASTS_aPolicyServedWronglyIsNoPolicy(t *testing.T) {
+	for name, answer := range map[string]http.HandlerFunc{
+		"redirect": func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/policy.txt", http.StatusFound)
+		},
+		"HTML": func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			_, _ = w.Write([]byte(enforceExample))
+		},
+		"larger than 64 KB": func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write([]byte(enforceExample + strings.Repeat("# padding\n", 7000)))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := startSTS(t, nil)
+			e.records("mx.evil.test", "1")
+			e.policy.answer = answer
+			wantStatus(t, e.send(), mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT)
+			if n := e.policy.hits.Load(); n != 1 {
+				t.Errorf("policy host asked %d times, want once", n)
+			}
+			if n := e.counter("mailbus_sender_mta_sts_policy_fetches_total", "result", "error"); n != 1 {
+				t.Errorf("%v failed fetches counted, want 1", n)
+			}
+		})
+	}
+	t.Run("certificate from another CA", func(t *testing.T) {
+		e := startSTS(t, nil)
+		e.records("mx.evil.test", "1")
+		e.policy.serve(http.StatusOK, enforceExample)
+		e.policy.srv.TLS.Certificates = []tls.Certificate{testkit.NewCert(t, "mta-sts.example.com").Certificate}
+		wantStatus(t, e.send(), mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT)
+		if n := e.counter("mailbus_sender_mta_sts_policy_fetches_total", "result", "error"); n != 1 || e.policy.hits.Load() != 0 {
+			t.Errorf("%v failed fetches counted, %d answered; want the fetch refused at the handshake", n, e.policy.hits.Load())
+		}
+	})
 }

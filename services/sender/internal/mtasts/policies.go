@@ -142,34 +142,41 @@ func (p *Policies) Lookup(ctx context.Context, domain string) *Policy {
 		id, err = recordID(txts)
 	}
 	if err != nil {
-		p.opts.Log.Warn("MTA-STS record unreadable; using the cached policy if any", "domain", domain, "err", err)
+		p.opts.Log.Warn("MTA-STS record unreadable; using the kept policy if any", "domain", domain, "err", err)
+		return p.cached(ctx, domain, "", true)
 	}
 	if id == "" {
-		return p.cached(ctx, domain, "")
+		// Most domains publish no policy: only a policy this replica saw
+		// applies then, without a Redis round trip per delivery.
+		return p.cached(ctx, domain, "", false)
 	}
-	if pol := p.cached(ctx, domain, id); pol != nil {
+	if pol := p.cached(ctx, domain, id, true); pol != nil {
 		return pol
 	}
 	p.mu.Lock()
 	f, recent := p.failed[domain]
 	p.mu.Unlock()
 	if recent && f.id == id && p.opts.Now().Before(f.until) {
-		return p.cached(ctx, domain, "")
+		return p.cached(ctx, domain, "", false)
 	}
 	// One fetch per domain and id however many deliveries ask at once, and
 	// not cancelled with the delivery that happened to start it.
 	v, err, _ := p.group.Do(domain+" "+id, func() (any, error) {
-		return p.fetch(context.WithoutCancel(ctx), domain, id)
+		pol, err := p.fetch(context.WithoutCancel(ctx), domain, id)
+		if err != nil {
+			p.fetches.WithLabelValues("error").Inc()
+			p.opts.Log.Warn("MTA-STS policy fetch failed; using the kept policy if any", "domain", domain, "id", id, "err", err)
+			p.mu.Lock()
+			p.failed[domain] = failure{id: id, until: p.opts.Now().Add(retryFailedFetch)}
+			p.mu.Unlock()
+			return nil, err
+		}
+		p.fetches.WithLabelValues("ok").Inc()
+		return pol, nil
 	})
 	if err != nil {
-		p.fetches.WithLabelValues("error").Inc()
-		p.opts.Log.Warn("MTA-STS policy fetch failed; using the cached policy if any", "domain", domain, "id", id, "err", err)
-		p.mu.Lock()
-		p.failed[domain] = failure{id: id, until: p.opts.Now().Add(retryFailedFetch)}
-		p.mu.Unlock()
-		return p.cached(ctx, domain, "")
+		return p.cached(ctx, domain, "", true)
 	}
-	p.fetches.WithLabelValues("ok").Inc()
 	return v.(*Policy)
 }
 
@@ -180,8 +187,8 @@ func (p *Policies) Report(pol *Policy, kind, why string) {
 }
 
 // cached returns domain's unexpired policy fetched under id, under any id
-// when id is "", from this process or else from Redis.
-func (p *Policies) cached(ctx context.Context, domain, id string) *Policy {
+// when id is "", from this process or else, when shared, from Redis.
+func (p *Policies) cached(ctx context.Context, domain, id string, shared bool) *Policy {
 	now := p.opts.Now()
 	p.mu.Lock()
 	pol, exp := p.cache[domain], p.expiry[domain]
@@ -189,7 +196,7 @@ func (p *Policies) cached(ctx context.Context, domain, id string) *Policy {
 	if pol != nil && now.Before(exp) && (id == "" || pol.ID == id) {
 		return pol
 	}
-	if p.opts.Redis == nil {
+	if p.opts.Redis == nil || !shared {
 		return nil
 	}
 	raw, err := p.opts.Redis.Get(ctx, redisKey(domain)).Bytes()
