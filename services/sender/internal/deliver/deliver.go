@@ -23,6 +23,12 @@
 //     ordinary deferral: it pauses the destination, and its recipients,
 //     and every later one for it until the pause ends, wait ("waiting:
 //     gmail.com throttled us: ...") and are retried when it ends.
+//   - Direct MX delivery honours the recipient domain's MTA-STS policy
+//     (RFC 8461, internal/mtasts). Under enforce only the MX hosts the
+//     policy lists are used, over STARTTLS with a certificate valid for the
+//     host; when none qualifies, the domain's recipients are deferred with
+//     the reason. Under testing they go out as without a policy, and the
+//     failure is logged, counted and written into the event's detail.
 package deliver
 
 import (
@@ -306,7 +312,8 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 				// No host qualified, or those that did failed too: the
 				// domain's mail waits for the domain to fix its servers
 				// or its policy, with the reason.
-				if re := (*smtpclient.RelayError)(nil); errors.As(sendErr, &re) && !tlsFailure(sendErr) {
+				var re *smtpclient.RelayError
+				if errors.As(sendErr, &re) && !tlsFailure(sendErr) {
 					note += "; " + where + ": " + re.Err.Message
 				}
 				sendErr = &mail.SMTPError{Code: 451, Enhanced: "4.7.5", Stage: "mta-sts", Message: note}

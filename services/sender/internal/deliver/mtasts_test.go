@@ -66,6 +66,12 @@ func (p *policyHost) serve(status int, body string) {
 	p.status, p.body = status, body
 }
 
+func (p *policyHost) answerWith(h http.HandlerFunc) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.answer = h
+}
+
 func (p *policyHost) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.hits.Add(1)
 	if r.URL.Path != "/.well-known/mta-sts.txt" {
@@ -485,7 +491,7 @@ func TestMTASTS_aPolicyServedWronglyIsNoPolicy(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := startSTS(t, nil)
 			e.records("mx.evil.test", "1")
-			e.policy.answer = answer
+			e.policy.answerWith(answer)
 			wantStatus(t, e.send(), mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT)
 			if n := e.policy.hits.Load(); n != 1 {
 				t.Errorf("policy host asked %d times, want once", n)
