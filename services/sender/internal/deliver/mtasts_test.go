@@ -56,6 +56,7 @@ type policyHost struct {
 	status int
 	// answer, when set, answers instead.
 	answer http.HandlerFunc
+	cert   tls.Certificate
 	hits   atomic.Int32
 	srv    *httptest.Server
 }
@@ -64,6 +65,13 @@ func (p *policyHost) serve(status int, body string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.status, p.body = status, body
+}
+
+// presents makes the host present c from its next handshake on.
+func (p *policyHost) presents(c tls.Certificate) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cert = c
 }
 
 func (p *policyHost) answerWith(h http.HandlerFunc) {
@@ -122,7 +130,13 @@ func startSTS(t *testing.T, smtpOpts func(*testkit.Cert) []testkit.SMTPOption) *
 	}
 	e.smtp = testkit.StartSMTP(t, smtpOpts(e.cert)...)
 	e.policy.srv = httptest.NewUnstartedServer(e.policy)
-	e.policy.srv.TLS = e.cert.Issue(t, "mta-sts.example.com").ServerTLSConfig()
+	e.policy.presents(e.cert.Issue(t, "mta-sts.example.com").Certificate)
+	e.policy.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		e.policy.mu.Lock()
+		defer e.policy.mu.Unlock()
+		c := e.policy.cert
+		return &c, nil
+	}}
 	e.policy.srv.StartTLS()
 	t.Cleanup(e.policy.srv.Close)
 	_, httpsPort, _ := net.SplitHostPort(e.policy.srv.Listener.Addr().String())
@@ -505,7 +519,7 @@ func TestMTASTS_aPolicyServedWronglyIsNoPolicy(t *testing.T) {
 		e := startSTS(t, nil)
 		e.records("mx.evil.test", "1")
 		e.policy.serve(http.StatusOK, enforceExample)
-		e.policy.srv.TLS.Certificates = []tls.Certificate{testkit.NewCert(t, "mta-sts.example.com").Certificate}
+		e.policy.presents(testkit.NewCert(t, "mta-sts.example.com").Certificate)
 		wantStatus(t, e.send(), mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT)
 		if n := e.counter("mailbus_sender_mta_sts_policy_fetches_total", "result", "error"); n != 1 || e.policy.hits.Load() != 0 {
 			t.Errorf("%v failed fetches counted, %d answered; want the fetch refused at the handshake", n, e.policy.hits.Load())
