@@ -12,8 +12,10 @@ import (
 // by `mailbus dev`. It needs infra's ConfigConn, Sealer (relay passwords
 // and tokens are sealed) and Redis (what was sent, relay failures). SMTP
 // replies are classified with the bounce parser's rules, so a 5xx at send
-// time and a bounce that comes back later read the same. The cleanup
-// closes what it opened.
+// time and a bounce that comes back later read the same. Direct MX delivery
+// honours the recipient domains' MTA-STS policies unless
+// cfg.DisableMTASTS, with the policies shared between replicas through the
+// same Redis. The cleanup closes what it opened.
 func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Service, func(), error) {
 	if err := in.NeedRedis("sender"); err != nil {
 		return nil, nil, err

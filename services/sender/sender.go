@@ -42,6 +42,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/deliver"
+	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
 
@@ -69,6 +70,10 @@ type Config struct {
 	// Shaping is the traffic shaping of destinations; nil means
 	// health.DefaultShaping().
 	Shaping *health.Shaping
+	// DisableMTASTS delivers directly to MX hosts without looking at the
+	// recipient domains' MTA-STS policies (RFC 8461), which are honoured
+	// by default.
+	DisableMTASTS bool
 }
 
 // Deps are the sender's collaborators.
@@ -125,9 +130,13 @@ func New(cfg Config, deps Deps) *Service {
 	slots := health.NewConnSlots(deps.Redis, health.ConnSlotsOptions{TTL: cfg.ConnLeaseTTL, Log: log})
 	pc.Slots = connSlots{slots}
 	pool := smtpclient.NewPool(pc)
-	var resolver *mx.Resolver
-	if len(cfg.DNSServers) > 0 {
-		resolver = mx.NewResolver(cfg.DNSServers...)
+	resolver := &mx.Resolver{Servers: cfg.DNSServers}
+	var sts *mtasts.Policies
+	if !cfg.DisableMTASTS {
+		// The policy host is reached like the MX hosts: the same resolver,
+		// dialer and trusted roots.
+		sts = mtasts.New(mtasts.Options{Resolver: resolver, RootCAs: pc.RootCAs, Dial: pc.Dial,
+			Redis: deps.Redis, Registerer: deps.Metrics, Log: log, Now: deps.Now})
 	}
 	if cfg.Concurrency.Records <= 0 {
 		cfg.Concurrency.Records = DefaultConcurrency.Records
@@ -152,7 +161,7 @@ func New(cfg Config, deps Deps) *Service {
 		cfg: cfg, deps: deps, log: log, pool: pool, slots: slots, ledger: ledger,
 		d: deliver.New(deps.Config, pool, resolver, lim, h, deps.Classify,
 			deliver.Options{MaxQueueLifetime: cfg.MaxQueueLifetime, HeloName: cfg.HeloName, Now: deps.Now,
-				Shaping: cfg.Shaping, DefaultMaxConns: pc.MaxConnsPerRelay, Tokens: tokens}, log),
+				Shaping: cfg.Shaping, DefaultMaxConns: pc.MaxConnsPerRelay, Tokens: tokens, MTASTS: sts}, log),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "sender", Name: "recipients_total",
 			Help: "Recipient outcomes, by status.",

@@ -5,7 +5,9 @@
 // MAILBUS_SENDER_MAX_IN_FLIGHT_BYTES the deliveries and payload bytes one
 // replica handles at once (see sender.DefaultConcurrency),
 // MAILBUS_SENDER_SHAPING_FILE the traffic shaping of MX provider sites over
-// the built-in one (deploy/shaping.example.yaml).
+// the built-in one (deploy/shaping.example.yaml), MAILBUS_SENDER_MTA_STS
+// ("off" or "false" to ignore) whether direct MX delivery honours the
+// recipient domains' MTA-STS policies (default on).
 package main
 
 import (
@@ -26,6 +28,16 @@ func run(ctx context.Context, env *svcenv.Env) error {
 	cfg := sender.Config{Bus: env.Bus, HeloName: os.Getenv("MAILBUS_HELO_NAME")}
 	if s := os.Getenv("MAILBUS_DNS_SERVERS"); s != "" {
 		cfg.DNSServers = strings.Split(s, ",")
+	}
+	if s := os.Getenv("MAILBUS_SENDER_MTA_STS"); s != "" {
+		on, err := strconv.ParseBool(s)
+		if s == "on" || s == "off" {
+			on, err = s == "on", nil
+		}
+		if err != nil {
+			return fmt.Errorf("MAILBUS_SENDER_MTA_STS=%q: want on or off", s)
+		}
+		cfg.DisableMTASTS = !on
 	}
 	for _, v := range []struct {
 		name string

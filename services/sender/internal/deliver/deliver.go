@@ -23,6 +23,12 @@
 //     ordinary deferral: it pauses the destination, and its recipients,
 //     and every later one for it until the pause ends, wait ("waiting:
 //     gmail.com throttled us: ...") and are retried when it ends.
+//   - Direct MX delivery honours the recipient domain's MTA-STS policy
+//     (RFC 8461, internal/mtasts). Under enforce only the MX hosts the
+//     policy lists are used, over STARTTLS with a certificate valid for the
+//     host; when none qualifies, the domain's recipients are deferred with
+//     the reason. Under testing they go out as without a policy, and the
+//     failure is logged, counted and written into the event's detail.
 package deliver
 
 import (
@@ -44,6 +50,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/oauthtoken"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
+	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
 
@@ -78,6 +85,9 @@ type Options struct {
 	// Tokens refreshes the access tokens of relays that sign in with
 	// OAuth; nil leaves such relays with their stored token.
 	Tokens *oauthtoken.Tokens
+	// MTASTS looks up the recipient domains' MTA-STS policies for direct
+	// MX delivery; nil delivers without them.
+	MTASTS *mtasts.Policies
 	Now    func() time.Time
 }
 
@@ -231,12 +241,34 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 			names[i] = h.Name
 		}
 		dest := d.shaping.ForMX(dom, names)
+		var policy *mtasts.Policy
+		if d.opts.MTASTS != nil {
+			if p := d.opts.MTASTS.Lookup(ctx, dom); p != nil && p.Mode != mtasts.ModeNone {
+				policy = p
+			}
+		}
 		var res *smtpclient.Result
 		var sendErr error
 		var held *Outcome
+		// stsFailures are the hosts that failed the domain's MTA-STS policy:
+		// skipped under enforce, reported with the delivery under testing.
+		var stsFailures []string
 		where := "MX of " + dom
 	hostLoop:
 		for _, h := range hosts {
+			verify := false
+			if policy != nil {
+				if !policy.Allows(h.Name) {
+					why := h.Name + " is not in the policy"
+					d.opts.MTASTS.Report(policy, "mx_not_in_policy", why)
+					stsFailures = append(stsFailures, why)
+					if policy.Mode == mtasts.ModeEnforce {
+						continue
+					}
+				} else {
+					verify = true
+				}
+			}
 			for _, a := range h.Addrs {
 				relay := smtpclient.Relay{Host: a.String(), Port: 25, ServerName: h.Name, Security: smtpclient.SecurityOpportunistic,
 					PlaintextFallback: true, HeloName: helo, SkipVerify: true,
@@ -244,8 +276,25 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 				// MX certificates are rarely valid for the MX name (RFC
 				// 7672 needs DANE for that); opportunistic TLS encrypts
 				// without authenticating, as Postfix's "may" level does.
-				res, sendErr, held = d.send(ctx, dl, dest, relay, &m)
+				// A domain's MTA-STS policy asks for more of the hosts it
+				// lists: STARTTLS, and a certificate valid for the host.
+				strict := relay
+				if verify {
+					strict.Security, strict.SkipVerify, strict.PlaintextFallback = smtpclient.SecurityStartTLS, false, false
+				}
+				res, sendErr, held = d.send(ctx, dl, dest, strict, &m)
 				where = h.Name + " (" + a.String() + ")"
+				if verify && held == nil && tlsFailure(sendErr) {
+					why := "TLS to " + h.Name + " failed: " + tlsReason(sendErr)
+					d.opts.MTASTS.Report(policy, "tls", why)
+					stsFailures = append(stsFailures, why)
+					if policy.Mode == mtasts.ModeEnforce {
+						continue
+					}
+					// testing: deliver as without a policy, on a new
+					// connection (nothing was sent on the failed one).
+					res, sendErr, held = d.send(ctx, dl, dest, relay, &m)
+				}
 				if held != nil || !smtpclient.IsRelayFailure(sendErr) {
 					// A throttling provider is throttling from every
 					// host: the next one would only be refused again.
@@ -256,6 +305,24 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 		if held != nil {
 			out.merge(*held)
 			continue
+		}
+		if len(stsFailures) > 0 {
+			note := fmt.Sprintf("MTA-STS policy of %s (%s): %s", dom, policy.Mode, strings.Join(stsFailures, "; "))
+			if policy.Mode == mtasts.ModeEnforce && (res == nil && sendErr == nil || smtpclient.IsRelayFailure(sendErr)) {
+				// No host qualified, or those that did failed too: the
+				// domain's mail waits for the domain to fix its servers
+				// or its policy, with the reason.
+				var re *smtpclient.RelayError
+				if errors.As(sendErr, &re) && !tlsFailure(sendErr) {
+					note += "; " + where + ": " + re.Err.Message
+				}
+				sendErr = &mail.SMTPError{Code: 451, Enhanced: "4.7.5", Stage: "mta-sts", Message: note}
+				out.merge(d.outcomes(dl, "MX of "+dom, failedResult(m.To, sendErr), sendErr, nil))
+				continue
+			}
+			if policy.Mode == mtasts.ModeTesting {
+				where += "; " + note
+			}
 		}
 		if res == nil {
 			res = failedResult(m.To, sendErr)
@@ -274,6 +341,22 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 		out.merge(d.outcomes(dl, where, res, sendErr, nil))
 	}
 	return out
+}
+
+// tlsFailure reports whether err is a failure to set up TLS, the part of a
+// session MTA-STS makes a condition.
+func tlsFailure(err error) bool {
+	var re *smtpclient.RelayError
+	return errors.As(err, &re) && (re.Err.Stage == "starttls" || re.Err.Stage == "tls")
+}
+
+// tlsReason is what went wrong with TLS, without the relay-failure wrapping.
+func tlsReason(err error) string {
+	var re *smtpclient.RelayError
+	if errors.As(err, &re) {
+		return re.Err.Message
+	}
+	return err.Error()
 }
 
 func failedResult(rcpts []string, err error) *smtpclient.Result {

@@ -146,6 +146,39 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 	return out, nil
 }
 
+// Addresses returns name's A then AAAA addresses; a name that does not
+// exist has none. Only resolver failures are errors. The MTA-STS policy
+// host is reached through it, so that it resolves with the same servers as
+// the MX hosts.
+func (r *Resolver) Addresses(ctx context.Context, name string) ([]netip.Addr, error) {
+	return r.addresses(ctx, strings.TrimSuffix(strings.ToLower(name), "."))
+}
+
+// TXT returns name's TXT records, each with its strings joined (RFC 7208
+// 3.3 and RFC 8461 3.1 read a record so); a name that does not exist has
+// none. Only resolver failures are errors.
+func (r *Resolver) TXT(ctx context.Context, name string) ([]string, error) {
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	resp, err := r.query(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, fmt.Errorf("TXT lookup for %s: %w", name, err)
+	}
+	switch resp.Rcode {
+	case dns.RcodeSuccess:
+	case dns.RcodeNameError:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("TXT lookup for %s: %w", name, rcodeError(resp.Rcode))
+	}
+	var out []string
+	for _, rr := range resp.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(t.Txt, ""))
+		}
+	}
+	return out, nil
+}
+
 // addresses returns name's A then AAAA addresses; a name that does not
 // exist has none. Only resolver failures are errors.
 func (r *Resolver) addresses(ctx context.Context, name string) ([]netip.Addr, error) {

@@ -226,3 +226,22 @@ func TestLookup_triesTheNextServerWhenOneFails(t *testing.T) {
 		t.Fatalf("Lookup = %+v, %v", hosts, err)
 	}
 }
+
+func TestTXT_joinsEachRecordsStringsAndFindsNoneForAMissingName(t *testing.T) {
+	z := newZone(t,
+		`_mta-sts.example.com. 300 IN TXT "v=STSv1; " "id=20260101"`,
+		`_mta-sts.example.com. 300 IN TXT "other"`,
+	)
+	z.servfail["_mta-sts.broken.example."] = true
+	r := NewResolver(startDNS(t, z))
+	got, err := r.TXT(context.Background(), "_MTA-STS.example.com.")
+	if err != nil || strings.Join(got, "|") != "v=STSv1; id=20260101|other" {
+		t.Errorf("TXT = %q, %v; want both records, the first joined", got, err)
+	}
+	if got, err := r.TXT(context.Background(), "_mta-sts.missing.example"); err != nil || got != nil {
+		t.Errorf("missing name: %q, %v; want none", got, err)
+	}
+	if _, err := r.TXT(context.Background(), "_mta-sts.broken.example"); err == nil {
+		t.Error("SERVFAIL: no error")
+	}
+}
