@@ -95,6 +95,9 @@ type Result struct {
 	// PeakRSS is the process's peak resident set (every stage, the
 	// embedded broker and the sink run in it); 0 where unknown.
 	PeakRSS int64
+	// Mem is the burst's peak memory: what the Go runtime held, the live
+	// heap after a collection, and the resident set.
+	Mem memSample
 	// Open is the open-loop phase's result; its Rate is zero when the
 	// phase did not run.
 	Open OpenLoopResult
@@ -211,12 +214,27 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 		return res, err
 	}
 	start := time.Now()
+	if path := os.Getenv("MAILBUS_BENCH_HEAP_PROFILE"); path != "" {
+		// Halfway through the run, when the backlog is at its largest.
+		go func() {
+			for snk.received() < o.Messages/2 {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+		}()
+	}
+	mem := startMemSampler(250 * time.Millisecond)
 	if err := publish(pub, o.Messages, "run", body); err != nil {
 		pprof.StopCPUProfile()
+		mem.Stop()
 		return res, err
 	}
 	err = waitSink(ctx, snk, st, o.Timeout)
 	pprof.StopCPUProfile()
+	res.Mem = mem.Stop()
 	if err != nil {
 		return res, err
 	}
@@ -241,6 +259,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	if path := os.Getenv("MAILBUS_BENCH_PROFILE"); path != "" {
 		_ = os.WriteFile(path, prof.Bytes(), 0o644)
 	}
+
 	res.Stages, res.TotalCPU, err = attribute(prof.Bytes())
 	if err != nil {
 		return res, err
@@ -348,6 +367,9 @@ func Report(w io.Writer, r Result) {
 	fmt.Fprintf(w, "  SMTP transactions in flight at the sink (peak): %d\n", r.InFlight)
 	if r.PeakRSS > 0 {
 		fmt.Fprintf(w, "  peak RSS of the process (all stages, broker, sink): %d MiB\n", r.PeakRSS>>20)
+	}
+	if r.Mem.GoTotal > 0 {
+		fmt.Fprintf(w, "  during the burst: at most %d MiB held by the Go runtime, %d MiB of live heap, %d MiB resident\n", r.Mem.GoTotal>>20, r.Mem.HeapLive>>20, r.Mem.RSS>>20)
 	}
 	fmt.Fprintf(w, "  CPU per message by stage (from a CPU profile of the run; %.0f µs/message in all):\n", float64(r.TotalCPU.Microseconds())/float64(r.Messages))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
