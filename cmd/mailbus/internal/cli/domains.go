@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
@@ -66,17 +67,7 @@ func printDomains(w io.Writer, domains []*mailbusv1.Domain) {
 				state = " (inactive: not signing)"
 			}
 			fmt.Fprintf(w, "; DKIM selector %s, %s%s\n", k.GetSelector(), strings.TrimPrefix(k.GetAlgorithm().String(), "DKIM_ALGORITHM_"), state)
-			fmt.Fprintf(w, "%s. IN TXT %s\n", k.GetDnsName(), quoteTXT(k.GetDnsTxtValue()))
+			fmt.Fprintln(w, dkimkey.ZoneTXT(k.GetDnsName(), k.GetDnsTxtValue()))
 		}
 	}
-}
-
-func quoteTXT(v string) string {
-	var parts []string
-	for len(v) > 255 {
-		parts = append(parts, `"`+v[:255]+`"`)
-		v = v[255:]
-	}
-	parts = append(parts, `"`+v+`"`)
-	return strings.Join(parts, " ")
 }
