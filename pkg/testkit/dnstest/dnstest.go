@@ -21,12 +21,13 @@ type Zone struct {
 	mu       sync.Mutex
 	records  map[string][]dns.RR
 	servfail map[string]bool
+	queries  map[string]int
 }
 
 // NewZone parses records in zone-file form ("acme.example. 300 IN TXT \"v=spf1 -all\"").
 func NewZone(t testing.TB, records ...string) *Zone {
 	t.Helper()
-	z := &Zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}}
+	z := &Zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}, queries: map[string]int{}}
 	z.Add(t, records...)
 	return z
 }
@@ -80,6 +81,15 @@ func (z *Zone) exists(name string) bool {
 	return false
 }
 
+// Queries returns how many queries for typ at name (fully qualified) the
+// zone has answered, so that a test can wait until a periodic job has
+// looked instead of sleeping.
+func (z *Zone) Queries(name, typ string) int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.queries[strings.ToLower(name)+" "+typ]
+}
+
 // ServeDNS answers one query.
 func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp := new(dns.Msg)
@@ -88,6 +98,7 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		q := req.Question[0]
 		name := strings.ToLower(q.Name)
 		z.mu.Lock()
+		z.queries[name+" "+dns.TypeToString[q.Qtype]]++
 		switch {
 		case z.servfail[name]:
 			resp.Rcode = dns.RcodeServerFailure

@@ -81,12 +81,30 @@ func New(opts Options) *Checker {
 // Key identifies an item across checks of the same domain ("spf acme.example").
 func Key(it *pb.DnsCheckItem) string { return it.GetKind() + " " + it.GetName() }
 
+// Result is a check's items and which of them could not be decided.
+type Result struct {
+	Items []*pb.DnsCheckItem
+	// Inconclusive holds the keys of items whose status comes from a
+	// failed lookup (a timeout, SERVFAIL) rather than from what DNS
+	// says, and of the alignment items that depend on them: a monitor
+	// keeps their last known status instead of warning.
+	Inconclusive map[string]bool
+}
+
 // Check looks up everything in's domain needs and returns one item per record.
-func (c *Checker) Check(ctx context.Context, in Input) []*pb.DnsCheckItem {
+func (c *Checker) Check(ctx context.Context, in Input) Result {
 	r := &run{c: c, res: c.opts.Resolver, in: in, spf: newSPFWalker(c.opts.Resolver),
 		addrs: map[string][]netip.Addr{}, dkimOK: map[string]bool{}, spfOK: map[string]bool{},
-		dmarc: map[string]*dmarc.Record{}, seen: map[string]bool{}}
-	return r.check(ctx)
+		dmarc: map[string]*dmarc.Record{}, seen: map[string]bool{}, failed: map[string]bool{}}
+	items := r.check(ctx)
+	if len(r.failed) > 0 {
+		for _, it := range items {
+			if it.GetKind() == KindAlignment {
+				r.failed[Key(it)] = true
+			}
+		}
+	}
+	return Result{Items: items, Inconclusive: r.failed}
 }
 
 type run struct {
@@ -100,8 +118,12 @@ type run struct {
 	spfOK  map[string]bool // return-path domain -> authorizes every sender
 	dmarc  map[string]*dmarc.Record
 	seen   map[string]bool
+	failed map[string]bool // keys of items a lookup failure decided
 	items  []*pb.DnsCheckItem
 }
+
+// lookupFailed marks it as decided by a failed lookup.
+func (r *run) lookupFailed(it *pb.DnsCheckItem) { r.failed[Key(it)] = true }
 
 // path is one way this domain's mail leaves: the From it carries, the
 // return path and the servers it goes through.
@@ -283,6 +305,7 @@ func (r *run) spfItem(ctx context.Context, domain string, senders []sender, role
 	if err != nil {
 		if strings.Contains(err.Error(), "lookup for") {
 			it.Status, it.Detail = absent, "SPF of the "+role+": could not look it up: "+err.Error()
+			r.lookupFailed(it)
 		} else {
 			it.Status, it.Detail = wrong, "SPF of the "+role+": "+err.Error()
 		}
@@ -404,6 +427,7 @@ func (r *run) dkimItem(ctx context.Context, domain string, k *pb.DkimKey) *pb.Dn
 	switch {
 	case err != nil && !missing(err):
 		it.Status, it.Detail = absent, "could not look it up: "+err.Error()
+		r.lookupFailed(it)
 		return it
 	case len(txts) == 0:
 		it.Status, it.Detail = absent, "no TXT record at "+name+": receivers cannot verify signatures of selector "+k.GetSelector()
@@ -440,6 +464,7 @@ func (r *run) dmarcRecord(ctx context.Context, domain string) (rec *dmarc.Record
 	name := "_dmarc." + domain
 	txts, err := r.res.TXT(ctx, name)
 	if err != nil && !missing(err) {
+		r.failed[KindDMARC+" _dmarc."+domain] = true
 		return nil, "", absent, "could not look up " + name + ": " + err.Error()
 	}
 	var recs []string
@@ -575,6 +600,7 @@ func (r *run) bounceMXItem(ctx context.Context, bd string) *pb.DnsCheckItem {
 	switch {
 	case err != nil && !missing(err):
 		it.Status, it.Detail = absent, "could not look up the MX of "+bd+": "+err.Error()
+		r.lookupFailed(it)
 	case len(mxs) == 0:
 		it.Status, it.Detail, it.Publish = absent, "no MX at "+bd+": bounces to the VERP return path do not come back to mailbus", publish
 	case want == "":
@@ -609,6 +635,7 @@ func (r *run) ptrItems(ctx context.Context) {
 		switch {
 		case err != nil && !missing(err):
 			it.Status, it.Detail = absent, "could not look up the PTR of "+a.String()+": "+err.Error()
+			r.lookupFailed(it)
 		case len(ptrs) == 0:
 			it.Status, it.Detail = absent, "no PTR for "+a.String()+": many receivers refuse mail from an address without reverse DNS"
 			it.Publish = rev + ". IN PTR " + cmpOr(helo, "<host name>") + "."

@@ -60,9 +60,9 @@ func rightZone(t *testing.T, in dnscheck.Input) []string {
 func check(t *testing.T, z *dnstest.Zone, in dnscheck.Input, opts dnscheck.Options) map[string]*pb.DnsCheckItem {
 	t.Helper()
 	opts.Resolver = &dnscheck.Resolver{Servers: []string{dnstest.Start(t, z)}}
-	items := dnscheck.New(opts).Check(context.Background(), in)
+	res := dnscheck.New(opts).Check(context.Background(), in)
 	out := map[string]*pb.DnsCheckItem{}
-	for _, it := range items {
+	for _, it := range res.Items {
 		out[dnscheck.Key(it)] = it
 		t.Logf("%-40s %-8s %s | publish: %s | advice: %v", dnscheck.Key(it), strings.TrimPrefix(it.Status.String(), "DNS_CHECK_STATUS_"), it.Detail, it.Publish, it.Advice)
 	}
@@ -242,4 +242,27 @@ func TestCheck_directDeliveryNeedsForwardConfirmedReverseDNS(t *testing.T) {
 	zone.Replace(t, "mta.mailbus.example.", "A", "mta.mailbus.example. IN A 192.0.2.99")
 	items = check(t, zone, in, opts)
 	want(t, items, "ptr 99.2.0.192.in-addr.arpa", found)
+}
+
+func TestCheck_aFailingNameServerIsInconclusiveNotMissing(t *testing.T) {
+	in := acme(t)
+	zone := dnstest.NewZone(t, rightZone(t, in)...)
+	zone.ServFail("s1._domainkey.acme.example.")
+	res := dnscheck.New(dnscheck.Options{Resolver: &dnscheck.Resolver{Servers: []string{dnstest.Start(t, zone)}}}).Check(context.Background(), in)
+	for _, it := range res.Items {
+		key := dnscheck.Key(it)
+		switch key {
+		case "dkim s1._domainkey.acme.example", "dmarc_alignment acme.example":
+			if !res.Inconclusive[key] {
+				t.Errorf("%s (%s: %s) is not inconclusive", key, it.Status, it.Detail)
+			}
+		default:
+			if res.Inconclusive[key] {
+				t.Errorf("%s is inconclusive", key)
+			}
+		}
+	}
+	if it := res.Items[2]; it.Status != missing || !strings.Contains(it.Detail, "could not look it up") {
+		t.Errorf("DKIM item %v", it)
+	}
 }
