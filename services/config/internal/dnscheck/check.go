@@ -581,7 +581,11 @@ func (r *run) alignmentItem(p path, rewriteWhy string) *pb.DnsCheckItem {
 	default:
 		it.Advice = append(it.Advice, "DMARC fails for this mail; Gmail, Yahoo and Microsoft require aligned SPF or DKIM from bulk senders")
 	}
-	if !dkimOK {
+	switch {
+	case dkimOK:
+	case len(p.cfg.GetDkimKeys()) > 0:
+		it.Advice = append(it.Advice, "publish the DKIM record of "+p.from+" (see its dkim item): an aligned signature is the most robust fix, it survives forwarding")
+	default:
 		it.Advice = append(it.Advice, "sign with d="+p.from+": generate a DKIM key for "+p.from+" and publish its record (the most robust fix: it survives forwarding)")
 	}
 	if !spfAligned {
