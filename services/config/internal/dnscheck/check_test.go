@@ -262,7 +262,9 @@ func TestCheck_aFailingNameServerIsInconclusiveNotMissing(t *testing.T) {
 			}
 		}
 	}
-	if it := res.Items[2]; it.Status != missing || !strings.Contains(it.Detail, "could not look it up") {
-		t.Errorf("DKIM item %v", it)
+	for _, it := range res.Items {
+		if dnscheck.Key(it) == "dkim s1._domainkey.acme.example" && (it.Status != missing || !strings.Contains(it.Detail, "could not look it up")) {
+			t.Errorf("DKIM item %v", it)
+		}
 	}
 }
