@@ -173,3 +173,14 @@ func SplitTXT(value string) []string {
 	}
 	return append(parts, value)
 }
+
+// ZoneTXT is a TXT record in zone-file form, ready to paste into a zone or
+// a DNS provider's form: `name. IN TXT "part1" "part2"`, the value cut into
+// strings of at most 255 octets (SplitTXT).
+func ZoneTXT(name, value string) string {
+	parts := SplitTXT(value)
+	for i, p := range parts {
+		parts[i] = `"` + p + `"`
+	}
+	return strings.TrimSuffix(name, ".") + ". IN TXT " + strings.Join(parts, " ")
+}

@@ -82,6 +82,11 @@ func TestSplitTXT_cutsAt255Octets(t *testing.T) {
 	if got := dkimkey.SplitTXT("short"); len(got) != 1 || got[0] != "short" {
 		t.Fatalf("SplitTXT(short) = %q", got)
 	}
+	// The zone-file line quotes each part, as a zone or a provider's form takes it.
+	want := `s1._domainkey.acme.example. IN TXT "` + parts[0] + `" "` + parts[1] + `"`
+	if got := dkimkey.ZoneTXT("s1._domainkey.acme.example.", rec); got != want {
+		t.Fatalf("ZoneTXT = %q, want %q", got, want)
+	}
 }
 
 func readFile(t *testing.T, name string) string {

@@ -22,6 +22,9 @@ const (
 	StageSender  = "sender"
 	StageBounce  = "bounce"
 	StageTracker = "tracker"
+	// StageConfig is the config service, for warnings about a tenant's
+	// configuration (domain_dns_error) rather than about a message.
+	StageConfig = "config"
 )
 
 // ForDelivery starts an event about a delivery's recipients (all of them

@@ -26,9 +26,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -37,6 +39,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/auth"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/seal"
+	"github.com/mailbus/mailbus/services/config/internal/dnscheck"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -71,6 +74,19 @@ type Config struct {
 	RelayTestRootCAs *x509.CertPool
 	// RelayTestTimeout bounds one TestRelay call (default 60s).
 	RelayTestTimeout time.Duration
+	// DNSServers are the name servers ("host:port") CheckDomain asks;
+	// empty means those of /etc/resolv.conf.
+	DNSServers []string
+	// BounceMXHost is the public host name of the bounce service, which
+	// the tenants' bounce domains' MX must point at; empty means unknown
+	// (the check then cannot say whether an MX is right).
+	BounceMXHost string
+	// SendingAddrs are the public addresses direct MX delivery leaves
+	// from, whose PTR and forward DNS the check verifies.
+	SendingAddrs []netip.Addr
+	// DNSCheckInterval is how often every domain is checked when
+	// Deps.Events is set (default 6h).
+	DNSCheckInterval time.Duration
 }
 
 // Deps are the service's collaborators.
@@ -84,6 +100,10 @@ type Deps struct {
 	Store *Store
 	// Metrics registers the RPC metrics; nil leaves them unregistered.
 	Metrics prometheus.Registerer
+	// Events, when set, receives a domain_dns_error warning on mail.events
+	// when the periodic DNS check finds that a record that was right went
+	// missing or wrong; without it there is no periodic check.
+	Events message.Publisher
 }
 
 // Service is the config service.
@@ -100,6 +120,7 @@ type Service struct {
 	metrics     *rpcMetrics
 	stopping    chan struct{}
 	stopOnce    sync.Once
+	monitors    sync.WaitGroup
 }
 
 // New builds the service. Nothing is opened until Start, Serve or Run.
@@ -112,6 +133,9 @@ func New(cfg Config, deps Deps) *Service {
 	}
 	if cfg.RelayTestTimeout <= 0 {
 		cfg.RelayTestTimeout = time.Minute
+	}
+	if cfg.DNSCheckInterval <= 0 {
+		cfg.DNSCheckInterval = 6 * time.Hour
 	}
 	log := deps.Log
 	if log == nil {
@@ -228,13 +252,36 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 // that change streams end.
 func (s *Service) Register(r grpc.ServiceRegistrar) {
 	s.mustBeStarted("Register")
-	pb.RegisterConfigServiceServer(r, &server{
+	srv := &server{
 		store:        s.store,
 		log:          s.log,
 		pollInterval: s.cfg.PollInterval,
 		stopping:     s.stopping,
 		tester:       relayTester{rootCAs: s.cfg.RelayTestRootCAs, timeout: s.cfg.RelayTestTimeout},
-	})
+		checker: dnscheck.New(dnscheck.Options{
+			Resolver:     &dnscheck.Resolver{Servers: s.cfg.DNSServers},
+			BounceMXHost: s.cfg.BounceMXHost,
+			SendingAddrs: s.cfg.SendingAddrs,
+		}),
+	}
+	pb.RegisterConfigServiceServer(r, srv)
+	if s.deps.Events != nil {
+		s.startDNSMonitor(srv)
+	}
+}
+
+// startDNSMonitor runs the periodic DNS check until Close.
+func (s *Service) startDNSMonitor(srv *server) {
+	m := &dnsMonitor{srv: srv, pub: s.deps.Events, interval: s.cfg.DNSCheckInterval, log: s.log, now: time.Now,
+		prev: map[string]map[string]pb.DnsCheckStatus{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.monitors.Add(1)
+	go func() {
+		defer s.monitors.Done()
+		defer cancel()
+		go func() { <-s.stopping; cancel() }()
+		m.run(ctx, s.stopping)
+	}()
 }
 
 // Serve starts the service if needed and serves ConfigService and the gRPC
@@ -292,6 +339,7 @@ func (s *Service) stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
 // it. Serve and Run call it on the way out.
 func (s *Service) Close() error {
 	s.stop()
+	s.monitors.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ownStore && s.store != nil {

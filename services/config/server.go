@@ -16,6 +16,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/auth"
 	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/services/config/internal/dnscheck"
 	"github.com/mailbus/mailbus/services/config/internal/store"
 )
 
@@ -31,6 +32,7 @@ type server struct {
 	// (GracefulStop waits for every stream to finish).
 	stopping <-chan struct{}
 	tester   relayTester
+	checker  *dnscheck.Checker
 }
 
 func newID() string { return strings.ToLower(ulid.Make().String()) }

@@ -55,6 +55,9 @@ func TestTracker_countsRecipientOutcomesByStageStatusAndReasonOnce(t *testing.T)
 	deferred := ev("e2", "sender", mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "mailbox_full", "b@example.net", "c@example.net")
 	warning := ev("e5", "sender", mailbusv1.DeliveryStatus_DELIVERY_STATUS_UNSPECIFIED, "relay_disabled")
 	warning.Warning = "relay_disabled"
+	// A warning about a domain, not a message: counted, not rejected.
+	domainWarning := &mailbusv1.DeliveryEvent{EventId: "e6", TenantId: "acme", Stage: "config",
+		Reason: "domain_dns_error", Warning: "domain_dns_error", Detail: "acme.example: dkim s1._domainkey.acme.example was right and is now wrong"}
 	for _, e := range []*mailbusv1.DeliveryEvent{
 		ev("e1", "sender", mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT, "", "a@example.net"),
 		deferred,
@@ -62,6 +65,7 @@ func TestTracker_countsRecipientOutcomesByStageStatusAndReasonOnce(t *testing.T)
 		ev("e3", "quota", mailbusv1.DeliveryStatus_DELIVERY_STATUS_DEFERRED, "tenant_daily_limit", "d@example.net"),
 		ev("e4", "bounce", mailbusv1.DeliveryStatus_DELIVERY_STATUS_BOUNCED, "Mailbox Unavailable!", "e@example.net"),
 		warning,
+		domainWarning,
 	} {
 		if err := bus.Publish(pub, bus.TopicEvents, e, nil); err != nil {
 			t.Fatal(err)
@@ -72,27 +76,32 @@ func TestTracker_countsRecipientOutcomesByStageStatusAndReasonOnce(t *testing.T)
 # HELP mailbus_tracker_recipient_outcomes_total Recipients of recorded events, by stage, status (sent, deferred, bounced, failed, ...) and reason.
 # TYPE mailbus_tracker_recipient_outcomes_total counter
 mailbus_tracker_recipient_outcomes_total{reason="",stage="sender",status="sent"} 1
+mailbus_tracker_recipient_outcomes_total{reason="domain_dns_error",stage="config",status="warning"} 1
 mailbus_tracker_recipient_outcomes_total{reason="mailbox_full",stage="sender",status="deferred"} 2
 mailbus_tracker_recipient_outcomes_total{reason="other",stage="bounce",status="bounced"} 1
 mailbus_tracker_recipient_outcomes_total{reason="relay_disabled",stage="sender",status="warning"} 1
 mailbus_tracker_recipient_outcomes_total{reason="tenant_daily_limit",stage="quota",status="deferred"} 1
 `
-	// Wait until all six records are handled (the duplicate included),
+	// Wait until all seven records are handled (the duplicate included),
 	// then compare.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		applied := eventsHandled(t, reg, "applied")
 		dup := eventsHandled(t, reg, "duplicate")
-		if applied+dup >= 6 {
+		other := eventsHandled(t, reg, "not_a_message")
+		if applied+dup+other >= 7 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tracker handled %v applied and %v duplicate events, want 6 in all", applied, dup)
+			t.Fatalf("tracker handled %v applied, %v duplicate and %v not-a-message events, want 7 in all", applied, dup, other)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "mailbus_tracker_recipient_outcomes_total"); err != nil {
 		t.Fatal(err)
+	}
+	if n := eventsHandled(t, reg, "rejected"); n != 0 {
+		t.Errorf("%v events rejected (poisoned), want none", n)
 	}
 }
 

@@ -147,7 +147,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		keeps: make(chan keepReq, cfg.MaxBatch),
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailbus", Subsystem: "tracker", Name: "events_total",
-			Help: "Events handled, by result (applied, duplicate, rejected).",
+			Help: "Events handled, by result (applied, duplicate, rejected, not_a_message).",
 		}, []string{"result"}),
 		outcome: newOutcomes(),
 		kept: prometheus.NewCounter(prometheus.CounterOpts{
@@ -203,6 +203,14 @@ func (s *Service) Run(ctx context.Context) error {
 // partition's consumer waits here, which is what lets many partitions
 // share one transaction.
 func (s *Service) handle(ctx context.Context, _ *message.Message, ev *mailbusv1.DeliveryEvent) error {
+	if ev.GetMessageId() == "" && ev.GetWarning() != "" {
+		// A warning about a tenant's configuration rather than a message
+		// (the config service's domain_dns_error) belongs to no message's
+		// log; webhooks deliver it. It is counted, not poisoned.
+		s.applied.WithLabelValues("not_a_message").Inc()
+		s.outcome.observe([]*mailbusv1.DeliveryEvent{ev})
+		return nil
+	}
 	req := applyReq{ev: ev, done: make(chan error, 1)}
 	select {
 	case s.reqs <- req:

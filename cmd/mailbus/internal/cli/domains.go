@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mailbus/mailbus/pkg/dkimkey"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 )
 
@@ -66,17 +67,62 @@ func printDomains(w io.Writer, domains []*mailbusv1.Domain) {
 				state = " (inactive: not signing)"
 			}
 			fmt.Fprintf(w, "; DKIM selector %s, %s%s\n", k.GetSelector(), strings.TrimPrefix(k.GetAlgorithm().String(), "DKIM_ALGORITHM_"), state)
-			fmt.Fprintf(w, "%s. IN TXT %s\n", k.GetDnsName(), quoteTXT(k.GetDnsTxtValue()))
+			fmt.Fprintln(w, dkimkey.ZoneTXT(k.GetDnsName(), k.GetDnsTxtValue()))
 		}
 	}
 }
 
-func quoteTXT(v string) string {
-	var parts []string
-	for len(v) > 255 {
-		parts = append(parts, `"`+v[:255]+`"`)
-		v = v[255:]
+func domainCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "domain", Short: "check a sender domain"}
+	var api apiFlags
+	check := &cobra.Command{
+		Use:   "check DOMAIN",
+		Short: "look up the DNS records the domain's mail needs (SPF, DKIM, DMARC and alignment, bounce MX, PTR) and print what to publish",
+		Long: "Looks up what the real path of the domain's mail needs — SPF of its return path authorizing its relays and the\n" +
+			"default server (at most 10 DNS lookups), each DKIM key's TXT record, DMARC and the alignment of DKIM d= and the\n" +
+			"return path with From, the bounce domain's MX, and for direct delivery the PTR of the sending address — and says\n" +
+			"per record found, missing or wrong, with the record to publish. Exits 1 when anything is missing or wrong.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := api.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			resp, err := mailbusv1.NewConfigServiceClient(conn).CheckDomain(cmd.Context(), &mailbusv1.CheckDomainRequest{Name: args[0]})
+			if err != nil {
+				return fmt.Errorf("check domain %s: %w", args[0], err)
+			}
+			if !printCheck(cmd.OutOrStdout(), resp) {
+				return ExitError(1)
+			}
+			return nil
+		},
 	}
-	parts = append(parts, `"`+v+`"`)
-	return strings.Join(parts, " ")
+	api.register(check)
+	cmd.AddCommand(check)
+	return cmd
+}
+
+// printCheck prints one block per item: status, kind and name, what was
+// found, the record to publish and advice. It reports whether every item
+// was found.
+func printCheck(w io.Writer, resp *mailbusv1.CheckDomainResponse) bool {
+	ok := true
+	fmt.Fprintf(w, "DNS check of %s\n", resp.GetDomain())
+	for _, it := range resp.GetItems() {
+		st := strings.TrimPrefix(it.GetStatus().String(), "DNS_CHECK_STATUS_")
+		if it.GetStatus() != mailbusv1.DnsCheckStatus_DNS_CHECK_STATUS_FOUND {
+			ok = false
+		}
+		fmt.Fprintf(w, "\n%-7s %s %s\n", st, it.GetKind(), it.GetName())
+		fmt.Fprintf(w, "        %s\n", it.GetDetail())
+		if it.GetPublish() != "" {
+			fmt.Fprintf(w, "        publish: %s\n", it.GetPublish())
+		}
+		for _, a := range it.GetAdvice() {
+			fmt.Fprintf(w, "        advice: %s\n", a)
+		}
+	}
+	return ok
 }

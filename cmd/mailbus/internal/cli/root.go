@@ -29,7 +29,7 @@ func Root() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(devCmd(), sendCmd(), messagesCmd(), relayCmd(), bounceCmd(), benchCmd(), domainsCmd())
+	root.AddCommand(devCmd(), sendCmd(), messagesCmd(), relayCmd(), bounceCmd(), benchCmd(), domainsCmd(), domainCmd())
 	return root
 }
 

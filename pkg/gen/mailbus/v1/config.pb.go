@@ -407,6 +407,62 @@ func (ChangeKind) EnumDescriptor() ([]byte, []int) {
 	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
+// DnsCheckStatus is the outcome of one DNS check.
+type DnsCheckStatus int32
+
+const (
+	DnsCheckStatus_DNS_CHECK_STATUS_UNSPECIFIED DnsCheckStatus = 0
+	// The record is published and right.
+	DnsCheckStatus_DNS_CHECK_STATUS_FOUND DnsCheckStatus = 1
+	// No record (or the lookup failed; detail says which).
+	DnsCheckStatus_DNS_CHECK_STATUS_MISSING DnsCheckStatus = 2
+	// A record is published but does not do what the mail needs.
+	DnsCheckStatus_DNS_CHECK_STATUS_WRONG DnsCheckStatus = 3
+)
+
+// Enum value maps for DnsCheckStatus.
+var (
+	DnsCheckStatus_name = map[int32]string{
+		0: "DNS_CHECK_STATUS_UNSPECIFIED",
+		1: "DNS_CHECK_STATUS_FOUND",
+		2: "DNS_CHECK_STATUS_MISSING",
+		3: "DNS_CHECK_STATUS_WRONG",
+	}
+	DnsCheckStatus_value = map[string]int32{
+		"DNS_CHECK_STATUS_UNSPECIFIED": 0,
+		"DNS_CHECK_STATUS_FOUND":       1,
+		"DNS_CHECK_STATUS_MISSING":     2,
+		"DNS_CHECK_STATUS_WRONG":       3,
+	}
+)
+
+func (x DnsCheckStatus) Enum() *DnsCheckStatus {
+	p := new(DnsCheckStatus)
+	*p = x
+	return p
+}
+
+func (x DnsCheckStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DnsCheckStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_mailbus_v1_config_proto_enumTypes[7].Descriptor()
+}
+
+func (DnsCheckStatus) Type() protoreflect.EnumType {
+	return &file_mailbus_v1_config_proto_enumTypes[7]
+}
+
+func (x DnsCheckStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DnsCheckStatus.Descriptor instead.
+func (DnsCheckStatus) EnumDescriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{7}
+}
+
 // PlanCaps are the product limits of a tenant's plan; zero means the default.
 type PlanCaps struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2654,6 +2710,212 @@ func (*DeleteDkimKeyResponse) Descriptor() ([]byte, []int) {
 	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{34}
 }
 
+// DnsCheckItem is one thing a domain's mail needs from DNS.
+type DnsCheckItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spf, dkim, dmarc, dmarc_alignment, bounce_mx, ptr.
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The DNS name looked up, for example "s1._domainkey.acme.example".
+	Name   string         `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Status DnsCheckStatus `protobuf:"varint,3,opt,name=status,proto3,enum=mailbus.v1.DnsCheckStatus" json:"status,omitempty"`
+	// What was found and why it is right or wrong, in words.
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The record to publish, in zone-file form ("name. IN TXT \"...\""),
+	// when something must change; empty when nothing needs publishing.
+	Publish string `protobuf:"bytes,5,opt,name=publish,proto3" json:"publish,omitempty"`
+	// Advice that is not a record, for example "~all lets forged mail
+	// through as soft fails; publish -all once every sender is listed".
+	Advice        []string `protobuf:"bytes,6,rep,name=advice,proto3" json:"advice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsCheckItem) Reset() {
+	*x = DnsCheckItem{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsCheckItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsCheckItem) ProtoMessage() {}
+
+func (x *DnsCheckItem) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsCheckItem.ProtoReflect.Descriptor instead.
+func (*DnsCheckItem) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DnsCheckItem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DnsCheckItem) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DnsCheckItem) GetStatus() DnsCheckStatus {
+	if x != nil {
+		return x.Status
+	}
+	return DnsCheckStatus_DNS_CHECK_STATUS_UNSPECIFIED
+}
+
+func (x *DnsCheckItem) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *DnsCheckItem) GetPublish() string {
+	if x != nil {
+		return x.Publish
+	}
+	return ""
+}
+
+func (x *DnsCheckItem) GetAdvice() []string {
+	if x != nil {
+		return x.Advice
+	}
+	return nil
+}
+
+type CheckDomainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain by id, or by name (domain names are unique).
+	DomainId      string `protobuf:"bytes,1,opt,name=domain_id,json=domainId,proto3" json:"domain_id,omitempty"`
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckDomainRequest) Reset() {
+	*x = CheckDomainRequest{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckDomainRequest) ProtoMessage() {}
+
+func (x *CheckDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckDomainRequest.ProtoReflect.Descriptor instead.
+func (*CheckDomainRequest) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CheckDomainRequest) GetDomainId() string {
+	if x != nil {
+		return x.DomainId
+	}
+	return ""
+}
+
+func (x *CheckDomainRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type CheckDomainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain's name.
+	Domain        string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	Items         []*DnsCheckItem        `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	CheckTime     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=check_time,json=checkTime,proto3" json:"check_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckDomainResponse) Reset() {
+	*x = CheckDomainResponse{}
+	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckDomainResponse) ProtoMessage() {}
+
+func (x *CheckDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckDomainResponse.ProtoReflect.Descriptor instead.
+func (*CheckDomainResponse) Descriptor() ([]byte, []int) {
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CheckDomainResponse) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *CheckDomainResponse) GetItems() []*DnsCheckItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *CheckDomainResponse) GetCheckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckTime
+	}
+	return nil
+}
+
 type CreateRelayRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Relay         *Relay                 `protobuf:"bytes,1,opt,name=relay,proto3" json:"relay,omitempty"`
@@ -2663,7 +2925,7 @@ type CreateRelayRequest struct {
 
 func (x *CreateRelayRequest) Reset() {
 	*x = CreateRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	mi := &file_mailbus_v1_config_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2937,7 @@ func (x *CreateRelayRequest) String() string {
 func (*CreateRelayRequest) ProtoMessage() {}
 
 func (x *CreateRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[35]
+	mi := &file_mailbus_v1_config_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2950,7 @@ func (x *CreateRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRelayRequest.ProtoReflect.Descriptor instead.
 func (*CreateRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{35}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateRelayRequest) GetRelay() *Relay {
@@ -2707,7 +2969,7 @@ type CreateRelayResponse struct {
 
 func (x *CreateRelayResponse) Reset() {
 	*x = CreateRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	mi := &file_mailbus_v1_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2981,7 @@ func (x *CreateRelayResponse) String() string {
 func (*CreateRelayResponse) ProtoMessage() {}
 
 func (x *CreateRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[36]
+	mi := &file_mailbus_v1_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2994,7 @@ func (x *CreateRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRelayResponse.ProtoReflect.Descriptor instead.
 func (*CreateRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{36}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateRelayResponse) GetRelay() *Relay {
@@ -2751,7 +3013,7 @@ type GetRelayRequest struct {
 
 func (x *GetRelayRequest) Reset() {
 	*x = GetRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	mi := &file_mailbus_v1_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2763,7 +3025,7 @@ func (x *GetRelayRequest) String() string {
 func (*GetRelayRequest) ProtoMessage() {}
 
 func (x *GetRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[37]
+	mi := &file_mailbus_v1_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2776,7 +3038,7 @@ func (x *GetRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRelayRequest.ProtoReflect.Descriptor instead.
 func (*GetRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{37}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetRelayRequest) GetId() string {
@@ -2795,7 +3057,7 @@ type GetRelayResponse struct {
 
 func (x *GetRelayResponse) Reset() {
 	*x = GetRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[38]
+	mi := &file_mailbus_v1_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +3069,7 @@ func (x *GetRelayResponse) String() string {
 func (*GetRelayResponse) ProtoMessage() {}
 
 func (x *GetRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[38]
+	mi := &file_mailbus_v1_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +3082,7 @@ func (x *GetRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRelayResponse.ProtoReflect.Descriptor instead.
 func (*GetRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{38}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetRelayResponse) GetRelay() *Relay {
@@ -2840,7 +3102,7 @@ type UpdateRelayRequest struct {
 
 func (x *UpdateRelayRequest) Reset() {
 	*x = UpdateRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[39]
+	mi := &file_mailbus_v1_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3114,7 @@ func (x *UpdateRelayRequest) String() string {
 func (*UpdateRelayRequest) ProtoMessage() {}
 
 func (x *UpdateRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[39]
+	mi := &file_mailbus_v1_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3127,7 @@ func (x *UpdateRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRelayRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{39}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UpdateRelayRequest) GetRelay() *Relay {
@@ -2884,7 +3146,7 @@ type UpdateRelayResponse struct {
 
 func (x *UpdateRelayResponse) Reset() {
 	*x = UpdateRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[40]
+	mi := &file_mailbus_v1_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +3158,7 @@ func (x *UpdateRelayResponse) String() string {
 func (*UpdateRelayResponse) ProtoMessage() {}
 
 func (x *UpdateRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[40]
+	mi := &file_mailbus_v1_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +3171,7 @@ func (x *UpdateRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRelayResponse.ProtoReflect.Descriptor instead.
 func (*UpdateRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{40}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UpdateRelayResponse) GetRelay() *Relay {
@@ -2928,7 +3190,7 @@ type DeleteRelayRequest struct {
 
 func (x *DeleteRelayRequest) Reset() {
 	*x = DeleteRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[41]
+	mi := &file_mailbus_v1_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3202,7 @@ func (x *DeleteRelayRequest) String() string {
 func (*DeleteRelayRequest) ProtoMessage() {}
 
 func (x *DeleteRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[41]
+	mi := &file_mailbus_v1_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3215,7 @@ func (x *DeleteRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRelayRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{41}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeleteRelayRequest) GetId() string {
@@ -2971,7 +3233,7 @@ type DeleteRelayResponse struct {
 
 func (x *DeleteRelayResponse) Reset() {
 	*x = DeleteRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[42]
+	mi := &file_mailbus_v1_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3245,7 @@ func (x *DeleteRelayResponse) String() string {
 func (*DeleteRelayResponse) ProtoMessage() {}
 
 func (x *DeleteRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[42]
+	mi := &file_mailbus_v1_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3258,7 @@ func (x *DeleteRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRelayResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{42}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{45}
 }
 
 type ListRelaysRequest struct {
@@ -3010,7 +3272,7 @@ type ListRelaysRequest struct {
 
 func (x *ListRelaysRequest) Reset() {
 	*x = ListRelaysRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[43]
+	mi := &file_mailbus_v1_config_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3022,7 +3284,7 @@ func (x *ListRelaysRequest) String() string {
 func (*ListRelaysRequest) ProtoMessage() {}
 
 func (x *ListRelaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[43]
+	mi := &file_mailbus_v1_config_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3035,7 +3297,7 @@ func (x *ListRelaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRelaysRequest.ProtoReflect.Descriptor instead.
 func (*ListRelaysRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{43}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListRelaysRequest) GetTenantId() string {
@@ -3069,7 +3331,7 @@ type ListRelaysResponse struct {
 
 func (x *ListRelaysResponse) Reset() {
 	*x = ListRelaysResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[44]
+	mi := &file_mailbus_v1_config_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3343,7 @@ func (x *ListRelaysResponse) String() string {
 func (*ListRelaysResponse) ProtoMessage() {}
 
 func (x *ListRelaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[44]
+	mi := &file_mailbus_v1_config_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3356,7 @@ func (x *ListRelaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRelaysResponse.ProtoReflect.Descriptor instead.
 func (*ListRelaysResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{44}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRelaysResponse) GetRelays() []*Relay {
@@ -3125,7 +3387,7 @@ type TestRelayRequest struct {
 
 func (x *TestRelayRequest) Reset() {
 	*x = TestRelayRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[45]
+	mi := &file_mailbus_v1_config_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3137,7 +3399,7 @@ func (x *TestRelayRequest) String() string {
 func (*TestRelayRequest) ProtoMessage() {}
 
 func (x *TestRelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[45]
+	mi := &file_mailbus_v1_config_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3150,7 +3412,7 @@ func (x *TestRelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestRelayRequest.ProtoReflect.Descriptor instead.
 func (*TestRelayRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{45}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TestRelayRequest) GetRelayId() string {
@@ -3197,7 +3459,7 @@ type TestStep struct {
 
 func (x *TestStep) Reset() {
 	*x = TestStep{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[46]
+	mi := &file_mailbus_v1_config_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3209,7 +3471,7 @@ func (x *TestStep) String() string {
 func (*TestStep) ProtoMessage() {}
 
 func (x *TestStep) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[46]
+	mi := &file_mailbus_v1_config_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3222,7 +3484,7 @@ func (x *TestStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestStep.ProtoReflect.Descriptor instead.
 func (*TestStep) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{46}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TestStep) GetName() string {
@@ -3270,7 +3532,7 @@ type TestRelayResponse struct {
 
 func (x *TestRelayResponse) Reset() {
 	*x = TestRelayResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[47]
+	mi := &file_mailbus_v1_config_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3282,7 +3544,7 @@ func (x *TestRelayResponse) String() string {
 func (*TestRelayResponse) ProtoMessage() {}
 
 func (x *TestRelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[47]
+	mi := &file_mailbus_v1_config_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3295,7 +3557,7 @@ func (x *TestRelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestRelayResponse.ProtoReflect.Descriptor instead.
 func (*TestRelayResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{47}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *TestRelayResponse) GetOk() bool {
@@ -3320,7 +3582,7 @@ type GetDefaultServerRequest struct {
 
 func (x *GetDefaultServerRequest) Reset() {
 	*x = GetDefaultServerRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[48]
+	mi := &file_mailbus_v1_config_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3594,7 @@ func (x *GetDefaultServerRequest) String() string {
 func (*GetDefaultServerRequest) ProtoMessage() {}
 
 func (x *GetDefaultServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[48]
+	mi := &file_mailbus_v1_config_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3607,7 @@ func (x *GetDefaultServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDefaultServerRequest.ProtoReflect.Descriptor instead.
 func (*GetDefaultServerRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{48}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{51}
 }
 
 type GetDefaultServerResponse struct {
@@ -3357,7 +3619,7 @@ type GetDefaultServerResponse struct {
 
 func (x *GetDefaultServerResponse) Reset() {
 	*x = GetDefaultServerResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[49]
+	mi := &file_mailbus_v1_config_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3369,7 +3631,7 @@ func (x *GetDefaultServerResponse) String() string {
 func (*GetDefaultServerResponse) ProtoMessage() {}
 
 func (x *GetDefaultServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[49]
+	mi := &file_mailbus_v1_config_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3382,7 +3644,7 @@ func (x *GetDefaultServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDefaultServerResponse.ProtoReflect.Descriptor instead.
 func (*GetDefaultServerResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{49}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetDefaultServerResponse) GetServer() *DefaultServer {
@@ -3401,7 +3663,7 @@ type SetDefaultServerRequest struct {
 
 func (x *SetDefaultServerRequest) Reset() {
 	*x = SetDefaultServerRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[50]
+	mi := &file_mailbus_v1_config_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3413,7 +3675,7 @@ func (x *SetDefaultServerRequest) String() string {
 func (*SetDefaultServerRequest) ProtoMessage() {}
 
 func (x *SetDefaultServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[50]
+	mi := &file_mailbus_v1_config_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3426,7 +3688,7 @@ func (x *SetDefaultServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultServerRequest.ProtoReflect.Descriptor instead.
 func (*SetDefaultServerRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{50}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SetDefaultServerRequest) GetServer() *DefaultServer {
@@ -3445,7 +3707,7 @@ type SetDefaultServerResponse struct {
 
 func (x *SetDefaultServerResponse) Reset() {
 	*x = SetDefaultServerResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[51]
+	mi := &file_mailbus_v1_config_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3457,7 +3719,7 @@ func (x *SetDefaultServerResponse) String() string {
 func (*SetDefaultServerResponse) ProtoMessage() {}
 
 func (x *SetDefaultServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[51]
+	mi := &file_mailbus_v1_config_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3470,7 +3732,7 @@ func (x *SetDefaultServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDefaultServerResponse.ProtoReflect.Descriptor instead.
 func (*SetDefaultServerResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{51}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SetDefaultServerResponse) GetServer() *DefaultServer {
@@ -3489,7 +3751,7 @@ type WatchChangesRequest struct {
 
 func (x *WatchChangesRequest) Reset() {
 	*x = WatchChangesRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[52]
+	mi := &file_mailbus_v1_config_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3501,7 +3763,7 @@ func (x *WatchChangesRequest) String() string {
 func (*WatchChangesRequest) ProtoMessage() {}
 
 func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[52]
+	mi := &file_mailbus_v1_config_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3514,7 +3776,7 @@ func (x *WatchChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchChangesRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{52}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WatchChangesRequest) GetSinceRevision() int64 {
@@ -3533,7 +3795,7 @@ type WatchChangesResponse struct {
 
 func (x *WatchChangesResponse) Reset() {
 	*x = WatchChangesResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[53]
+	mi := &file_mailbus_v1_config_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3807,7 @@ func (x *WatchChangesResponse) String() string {
 func (*WatchChangesResponse) ProtoMessage() {}
 
 func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[53]
+	mi := &file_mailbus_v1_config_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3820,7 @@ func (x *WatchChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchChangesResponse.ProtoReflect.Descriptor instead.
 func (*WatchChangesResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{53}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *WatchChangesResponse) GetChange() *ConfigChange {
@@ -3576,7 +3838,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[54]
+	mi := &file_mailbus_v1_config_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3850,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[54]
+	mi := &file_mailbus_v1_config_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3863,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{54}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{57}
 }
 
 type GetSnapshotResponse struct {
@@ -3619,7 +3881,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[55]
+	mi := &file_mailbus_v1_config_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3631,7 +3893,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[55]
+	mi := &file_mailbus_v1_config_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3644,7 +3906,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{55}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetSnapshotResponse) GetRevision() int64 {
@@ -3708,7 +3970,7 @@ type BeginRelayOAuthRequest struct {
 
 func (x *BeginRelayOAuthRequest) Reset() {
 	*x = BeginRelayOAuthRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[56]
+	mi := &file_mailbus_v1_config_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3720,7 +3982,7 @@ func (x *BeginRelayOAuthRequest) String() string {
 func (*BeginRelayOAuthRequest) ProtoMessage() {}
 
 func (x *BeginRelayOAuthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[56]
+	mi := &file_mailbus_v1_config_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3733,7 +3995,7 @@ func (x *BeginRelayOAuthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginRelayOAuthRequest.ProtoReflect.Descriptor instead.
 func (*BeginRelayOAuthRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{56}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BeginRelayOAuthRequest) GetRelayId() string {
@@ -3762,7 +4024,7 @@ type BeginRelayOAuthResponse struct {
 
 func (x *BeginRelayOAuthResponse) Reset() {
 	*x = BeginRelayOAuthResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[57]
+	mi := &file_mailbus_v1_config_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3774,7 +4036,7 @@ func (x *BeginRelayOAuthResponse) String() string {
 func (*BeginRelayOAuthResponse) ProtoMessage() {}
 
 func (x *BeginRelayOAuthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[57]
+	mi := &file_mailbus_v1_config_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3787,7 +4049,7 @@ func (x *BeginRelayOAuthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginRelayOAuthResponse.ProtoReflect.Descriptor instead.
 func (*BeginRelayOAuthResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{57}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *BeginRelayOAuthResponse) GetAuthorizationUrl() string {
@@ -3815,7 +4077,7 @@ type CompleteRelayOAuthRequest struct {
 
 func (x *CompleteRelayOAuthRequest) Reset() {
 	*x = CompleteRelayOAuthRequest{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[58]
+	mi := &file_mailbus_v1_config_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3827,7 +4089,7 @@ func (x *CompleteRelayOAuthRequest) String() string {
 func (*CompleteRelayOAuthRequest) ProtoMessage() {}
 
 func (x *CompleteRelayOAuthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[58]
+	mi := &file_mailbus_v1_config_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3840,7 +4102,7 @@ func (x *CompleteRelayOAuthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRelayOAuthRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRelayOAuthRequest) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{58}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CompleteRelayOAuthRequest) GetState() string {
@@ -3867,7 +4129,7 @@ type CompleteRelayOAuthResponse struct {
 
 func (x *CompleteRelayOAuthResponse) Reset() {
 	*x = CompleteRelayOAuthResponse{}
-	mi := &file_mailbus_v1_config_proto_msgTypes[59]
+	mi := &file_mailbus_v1_config_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +4141,7 @@ func (x *CompleteRelayOAuthResponse) String() string {
 func (*CompleteRelayOAuthResponse) ProtoMessage() {}
 
 func (x *CompleteRelayOAuthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mailbus_v1_config_proto_msgTypes[59]
+	mi := &file_mailbus_v1_config_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +4154,7 @@ func (x *CompleteRelayOAuthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRelayOAuthResponse.ProtoReflect.Descriptor instead.
 func (*CompleteRelayOAuthResponse) Descriptor() ([]byte, []int) {
-	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{59}
+	return file_mailbus_v1_config_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CompleteRelayOAuthResponse) GetRelay() *Relay {
@@ -4078,7 +4340,22 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x14DeleteDkimKeyRequest\x12\x1b\n" +
 	"\tdomain_id\x18\x01 \x01(\tR\bdomainId\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\"\x17\n" +
-	"\x15DeleteDkimKeyResponse\"=\n" +
+	"\x15DeleteDkimKeyResponse\"\xb4\x01\n" +
+	"\fDnsCheckItem\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x122\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1a.mailbus.v1.DnsCheckStatusR\x06status\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x18\n" +
+	"\apublish\x18\x05 \x01(\tR\apublish\x12\x16\n" +
+	"\x06advice\x18\x06 \x03(\tR\x06advice\"E\n" +
+	"\x12CheckDomainRequest\x12\x1b\n" +
+	"\tdomain_id\x18\x01 \x01(\tR\bdomainId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x98\x01\n" +
+	"\x13CheckDomainResponse\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12.\n" +
+	"\x05items\x18\x02 \x03(\v2\x18.mailbus.v1.DnsCheckItemR\x05items\x129\n" +
+	"\n" +
+	"check_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckTime\"=\n" +
 	"\x12CreateRelayRequest\x12'\n" +
 	"\x05relay\x18\x01 \x01(\v2\x11.mailbus.v1.RelayR\x05relay\">\n" +
 	"\x13CreateRelayResponse\x12'\n" +
@@ -4185,7 +4462,12 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\x12CHANGE_KIND_DOMAIN\x10\x02\x12\x15\n" +
 	"\x11CHANGE_KIND_RELAY\x10\x03\x12\x1e\n" +
 	"\x1aCHANGE_KIND_DEFAULT_SERVER\x10\x04\x12\x1b\n" +
-	"\x17CHANGE_KIND_SUPPRESSION\x10\x052\xd9\x0f\n" +
+	"\x17CHANGE_KIND_SUPPRESSION\x10\x05*\x88\x01\n" +
+	"\x0eDnsCheckStatus\x12 \n" +
+	"\x1cDNS_CHECK_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DNS_CHECK_STATUS_FOUND\x10\x01\x12\x1c\n" +
+	"\x18DNS_CHECK_STATUS_MISSING\x10\x02\x12\x1a\n" +
+	"\x16DNS_CHECK_STATUS_WRONG\x10\x032\xa9\x10\n" +
 	"\rConfigService\x12Q\n" +
 	"\fCreateTenant\x12\x1f.mailbus.v1.CreateTenantRequest\x1a .mailbus.v1.CreateTenantResponse\x12H\n" +
 	"\tGetTenant\x12\x1c.mailbus.v1.GetTenantRequest\x1a\x1d.mailbus.v1.GetTenantResponse\x12Q\n" +
@@ -4199,6 +4481,7 @@ const file_mailbus_v1_config_proto_rawDesc = "" +
 	"\vListDomains\x12\x1e.mailbus.v1.ListDomainsRequest\x1a\x1f.mailbus.v1.ListDomainsResponse\x12Z\n" +
 	"\x0fGenerateDkimKey\x12\".mailbus.v1.GenerateDkimKeyRequest\x1a#.mailbus.v1.GenerateDkimKeyResponse\x12T\n" +
 	"\rDeleteDkimKey\x12 .mailbus.v1.DeleteDkimKeyRequest\x1a!.mailbus.v1.DeleteDkimKeyResponse\x12N\n" +
+	"\vCheckDomain\x12\x1e.mailbus.v1.CheckDomainRequest\x1a\x1f.mailbus.v1.CheckDomainResponse\x12N\n" +
 	"\vCreateRelay\x12\x1e.mailbus.v1.CreateRelayRequest\x1a\x1f.mailbus.v1.CreateRelayResponse\x12E\n" +
 	"\bGetRelay\x12\x1b.mailbus.v1.GetRelayRequest\x1a\x1c.mailbus.v1.GetRelayResponse\x12N\n" +
 	"\vUpdateRelay\x12\x1e.mailbus.v1.UpdateRelayRequest\x1a\x1f.mailbus.v1.UpdateRelayResponse\x12N\n" +
@@ -4228,8 +4511,8 @@ func file_mailbus_v1_config_proto_rawDescGZIP() []byte {
 	return file_mailbus_v1_config_proto_rawDescData
 }
 
-var file_mailbus_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_mailbus_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_mailbus_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_mailbus_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_mailbus_v1_config_proto_goTypes = []any{
 	(OverLimitPolicy)(0),               // 0: mailbus.v1.OverLimitPolicy
 	(ReturnPathMode)(0),                // 1: mailbus.v1.ReturnPathMode
@@ -4238,181 +4521,190 @@ var file_mailbus_v1_config_proto_goTypes = []any{
 	(AuthMechanism)(0),                 // 4: mailbus.v1.AuthMechanism
 	(DefaultServerMode)(0),             // 5: mailbus.v1.DefaultServerMode
 	(ChangeKind)(0),                    // 6: mailbus.v1.ChangeKind
-	(*PlanCaps)(nil),                   // 7: mailbus.v1.PlanCaps
-	(*Tenant)(nil),                     // 8: mailbus.v1.Tenant
-	(*DkimKey)(nil),                    // 9: mailbus.v1.DkimKey
-	(*Domain)(nil),                     // 10: mailbus.v1.Domain
-	(*RelayAuth)(nil),                  // 11: mailbus.v1.RelayAuth
-	(*RelayOAuth)(nil),                 // 12: mailbus.v1.RelayOAuth
-	(*Relay)(nil),                      // 13: mailbus.v1.Relay
-	(*DefaultServer)(nil),              // 14: mailbus.v1.DefaultServer
-	(*ConfigChange)(nil),               // 15: mailbus.v1.ConfigChange
-	(*SealedRelay)(nil),                // 16: mailbus.v1.SealedRelay
-	(*SealedDkimKey)(nil),              // 17: mailbus.v1.SealedDkimKey
-	(*CreateTenantRequest)(nil),        // 18: mailbus.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),       // 19: mailbus.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),           // 20: mailbus.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),          // 21: mailbus.v1.GetTenantResponse
-	(*UpdateTenantRequest)(nil),        // 22: mailbus.v1.UpdateTenantRequest
-	(*UpdateTenantResponse)(nil),       // 23: mailbus.v1.UpdateTenantResponse
-	(*DeleteTenantRequest)(nil),        // 24: mailbus.v1.DeleteTenantRequest
-	(*DeleteTenantResponse)(nil),       // 25: mailbus.v1.DeleteTenantResponse
-	(*ListTenantsRequest)(nil),         // 26: mailbus.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),        // 27: mailbus.v1.ListTenantsResponse
-	(*CreateDomainRequest)(nil),        // 28: mailbus.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),       // 29: mailbus.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),           // 30: mailbus.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),          // 31: mailbus.v1.GetDomainResponse
-	(*UpdateDomainRequest)(nil),        // 32: mailbus.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),       // 33: mailbus.v1.UpdateDomainResponse
-	(*DeleteDomainRequest)(nil),        // 34: mailbus.v1.DeleteDomainRequest
-	(*DeleteDomainResponse)(nil),       // 35: mailbus.v1.DeleteDomainResponse
-	(*ListDomainsRequest)(nil),         // 36: mailbus.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),        // 37: mailbus.v1.ListDomainsResponse
-	(*GenerateDkimKeyRequest)(nil),     // 38: mailbus.v1.GenerateDkimKeyRequest
-	(*GenerateDkimKeyResponse)(nil),    // 39: mailbus.v1.GenerateDkimKeyResponse
-	(*DeleteDkimKeyRequest)(nil),       // 40: mailbus.v1.DeleteDkimKeyRequest
-	(*DeleteDkimKeyResponse)(nil),      // 41: mailbus.v1.DeleteDkimKeyResponse
-	(*CreateRelayRequest)(nil),         // 42: mailbus.v1.CreateRelayRequest
-	(*CreateRelayResponse)(nil),        // 43: mailbus.v1.CreateRelayResponse
-	(*GetRelayRequest)(nil),            // 44: mailbus.v1.GetRelayRequest
-	(*GetRelayResponse)(nil),           // 45: mailbus.v1.GetRelayResponse
-	(*UpdateRelayRequest)(nil),         // 46: mailbus.v1.UpdateRelayRequest
-	(*UpdateRelayResponse)(nil),        // 47: mailbus.v1.UpdateRelayResponse
-	(*DeleteRelayRequest)(nil),         // 48: mailbus.v1.DeleteRelayRequest
-	(*DeleteRelayResponse)(nil),        // 49: mailbus.v1.DeleteRelayResponse
-	(*ListRelaysRequest)(nil),          // 50: mailbus.v1.ListRelaysRequest
-	(*ListRelaysResponse)(nil),         // 51: mailbus.v1.ListRelaysResponse
-	(*TestRelayRequest)(nil),           // 52: mailbus.v1.TestRelayRequest
-	(*TestStep)(nil),                   // 53: mailbus.v1.TestStep
-	(*TestRelayResponse)(nil),          // 54: mailbus.v1.TestRelayResponse
-	(*GetDefaultServerRequest)(nil),    // 55: mailbus.v1.GetDefaultServerRequest
-	(*GetDefaultServerResponse)(nil),   // 56: mailbus.v1.GetDefaultServerResponse
-	(*SetDefaultServerRequest)(nil),    // 57: mailbus.v1.SetDefaultServerRequest
-	(*SetDefaultServerResponse)(nil),   // 58: mailbus.v1.SetDefaultServerResponse
-	(*WatchChangesRequest)(nil),        // 59: mailbus.v1.WatchChangesRequest
-	(*WatchChangesResponse)(nil),       // 60: mailbus.v1.WatchChangesResponse
-	(*GetSnapshotRequest)(nil),         // 61: mailbus.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),        // 62: mailbus.v1.GetSnapshotResponse
-	(*BeginRelayOAuthRequest)(nil),     // 63: mailbus.v1.BeginRelayOAuthRequest
-	(*BeginRelayOAuthResponse)(nil),    // 64: mailbus.v1.BeginRelayOAuthResponse
-	(*CompleteRelayOAuthRequest)(nil),  // 65: mailbus.v1.CompleteRelayOAuthRequest
-	(*CompleteRelayOAuthResponse)(nil), // 66: mailbus.v1.CompleteRelayOAuthResponse
-	(*timestamppb.Timestamp)(nil),      // 67: google.protobuf.Timestamp
-	(EmailKind)(0),                     // 68: mailbus.v1.EmailKind
-	(*SmtpReply)(nil),                  // 69: mailbus.v1.SmtpReply
+	(DnsCheckStatus)(0),                // 7: mailbus.v1.DnsCheckStatus
+	(*PlanCaps)(nil),                   // 8: mailbus.v1.PlanCaps
+	(*Tenant)(nil),                     // 9: mailbus.v1.Tenant
+	(*DkimKey)(nil),                    // 10: mailbus.v1.DkimKey
+	(*Domain)(nil),                     // 11: mailbus.v1.Domain
+	(*RelayAuth)(nil),                  // 12: mailbus.v1.RelayAuth
+	(*RelayOAuth)(nil),                 // 13: mailbus.v1.RelayOAuth
+	(*Relay)(nil),                      // 14: mailbus.v1.Relay
+	(*DefaultServer)(nil),              // 15: mailbus.v1.DefaultServer
+	(*ConfigChange)(nil),               // 16: mailbus.v1.ConfigChange
+	(*SealedRelay)(nil),                // 17: mailbus.v1.SealedRelay
+	(*SealedDkimKey)(nil),              // 18: mailbus.v1.SealedDkimKey
+	(*CreateTenantRequest)(nil),        // 19: mailbus.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),       // 20: mailbus.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),           // 21: mailbus.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),          // 22: mailbus.v1.GetTenantResponse
+	(*UpdateTenantRequest)(nil),        // 23: mailbus.v1.UpdateTenantRequest
+	(*UpdateTenantResponse)(nil),       // 24: mailbus.v1.UpdateTenantResponse
+	(*DeleteTenantRequest)(nil),        // 25: mailbus.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),       // 26: mailbus.v1.DeleteTenantResponse
+	(*ListTenantsRequest)(nil),         // 27: mailbus.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),        // 28: mailbus.v1.ListTenantsResponse
+	(*CreateDomainRequest)(nil),        // 29: mailbus.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),       // 30: mailbus.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),           // 31: mailbus.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),          // 32: mailbus.v1.GetDomainResponse
+	(*UpdateDomainRequest)(nil),        // 33: mailbus.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),       // 34: mailbus.v1.UpdateDomainResponse
+	(*DeleteDomainRequest)(nil),        // 35: mailbus.v1.DeleteDomainRequest
+	(*DeleteDomainResponse)(nil),       // 36: mailbus.v1.DeleteDomainResponse
+	(*ListDomainsRequest)(nil),         // 37: mailbus.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),        // 38: mailbus.v1.ListDomainsResponse
+	(*GenerateDkimKeyRequest)(nil),     // 39: mailbus.v1.GenerateDkimKeyRequest
+	(*GenerateDkimKeyResponse)(nil),    // 40: mailbus.v1.GenerateDkimKeyResponse
+	(*DeleteDkimKeyRequest)(nil),       // 41: mailbus.v1.DeleteDkimKeyRequest
+	(*DeleteDkimKeyResponse)(nil),      // 42: mailbus.v1.DeleteDkimKeyResponse
+	(*DnsCheckItem)(nil),               // 43: mailbus.v1.DnsCheckItem
+	(*CheckDomainRequest)(nil),         // 44: mailbus.v1.CheckDomainRequest
+	(*CheckDomainResponse)(nil),        // 45: mailbus.v1.CheckDomainResponse
+	(*CreateRelayRequest)(nil),         // 46: mailbus.v1.CreateRelayRequest
+	(*CreateRelayResponse)(nil),        // 47: mailbus.v1.CreateRelayResponse
+	(*GetRelayRequest)(nil),            // 48: mailbus.v1.GetRelayRequest
+	(*GetRelayResponse)(nil),           // 49: mailbus.v1.GetRelayResponse
+	(*UpdateRelayRequest)(nil),         // 50: mailbus.v1.UpdateRelayRequest
+	(*UpdateRelayResponse)(nil),        // 51: mailbus.v1.UpdateRelayResponse
+	(*DeleteRelayRequest)(nil),         // 52: mailbus.v1.DeleteRelayRequest
+	(*DeleteRelayResponse)(nil),        // 53: mailbus.v1.DeleteRelayResponse
+	(*ListRelaysRequest)(nil),          // 54: mailbus.v1.ListRelaysRequest
+	(*ListRelaysResponse)(nil),         // 55: mailbus.v1.ListRelaysResponse
+	(*TestRelayRequest)(nil),           // 56: mailbus.v1.TestRelayRequest
+	(*TestStep)(nil),                   // 57: mailbus.v1.TestStep
+	(*TestRelayResponse)(nil),          // 58: mailbus.v1.TestRelayResponse
+	(*GetDefaultServerRequest)(nil),    // 59: mailbus.v1.GetDefaultServerRequest
+	(*GetDefaultServerResponse)(nil),   // 60: mailbus.v1.GetDefaultServerResponse
+	(*SetDefaultServerRequest)(nil),    // 61: mailbus.v1.SetDefaultServerRequest
+	(*SetDefaultServerResponse)(nil),   // 62: mailbus.v1.SetDefaultServerResponse
+	(*WatchChangesRequest)(nil),        // 63: mailbus.v1.WatchChangesRequest
+	(*WatchChangesResponse)(nil),       // 64: mailbus.v1.WatchChangesResponse
+	(*GetSnapshotRequest)(nil),         // 65: mailbus.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),        // 66: mailbus.v1.GetSnapshotResponse
+	(*BeginRelayOAuthRequest)(nil),     // 67: mailbus.v1.BeginRelayOAuthRequest
+	(*BeginRelayOAuthResponse)(nil),    // 68: mailbus.v1.BeginRelayOAuthResponse
+	(*CompleteRelayOAuthRequest)(nil),  // 69: mailbus.v1.CompleteRelayOAuthRequest
+	(*CompleteRelayOAuthResponse)(nil), // 70: mailbus.v1.CompleteRelayOAuthResponse
+	(*timestamppb.Timestamp)(nil),      // 71: google.protobuf.Timestamp
+	(EmailKind)(0),                     // 72: mailbus.v1.EmailKind
+	(*SmtpReply)(nil),                  // 73: mailbus.v1.SmtpReply
 }
 var file_mailbus_v1_config_proto_depIdxs = []int32{
-	7,  // 0: mailbus.v1.Tenant.plan:type_name -> mailbus.v1.PlanCaps
+	8,  // 0: mailbus.v1.Tenant.plan:type_name -> mailbus.v1.PlanCaps
 	0,  // 1: mailbus.v1.Tenant.over_limit_policy:type_name -> mailbus.v1.OverLimitPolicy
-	67, // 2: mailbus.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
-	67, // 3: mailbus.v1.Tenant.update_time:type_name -> google.protobuf.Timestamp
+	71, // 2: mailbus.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
+	71, // 3: mailbus.v1.Tenant.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: mailbus.v1.DkimKey.algorithm:type_name -> mailbus.v1.DkimAlgorithm
-	67, // 5: mailbus.v1.DkimKey.create_time:type_name -> google.protobuf.Timestamp
+	71, // 5: mailbus.v1.DkimKey.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: mailbus.v1.Domain.return_path_mode:type_name -> mailbus.v1.ReturnPathMode
-	9,  // 7: mailbus.v1.Domain.dkim_keys:type_name -> mailbus.v1.DkimKey
-	67, // 8: mailbus.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	67, // 9: mailbus.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	10, // 7: mailbus.v1.Domain.dkim_keys:type_name -> mailbus.v1.DkimKey
+	71, // 8: mailbus.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	71, // 9: mailbus.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 10: mailbus.v1.RelayAuth.mechanism:type_name -> mailbus.v1.AuthMechanism
-	12, // 11: mailbus.v1.RelayAuth.oauth:type_name -> mailbus.v1.RelayOAuth
+	13, // 11: mailbus.v1.RelayAuth.oauth:type_name -> mailbus.v1.RelayOAuth
 	3,  // 12: mailbus.v1.Relay.security:type_name -> mailbus.v1.RelaySecurity
-	11, // 13: mailbus.v1.Relay.auth:type_name -> mailbus.v1.RelayAuth
-	68, // 14: mailbus.v1.Relay.kinds:type_name -> mailbus.v1.EmailKind
-	67, // 15: mailbus.v1.Relay.create_time:type_name -> google.protobuf.Timestamp
-	67, // 16: mailbus.v1.Relay.update_time:type_name -> google.protobuf.Timestamp
+	12, // 13: mailbus.v1.Relay.auth:type_name -> mailbus.v1.RelayAuth
+	72, // 14: mailbus.v1.Relay.kinds:type_name -> mailbus.v1.EmailKind
+	71, // 15: mailbus.v1.Relay.create_time:type_name -> google.protobuf.Timestamp
+	71, // 16: mailbus.v1.Relay.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 17: mailbus.v1.DefaultServer.mode:type_name -> mailbus.v1.DefaultServerMode
-	13, // 18: mailbus.v1.DefaultServer.relay:type_name -> mailbus.v1.Relay
+	14, // 18: mailbus.v1.DefaultServer.relay:type_name -> mailbus.v1.Relay
 	6,  // 19: mailbus.v1.ConfigChange.kind:type_name -> mailbus.v1.ChangeKind
-	67, // 20: mailbus.v1.ConfigChange.change_time:type_name -> google.protobuf.Timestamp
-	13, // 21: mailbus.v1.SealedRelay.relay:type_name -> mailbus.v1.Relay
-	9,  // 22: mailbus.v1.SealedDkimKey.key:type_name -> mailbus.v1.DkimKey
-	8,  // 23: mailbus.v1.CreateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 24: mailbus.v1.CreateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 25: mailbus.v1.GetTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 26: mailbus.v1.UpdateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 27: mailbus.v1.UpdateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
-	8,  // 28: mailbus.v1.ListTenantsResponse.tenants:type_name -> mailbus.v1.Tenant
-	10, // 29: mailbus.v1.CreateDomainRequest.domain:type_name -> mailbus.v1.Domain
-	10, // 30: mailbus.v1.CreateDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 31: mailbus.v1.GetDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 32: mailbus.v1.UpdateDomainRequest.domain:type_name -> mailbus.v1.Domain
-	10, // 33: mailbus.v1.UpdateDomainResponse.domain:type_name -> mailbus.v1.Domain
-	10, // 34: mailbus.v1.ListDomainsResponse.domains:type_name -> mailbus.v1.Domain
+	71, // 20: mailbus.v1.ConfigChange.change_time:type_name -> google.protobuf.Timestamp
+	14, // 21: mailbus.v1.SealedRelay.relay:type_name -> mailbus.v1.Relay
+	10, // 22: mailbus.v1.SealedDkimKey.key:type_name -> mailbus.v1.DkimKey
+	9,  // 23: mailbus.v1.CreateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
+	9,  // 24: mailbus.v1.CreateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	9,  // 25: mailbus.v1.GetTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	9,  // 26: mailbus.v1.UpdateTenantRequest.tenant:type_name -> mailbus.v1.Tenant
+	9,  // 27: mailbus.v1.UpdateTenantResponse.tenant:type_name -> mailbus.v1.Tenant
+	9,  // 28: mailbus.v1.ListTenantsResponse.tenants:type_name -> mailbus.v1.Tenant
+	11, // 29: mailbus.v1.CreateDomainRequest.domain:type_name -> mailbus.v1.Domain
+	11, // 30: mailbus.v1.CreateDomainResponse.domain:type_name -> mailbus.v1.Domain
+	11, // 31: mailbus.v1.GetDomainResponse.domain:type_name -> mailbus.v1.Domain
+	11, // 32: mailbus.v1.UpdateDomainRequest.domain:type_name -> mailbus.v1.Domain
+	11, // 33: mailbus.v1.UpdateDomainResponse.domain:type_name -> mailbus.v1.Domain
+	11, // 34: mailbus.v1.ListDomainsResponse.domains:type_name -> mailbus.v1.Domain
 	2,  // 35: mailbus.v1.GenerateDkimKeyRequest.algorithm:type_name -> mailbus.v1.DkimAlgorithm
-	9,  // 36: mailbus.v1.GenerateDkimKeyResponse.key:type_name -> mailbus.v1.DkimKey
-	13, // 37: mailbus.v1.CreateRelayRequest.relay:type_name -> mailbus.v1.Relay
-	13, // 38: mailbus.v1.CreateRelayResponse.relay:type_name -> mailbus.v1.Relay
-	13, // 39: mailbus.v1.GetRelayResponse.relay:type_name -> mailbus.v1.Relay
-	13, // 40: mailbus.v1.UpdateRelayRequest.relay:type_name -> mailbus.v1.Relay
-	13, // 41: mailbus.v1.UpdateRelayResponse.relay:type_name -> mailbus.v1.Relay
-	13, // 42: mailbus.v1.ListRelaysResponse.relays:type_name -> mailbus.v1.Relay
-	13, // 43: mailbus.v1.TestRelayRequest.relay:type_name -> mailbus.v1.Relay
-	69, // 44: mailbus.v1.TestStep.reply:type_name -> mailbus.v1.SmtpReply
-	53, // 45: mailbus.v1.TestRelayResponse.steps:type_name -> mailbus.v1.TestStep
-	14, // 46: mailbus.v1.GetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
-	14, // 47: mailbus.v1.SetDefaultServerRequest.server:type_name -> mailbus.v1.DefaultServer
-	14, // 48: mailbus.v1.SetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
-	15, // 49: mailbus.v1.WatchChangesResponse.change:type_name -> mailbus.v1.ConfigChange
-	8,  // 50: mailbus.v1.GetSnapshotResponse.tenants:type_name -> mailbus.v1.Tenant
-	10, // 51: mailbus.v1.GetSnapshotResponse.domains:type_name -> mailbus.v1.Domain
-	16, // 52: mailbus.v1.GetSnapshotResponse.relays:type_name -> mailbus.v1.SealedRelay
-	17, // 53: mailbus.v1.GetSnapshotResponse.dkim_keys:type_name -> mailbus.v1.SealedDkimKey
-	14, // 54: mailbus.v1.GetSnapshotResponse.default_server:type_name -> mailbus.v1.DefaultServer
-	16, // 55: mailbus.v1.GetSnapshotResponse.default_relay:type_name -> mailbus.v1.SealedRelay
-	13, // 56: mailbus.v1.CompleteRelayOAuthResponse.relay:type_name -> mailbus.v1.Relay
-	18, // 57: mailbus.v1.ConfigService.CreateTenant:input_type -> mailbus.v1.CreateTenantRequest
-	20, // 58: mailbus.v1.ConfigService.GetTenant:input_type -> mailbus.v1.GetTenantRequest
-	22, // 59: mailbus.v1.ConfigService.UpdateTenant:input_type -> mailbus.v1.UpdateTenantRequest
-	24, // 60: mailbus.v1.ConfigService.DeleteTenant:input_type -> mailbus.v1.DeleteTenantRequest
-	26, // 61: mailbus.v1.ConfigService.ListTenants:input_type -> mailbus.v1.ListTenantsRequest
-	28, // 62: mailbus.v1.ConfigService.CreateDomain:input_type -> mailbus.v1.CreateDomainRequest
-	30, // 63: mailbus.v1.ConfigService.GetDomain:input_type -> mailbus.v1.GetDomainRequest
-	32, // 64: mailbus.v1.ConfigService.UpdateDomain:input_type -> mailbus.v1.UpdateDomainRequest
-	34, // 65: mailbus.v1.ConfigService.DeleteDomain:input_type -> mailbus.v1.DeleteDomainRequest
-	36, // 66: mailbus.v1.ConfigService.ListDomains:input_type -> mailbus.v1.ListDomainsRequest
-	38, // 67: mailbus.v1.ConfigService.GenerateDkimKey:input_type -> mailbus.v1.GenerateDkimKeyRequest
-	40, // 68: mailbus.v1.ConfigService.DeleteDkimKey:input_type -> mailbus.v1.DeleteDkimKeyRequest
-	42, // 69: mailbus.v1.ConfigService.CreateRelay:input_type -> mailbus.v1.CreateRelayRequest
-	44, // 70: mailbus.v1.ConfigService.GetRelay:input_type -> mailbus.v1.GetRelayRequest
-	46, // 71: mailbus.v1.ConfigService.UpdateRelay:input_type -> mailbus.v1.UpdateRelayRequest
-	48, // 72: mailbus.v1.ConfigService.DeleteRelay:input_type -> mailbus.v1.DeleteRelayRequest
-	50, // 73: mailbus.v1.ConfigService.ListRelays:input_type -> mailbus.v1.ListRelaysRequest
-	52, // 74: mailbus.v1.ConfigService.TestRelay:input_type -> mailbus.v1.TestRelayRequest
-	55, // 75: mailbus.v1.ConfigService.GetDefaultServer:input_type -> mailbus.v1.GetDefaultServerRequest
-	57, // 76: mailbus.v1.ConfigService.SetDefaultServer:input_type -> mailbus.v1.SetDefaultServerRequest
-	59, // 77: mailbus.v1.ConfigService.WatchChanges:input_type -> mailbus.v1.WatchChangesRequest
-	61, // 78: mailbus.v1.ConfigService.GetSnapshot:input_type -> mailbus.v1.GetSnapshotRequest
-	63, // 79: mailbus.v1.ConfigService.BeginRelayOAuth:input_type -> mailbus.v1.BeginRelayOAuthRequest
-	65, // 80: mailbus.v1.ConfigService.CompleteRelayOAuth:input_type -> mailbus.v1.CompleteRelayOAuthRequest
-	19, // 81: mailbus.v1.ConfigService.CreateTenant:output_type -> mailbus.v1.CreateTenantResponse
-	21, // 82: mailbus.v1.ConfigService.GetTenant:output_type -> mailbus.v1.GetTenantResponse
-	23, // 83: mailbus.v1.ConfigService.UpdateTenant:output_type -> mailbus.v1.UpdateTenantResponse
-	25, // 84: mailbus.v1.ConfigService.DeleteTenant:output_type -> mailbus.v1.DeleteTenantResponse
-	27, // 85: mailbus.v1.ConfigService.ListTenants:output_type -> mailbus.v1.ListTenantsResponse
-	29, // 86: mailbus.v1.ConfigService.CreateDomain:output_type -> mailbus.v1.CreateDomainResponse
-	31, // 87: mailbus.v1.ConfigService.GetDomain:output_type -> mailbus.v1.GetDomainResponse
-	33, // 88: mailbus.v1.ConfigService.UpdateDomain:output_type -> mailbus.v1.UpdateDomainResponse
-	35, // 89: mailbus.v1.ConfigService.DeleteDomain:output_type -> mailbus.v1.DeleteDomainResponse
-	37, // 90: mailbus.v1.ConfigService.ListDomains:output_type -> mailbus.v1.ListDomainsResponse
-	39, // 91: mailbus.v1.ConfigService.GenerateDkimKey:output_type -> mailbus.v1.GenerateDkimKeyResponse
-	41, // 92: mailbus.v1.ConfigService.DeleteDkimKey:output_type -> mailbus.v1.DeleteDkimKeyResponse
-	43, // 93: mailbus.v1.ConfigService.CreateRelay:output_type -> mailbus.v1.CreateRelayResponse
-	45, // 94: mailbus.v1.ConfigService.GetRelay:output_type -> mailbus.v1.GetRelayResponse
-	47, // 95: mailbus.v1.ConfigService.UpdateRelay:output_type -> mailbus.v1.UpdateRelayResponse
-	49, // 96: mailbus.v1.ConfigService.DeleteRelay:output_type -> mailbus.v1.DeleteRelayResponse
-	51, // 97: mailbus.v1.ConfigService.ListRelays:output_type -> mailbus.v1.ListRelaysResponse
-	54, // 98: mailbus.v1.ConfigService.TestRelay:output_type -> mailbus.v1.TestRelayResponse
-	56, // 99: mailbus.v1.ConfigService.GetDefaultServer:output_type -> mailbus.v1.GetDefaultServerResponse
-	58, // 100: mailbus.v1.ConfigService.SetDefaultServer:output_type -> mailbus.v1.SetDefaultServerResponse
-	60, // 101: mailbus.v1.ConfigService.WatchChanges:output_type -> mailbus.v1.WatchChangesResponse
-	62, // 102: mailbus.v1.ConfigService.GetSnapshot:output_type -> mailbus.v1.GetSnapshotResponse
-	64, // 103: mailbus.v1.ConfigService.BeginRelayOAuth:output_type -> mailbus.v1.BeginRelayOAuthResponse
-	66, // 104: mailbus.v1.ConfigService.CompleteRelayOAuth:output_type -> mailbus.v1.CompleteRelayOAuthResponse
-	81, // [81:105] is the sub-list for method output_type
-	57, // [57:81] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	10, // 36: mailbus.v1.GenerateDkimKeyResponse.key:type_name -> mailbus.v1.DkimKey
+	7,  // 37: mailbus.v1.DnsCheckItem.status:type_name -> mailbus.v1.DnsCheckStatus
+	43, // 38: mailbus.v1.CheckDomainResponse.items:type_name -> mailbus.v1.DnsCheckItem
+	71, // 39: mailbus.v1.CheckDomainResponse.check_time:type_name -> google.protobuf.Timestamp
+	14, // 40: mailbus.v1.CreateRelayRequest.relay:type_name -> mailbus.v1.Relay
+	14, // 41: mailbus.v1.CreateRelayResponse.relay:type_name -> mailbus.v1.Relay
+	14, // 42: mailbus.v1.GetRelayResponse.relay:type_name -> mailbus.v1.Relay
+	14, // 43: mailbus.v1.UpdateRelayRequest.relay:type_name -> mailbus.v1.Relay
+	14, // 44: mailbus.v1.UpdateRelayResponse.relay:type_name -> mailbus.v1.Relay
+	14, // 45: mailbus.v1.ListRelaysResponse.relays:type_name -> mailbus.v1.Relay
+	14, // 46: mailbus.v1.TestRelayRequest.relay:type_name -> mailbus.v1.Relay
+	73, // 47: mailbus.v1.TestStep.reply:type_name -> mailbus.v1.SmtpReply
+	57, // 48: mailbus.v1.TestRelayResponse.steps:type_name -> mailbus.v1.TestStep
+	15, // 49: mailbus.v1.GetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
+	15, // 50: mailbus.v1.SetDefaultServerRequest.server:type_name -> mailbus.v1.DefaultServer
+	15, // 51: mailbus.v1.SetDefaultServerResponse.server:type_name -> mailbus.v1.DefaultServer
+	16, // 52: mailbus.v1.WatchChangesResponse.change:type_name -> mailbus.v1.ConfigChange
+	9,  // 53: mailbus.v1.GetSnapshotResponse.tenants:type_name -> mailbus.v1.Tenant
+	11, // 54: mailbus.v1.GetSnapshotResponse.domains:type_name -> mailbus.v1.Domain
+	17, // 55: mailbus.v1.GetSnapshotResponse.relays:type_name -> mailbus.v1.SealedRelay
+	18, // 56: mailbus.v1.GetSnapshotResponse.dkim_keys:type_name -> mailbus.v1.SealedDkimKey
+	15, // 57: mailbus.v1.GetSnapshotResponse.default_server:type_name -> mailbus.v1.DefaultServer
+	17, // 58: mailbus.v1.GetSnapshotResponse.default_relay:type_name -> mailbus.v1.SealedRelay
+	14, // 59: mailbus.v1.CompleteRelayOAuthResponse.relay:type_name -> mailbus.v1.Relay
+	19, // 60: mailbus.v1.ConfigService.CreateTenant:input_type -> mailbus.v1.CreateTenantRequest
+	21, // 61: mailbus.v1.ConfigService.GetTenant:input_type -> mailbus.v1.GetTenantRequest
+	23, // 62: mailbus.v1.ConfigService.UpdateTenant:input_type -> mailbus.v1.UpdateTenantRequest
+	25, // 63: mailbus.v1.ConfigService.DeleteTenant:input_type -> mailbus.v1.DeleteTenantRequest
+	27, // 64: mailbus.v1.ConfigService.ListTenants:input_type -> mailbus.v1.ListTenantsRequest
+	29, // 65: mailbus.v1.ConfigService.CreateDomain:input_type -> mailbus.v1.CreateDomainRequest
+	31, // 66: mailbus.v1.ConfigService.GetDomain:input_type -> mailbus.v1.GetDomainRequest
+	33, // 67: mailbus.v1.ConfigService.UpdateDomain:input_type -> mailbus.v1.UpdateDomainRequest
+	35, // 68: mailbus.v1.ConfigService.DeleteDomain:input_type -> mailbus.v1.DeleteDomainRequest
+	37, // 69: mailbus.v1.ConfigService.ListDomains:input_type -> mailbus.v1.ListDomainsRequest
+	39, // 70: mailbus.v1.ConfigService.GenerateDkimKey:input_type -> mailbus.v1.GenerateDkimKeyRequest
+	41, // 71: mailbus.v1.ConfigService.DeleteDkimKey:input_type -> mailbus.v1.DeleteDkimKeyRequest
+	44, // 72: mailbus.v1.ConfigService.CheckDomain:input_type -> mailbus.v1.CheckDomainRequest
+	46, // 73: mailbus.v1.ConfigService.CreateRelay:input_type -> mailbus.v1.CreateRelayRequest
+	48, // 74: mailbus.v1.ConfigService.GetRelay:input_type -> mailbus.v1.GetRelayRequest
+	50, // 75: mailbus.v1.ConfigService.UpdateRelay:input_type -> mailbus.v1.UpdateRelayRequest
+	52, // 76: mailbus.v1.ConfigService.DeleteRelay:input_type -> mailbus.v1.DeleteRelayRequest
+	54, // 77: mailbus.v1.ConfigService.ListRelays:input_type -> mailbus.v1.ListRelaysRequest
+	56, // 78: mailbus.v1.ConfigService.TestRelay:input_type -> mailbus.v1.TestRelayRequest
+	59, // 79: mailbus.v1.ConfigService.GetDefaultServer:input_type -> mailbus.v1.GetDefaultServerRequest
+	61, // 80: mailbus.v1.ConfigService.SetDefaultServer:input_type -> mailbus.v1.SetDefaultServerRequest
+	63, // 81: mailbus.v1.ConfigService.WatchChanges:input_type -> mailbus.v1.WatchChangesRequest
+	65, // 82: mailbus.v1.ConfigService.GetSnapshot:input_type -> mailbus.v1.GetSnapshotRequest
+	67, // 83: mailbus.v1.ConfigService.BeginRelayOAuth:input_type -> mailbus.v1.BeginRelayOAuthRequest
+	69, // 84: mailbus.v1.ConfigService.CompleteRelayOAuth:input_type -> mailbus.v1.CompleteRelayOAuthRequest
+	20, // 85: mailbus.v1.ConfigService.CreateTenant:output_type -> mailbus.v1.CreateTenantResponse
+	22, // 86: mailbus.v1.ConfigService.GetTenant:output_type -> mailbus.v1.GetTenantResponse
+	24, // 87: mailbus.v1.ConfigService.UpdateTenant:output_type -> mailbus.v1.UpdateTenantResponse
+	26, // 88: mailbus.v1.ConfigService.DeleteTenant:output_type -> mailbus.v1.DeleteTenantResponse
+	28, // 89: mailbus.v1.ConfigService.ListTenants:output_type -> mailbus.v1.ListTenantsResponse
+	30, // 90: mailbus.v1.ConfigService.CreateDomain:output_type -> mailbus.v1.CreateDomainResponse
+	32, // 91: mailbus.v1.ConfigService.GetDomain:output_type -> mailbus.v1.GetDomainResponse
+	34, // 92: mailbus.v1.ConfigService.UpdateDomain:output_type -> mailbus.v1.UpdateDomainResponse
+	36, // 93: mailbus.v1.ConfigService.DeleteDomain:output_type -> mailbus.v1.DeleteDomainResponse
+	38, // 94: mailbus.v1.ConfigService.ListDomains:output_type -> mailbus.v1.ListDomainsResponse
+	40, // 95: mailbus.v1.ConfigService.GenerateDkimKey:output_type -> mailbus.v1.GenerateDkimKeyResponse
+	42, // 96: mailbus.v1.ConfigService.DeleteDkimKey:output_type -> mailbus.v1.DeleteDkimKeyResponse
+	45, // 97: mailbus.v1.ConfigService.CheckDomain:output_type -> mailbus.v1.CheckDomainResponse
+	47, // 98: mailbus.v1.ConfigService.CreateRelay:output_type -> mailbus.v1.CreateRelayResponse
+	49, // 99: mailbus.v1.ConfigService.GetRelay:output_type -> mailbus.v1.GetRelayResponse
+	51, // 100: mailbus.v1.ConfigService.UpdateRelay:output_type -> mailbus.v1.UpdateRelayResponse
+	53, // 101: mailbus.v1.ConfigService.DeleteRelay:output_type -> mailbus.v1.DeleteRelayResponse
+	55, // 102: mailbus.v1.ConfigService.ListRelays:output_type -> mailbus.v1.ListRelaysResponse
+	58, // 103: mailbus.v1.ConfigService.TestRelay:output_type -> mailbus.v1.TestRelayResponse
+	60, // 104: mailbus.v1.ConfigService.GetDefaultServer:output_type -> mailbus.v1.GetDefaultServerResponse
+	62, // 105: mailbus.v1.ConfigService.SetDefaultServer:output_type -> mailbus.v1.SetDefaultServerResponse
+	64, // 106: mailbus.v1.ConfigService.WatchChanges:output_type -> mailbus.v1.WatchChangesResponse
+	66, // 107: mailbus.v1.ConfigService.GetSnapshot:output_type -> mailbus.v1.GetSnapshotResponse
+	68, // 108: mailbus.v1.ConfigService.BeginRelayOAuth:output_type -> mailbus.v1.BeginRelayOAuthResponse
+	70, // 109: mailbus.v1.ConfigService.CompleteRelayOAuth:output_type -> mailbus.v1.CompleteRelayOAuthResponse
+	85, // [85:110] is the sub-list for method output_type
+	60, // [60:85] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_mailbus_v1_config_proto_init() }
@@ -4426,8 +4718,8 @@ func file_mailbus_v1_config_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mailbus_v1_config_proto_rawDesc), len(file_mailbus_v1_config_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   60,
+			NumEnums:      8,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

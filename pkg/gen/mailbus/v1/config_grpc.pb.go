@@ -31,6 +31,7 @@ const (
 	ConfigService_ListDomains_FullMethodName        = "/mailbus.v1.ConfigService/ListDomains"
 	ConfigService_GenerateDkimKey_FullMethodName    = "/mailbus.v1.ConfigService/GenerateDkimKey"
 	ConfigService_DeleteDkimKey_FullMethodName      = "/mailbus.v1.ConfigService/DeleteDkimKey"
+	ConfigService_CheckDomain_FullMethodName        = "/mailbus.v1.ConfigService/CheckDomain"
 	ConfigService_CreateRelay_FullMethodName        = "/mailbus.v1.ConfigService/CreateRelay"
 	ConfigService_GetRelay_FullMethodName           = "/mailbus.v1.ConfigService/GetRelay"
 	ConfigService_UpdateRelay_FullMethodName        = "/mailbus.v1.ConfigService/UpdateRelay"
@@ -67,6 +68,11 @@ type ConfigServiceClient interface {
 	// TXT record to publish.
 	GenerateDkimKey(ctx context.Context, in *GenerateDkimKeyRequest, opts ...grpc.CallOption) (*GenerateDkimKeyResponse, error)
 	DeleteDkimKey(ctx context.Context, in *DeleteDkimKeyRequest, opts ...grpc.CallOption) (*DeleteDkimKeyResponse, error)
+	// Looks up the DNS records that this domain's mail needs on the path it
+	// really takes (its relays, the default server, its return path and DKIM
+	// keys) and says, per record, whether it is found, missing or wrong, and
+	// the exact record to publish.
+	CheckDomain(ctx context.Context, in *CheckDomainRequest, opts ...grpc.CallOption) (*CheckDomainResponse, error)
 	CreateRelay(ctx context.Context, in *CreateRelayRequest, opts ...grpc.CallOption) (*CreateRelayResponse, error)
 	GetRelay(ctx context.Context, in *GetRelayRequest, opts ...grpc.CallOption) (*GetRelayResponse, error)
 	UpdateRelay(ctx context.Context, in *UpdateRelayRequest, opts ...grpc.CallOption) (*UpdateRelayResponse, error)
@@ -216,6 +222,16 @@ func (c *configServiceClient) DeleteDkimKey(ctx context.Context, in *DeleteDkimK
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteDkimKeyResponse)
 	err := c.cc.Invoke(ctx, ConfigService_DeleteDkimKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *configServiceClient) CheckDomain(ctx context.Context, in *CheckDomainRequest, opts ...grpc.CallOption) (*CheckDomainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckDomainResponse)
+	err := c.cc.Invoke(ctx, ConfigService_CheckDomain_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -373,6 +389,11 @@ type ConfigServiceServer interface {
 	// TXT record to publish.
 	GenerateDkimKey(context.Context, *GenerateDkimKeyRequest) (*GenerateDkimKeyResponse, error)
 	DeleteDkimKey(context.Context, *DeleteDkimKeyRequest) (*DeleteDkimKeyResponse, error)
+	// Looks up the DNS records that this domain's mail needs on the path it
+	// really takes (its relays, the default server, its return path and DKIM
+	// keys) and says, per record, whether it is found, missing or wrong, and
+	// the exact record to publish.
+	CheckDomain(context.Context, *CheckDomainRequest) (*CheckDomainResponse, error)
 	CreateRelay(context.Context, *CreateRelayRequest) (*CreateRelayResponse, error)
 	GetRelay(context.Context, *GetRelayRequest) (*GetRelayResponse, error)
 	UpdateRelay(context.Context, *UpdateRelayRequest) (*UpdateRelayResponse, error)
@@ -443,6 +464,9 @@ func (UnimplementedConfigServiceServer) GenerateDkimKey(context.Context, *Genera
 }
 func (UnimplementedConfigServiceServer) DeleteDkimKey(context.Context, *DeleteDkimKeyRequest) (*DeleteDkimKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteDkimKey not implemented")
+}
+func (UnimplementedConfigServiceServer) CheckDomain(context.Context, *CheckDomainRequest) (*CheckDomainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckDomain not implemented")
 }
 func (UnimplementedConfigServiceServer) CreateRelay(context.Context, *CreateRelayRequest) (*CreateRelayResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateRelay not implemented")
@@ -717,6 +741,24 @@ func _ConfigService_DeleteDkimKey_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConfigService_CheckDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConfigServiceServer).CheckDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConfigService_CheckDomain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConfigServiceServer).CheckDomain(ctx, req.(*CheckDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ConfigService_CreateRelay_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateRelayRequest)
 	if err := dec(in); err != nil {
@@ -980,6 +1022,10 @@ var ConfigService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteDkimKey",
 			Handler:    _ConfigService_DeleteDkimKey_Handler,
+		},
+		{
+			MethodName: "CheckDomain",
+			Handler:    _ConfigService_CheckDomain_Handler,
 		},
 		{
 			MethodName: "CreateRelay",

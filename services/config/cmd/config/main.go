@@ -9,6 +9,12 @@
 //	MAILBUS_ADMIN_TOKEN       admin API token, plain or sha256:<hex>
 //	MAILBUS_PIPELINE_TOKEN    pipeline API token, plain or sha256:<hex>
 //	MAILBUS_ADMIN_HTTP_ADDR   /metrics, /healthz, /readyz (default :9090; empty disables)
+//	KAFKA_BROKERS             brokers for the periodic DNS check's domain_dns_error events (unset: no periodic check)
+//	MAILBUS_DNS_CHECK_INTERVAL how often every domain's DNS is checked (default 6h)
+//	MAILBUS_DNS_SERVERS       name servers for CheckDomain, host:port, comma separated (default /etc/resolv.conf's)
+//	MAILBUS_BOUNCE_MX_HOST    the bounce service's public host name, which bounce domains' MX must name
+//	                          (default MAILBUS_BOUNCE_HOSTNAME)
+//	MAILBUS_SENDING_ADDRS     public addresses direct MX delivery leaves from, comma separated (PTR check)
 package main
 
 import (
@@ -16,13 +22,17 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mailbus/mailbus/pkg/auth"
+	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/obs"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/services/config"
@@ -62,12 +72,40 @@ func run(ctx context.Context, args []string) error {
 
 	reg := obs.NewRegistry()
 	health := &obs.Health{}
-	svc := config.New(config.Config{
-		GRPCAddr:    *listen,
-		DatabaseURL: *dbURL,
-		SeedFile:    *seedFile,
-		Tokens:      tokens,
-	}, config.Deps{Log: log, Sealer: sealer, Metrics: reg})
+	cfg := config.Config{
+		GRPCAddr:     *listen,
+		DatabaseURL:  *dbURL,
+		SeedFile:     *seedFile,
+		Tokens:       tokens,
+		DNSServers:   list(os.Getenv("MAILBUS_DNS_SERVERS")),
+		BounceMXHost: envOr("MAILBUS_BOUNCE_MX_HOST", os.Getenv("MAILBUS_BOUNCE_HOSTNAME")),
+	}
+	for _, a := range list(os.Getenv("MAILBUS_SENDING_ADDRS")) {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("MAILBUS_SENDING_ADDRS: %w", err)
+		}
+		cfg.SendingAddrs = append(cfg.SendingAddrs, addr)
+	}
+	if v := os.Getenv("MAILBUS_DNS_CHECK_INTERVAL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("MAILBUS_DNS_CHECK_INTERVAL: %w", err)
+		}
+		cfg.DNSCheckInterval = d
+	}
+	deps := config.Deps{Log: log, Sealer: sealer, Metrics: reg}
+	// The config service serves without Kafka; with brokers it also runs
+	// the periodic DNS check, whose warnings go to mail.events.
+	if brokers := list(os.Getenv("KAFKA_BROKERS")); len(brokers) > 0 {
+		pub, err := bus.NewPublisher(bus.Config{Brokers: brokers, ClientID: "mailbus-config"}, log)
+		if err != nil {
+			return err
+		}
+		defer pub.Close()
+		deps.Events = pub
+	}
+	svc := config.New(cfg, deps)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return obs.ServeAdmin(ctx, *adminAddr, reg, health) })
@@ -90,6 +128,16 @@ func defaultListen() string {
 		return ":" + port
 	}
 	return ":7070"
+}
+
+func list(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func envOr(k, d string) string {
