@@ -65,8 +65,8 @@ func (s *Service) complaintGuard(ctx context.Context, meta message.Metadata, d *
 	return true, bus.Publish(s.pub, bus.TopicEvents, e, meta)
 }
 
-// warnComplaints submits the notice to tenant's administrators that its
-// mass mail is paused, unless they were warned today. Several replicas may
+// warnComplaints logs that tenant's mass mail is paused and submits the
+// notice to its administrators, unless that was done today. Several replicas may
 // find the mark missing at once and all submit it: the notice's
 // idempotency id is the tenant and the day, so the router makes one
 // message of them, with the same delivery ids, which quota and the sender
@@ -74,11 +74,15 @@ func (s *Service) complaintGuard(ctx context.Context, meta message.Metadata, d *
 // published, so a crash in between means one more submission of the same
 // notice, never none.
 func (s *Service) warnComplaints(ctx context.Context, tenant *mailbusv1.Tenant, loc *time.Location, policy complaints.Policy, st complaints.Stats, until, now time.Time) error {
-	if len(tenant.GetAdminEmails()) == 0 {
-		return nil
-	}
 	if warned, err := complaints.Warned(ctx, s.deps.Redis, tenant.GetId(), st.Day); err != nil || warned {
 		return err
+	}
+	s.log.WarnContext(ctx, "mass mail paused for the complaint rate", "tenant", tenant.GetId(), "day", st.Day,
+		"complaints", st.Complaints, "delivered_mass", st.Delivered, "until", until, "admins", len(tenant.GetAdminEmails()))
+	if len(tenant.GetAdminEmails()) == 0 {
+		// Nobody to mail: the log line above and the deferred events
+		// are the warning, once a day too.
+		return complaints.MarkWarned(ctx, s.deps.Redis, tenant.GetId(), loc, now)
 	}
 	name := tenant.GetName()
 	if name == "" {
@@ -105,7 +109,5 @@ func (s *Service) warnComplaints(ctx context.Context, tenant *mailbusv1.Tenant, 
 	if err := bus.Publish(s.pub, bus.TopicSubmit, sub, message.Metadata{}); err != nil {
 		return fmt.Errorf("submit the complaint-rate notice of tenant %s: %w", tenant.GetId(), err)
 	}
-	s.log.WarnContext(ctx, "mass mail paused for the complaint rate; administrators warned", "tenant", tenant.GetId(),
-		"day", st.Day, "complaints", st.Complaints, "delivered_mass", st.Delivered, "until", until)
 	return complaints.MarkWarned(ctx, s.deps.Redis, tenant.GetId(), loc, now)
 }
