@@ -28,7 +28,8 @@ type Application struct {
 
 // NewApplication is the bounce service's composition root, called by its
 // main and by `mailbus dev`. It needs infra's ConfigConn (tenants and
-// their bounce domains) and Redis (the suppression lists). The listener is
+// their bounce domains) and Redis (the suppression lists, the complaint
+// counters). The listener is
 // not opened yet: call Listen to learn its address before Run. The cleanup
 // closes what it opened.
 func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Application, func(), error) {
@@ -42,7 +43,7 @@ func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Applicati
 	log := in.Logger()
 	supp := suppress.New(in.Redis)
 	svc := New(cfg, Deps{
-		Log: log, Metrics: in.Metrics, Tenants: cc, Suppressions: supp,
+		Log: log, Metrics: in.Metrics, Tenants: cc, Suppressions: supp, Redis: in.Redis,
 		// The tenant index lists tenants over the RPC API: the cache does
 		// not list them (see TenantIndex).
 		Directory: NewTenantIndex(mailbusv1.NewConfigServiceClient(in.ConfigConn), cc.Revision),

@@ -38,6 +38,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -182,6 +183,9 @@ type Deps struct {
 	Tenants Tenants
 	// Suppressions may be nil: then nothing is suppressed.
 	Suppressions Suppressions
+	// Redis keeps the tenants' complaint counters (pkg/complaints), which
+	// the quota stage pauses mass mail by; nil counts none.
+	Redis redis.UniversalClient
 	// Publisher publishes to mail.events; nil makes one from Config.Bus.
 	Publisher message.Publisher
 	Now       func() time.Time
@@ -194,6 +198,7 @@ type Service struct {
 	dir     Directory
 	tenants Tenants
 	supp    Suppressions
+	rdb     redis.UniversalClient
 	pub     message.Publisher
 	ownPub  bool
 	now     func() time.Time
@@ -210,6 +215,7 @@ type metrics struct {
 	records    *prometheus.CounterVec
 	rcpts      *prometheus.CounterVec
 	suppressed *prometheus.CounterVec
+	complaints prometheus.Counter
 	refused    *prometheus.CounterVec
 	open       prometheus.GaugeFunc
 }
@@ -225,7 +231,7 @@ func New(cfg Config, deps Deps) *Service {
 	cfg = cfg.withDefaults()
 	s := &Service{
 		cfg: cfg, log: deps.Log.With("service", "bounce"), dir: deps.Directory, tenants: deps.Tenants,
-		supp: deps.Suppressions, pub: deps.Publisher, now: deps.Now,
+		supp: deps.Suppressions, rdb: deps.Redis, pub: deps.Publisher, now: deps.Now,
 		limiter: newConnLimiter(cfg.MaxConns, cfg.MaxConnsPerIP, cfg.ConnsPerMinute, deps.Now),
 		metrics: metrics{
 			messages: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -244,6 +250,10 @@ func New(cfg Config, deps Deps) *Service {
 				Namespace: "mailbus", Subsystem: "bounce", Name: "suppressed_total",
 				Help: "Addresses put on a suppression list, by source.",
 			}, []string{"source"}),
+			complaints: prometheus.NewCounter(prometheus.CounterOpts{
+				Namespace: "mailbus", Subsystem: "bounce", Name: "complaints_counted_total",
+				Help: "Complaints counted towards their tenant's complaint rate (each message and recipient once a day).",
+			}),
 			refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: "mailbus", Subsystem: "bounce", Name: "connections_refused_total",
 				Help: "Connections refused with 421 before the greeting, by limit (total, per_address, rate).",
@@ -256,7 +266,7 @@ func New(cfg Config, deps Deps) *Service {
 	}, func() float64 { return float64(s.limiter.open()) })
 	if deps.Metrics != nil {
 		deps.Metrics.MustRegister(s.metrics.messages, s.metrics.records, s.metrics.rcpts, s.metrics.suppressed,
-			s.metrics.refused, s.metrics.open)
+			s.metrics.complaints, s.metrics.refused, s.metrics.open)
 	}
 	return s
 }

@@ -10,9 +10,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mailbus/mailbus/pkg/bounce"
+	"github.com/mailbus/mailbus/pkg/complaints"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/ids"
+	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/suppress"
 )
@@ -273,6 +275,11 @@ func (s *Service) Process(ctx context.Context, targets []target, raw []byte) (Re
 		if err := s.suppress(ctx, m, rec, oc, now); err != nil {
 			return res, err
 		}
+		if oc == outcomeComplaint {
+			if err := s.countComplaint(ctx, m, now); err != nil {
+				return res, err
+			}
+		}
 		s.metrics.records.WithLabelValues(outcomeName(oc)).Inc()
 	}
 	s.metrics.messages.WithLabelValues("bounce").Inc()
@@ -376,6 +383,26 @@ func (s *Service) suppress(ctx context.Context, m match, rec bounce.Record, oc o
 			s.metrics.suppressed.WithLabelValues(suppress.SourceSoft).Inc()
 			s.log.InfoContext(ctx, "suppressed an address after repeated soft bounces", "tenant", tenantID, "recipient", m.recipient, "soft_bounces", n)
 		}
+	}
+	return nil
+}
+
+// countComplaint counts a complaint towards its tenant's complaint rate
+// of today (pkg/complaints), which the quota stage pauses mass mail by.
+// It counts once per message and recipient, so the same report received
+// twice, or through a feedback loop and a VERP address both, is one
+// complaint.
+func (s *Service) countComplaint(ctx context.Context, m match, now time.Time) error {
+	if s.rdb == nil {
+		return nil
+	}
+	tenantID := m.tenant.GetId()
+	added, err := complaints.AddComplaint(ctx, s.rdb, tenantID, limits.Zone(m.tenant.GetTimeZone()), m.messageID+"/"+m.recipient, now)
+	if err != nil {
+		return err
+	}
+	if added {
+		s.metrics.complaints.Inc()
 	}
 	return nil
 }

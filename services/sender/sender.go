@@ -33,6 +33,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/bus"
 	"github.com/mailbus/mailbus/pkg/cancelled"
+	"github.com/mailbus/mailbus/pkg/complaints"
 	"github.com/mailbus/mailbus/pkg/delay"
 	"github.com/mailbus/mailbus/pkg/events"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
@@ -316,11 +317,38 @@ func (s *Service) handle(ctx context.Context, msg *message.Message, d *mailbusv1
 	// redelivered record sends the mail again after the restart.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
-	if err := s.deps.Redis.Set(rctx, key, "1", s.cfg.DoneTTL).Err(); err != nil {
+	// Delivered mass mail counts towards the tenant's complaint rate in
+	// the same transaction as the mark, so that a record skipped as
+	// already sent is not counted again, and both keys share the tenant's
+	// hash tag.
+	massSent := 0
+	if d.GetKind() == mailbusv1.EmailKind_EMAIL_KIND_MASS {
+		massSent = sentRecipients(out.Events)
+	}
+	if _, err := s.deps.Redis.TxPipelined(rctx, func(p redis.Pipeliner) error {
+		p.Set(rctx, key, "1", s.cfg.DoneTTL)
+		if massSent > 0 {
+			tenant, _ := s.deps.Config.Tenant(d.GetTenantId())
+			complaints.CountDelivered(rctx, p, d.GetTenantId(), limits.Zone(tenant.GetTimeZone()), massSent, s.deps.Now())
+		}
+		return nil
+	}); err != nil {
 		// The outcome is published; failing here would only resend.
 		s.log.Warn("cannot remember finished delivery attempt", "delivery_id", d.GetDeliveryId(), "err", err)
 	}
 	return nil
+}
+
+// sentRecipients counts the recipients that evs report as accepted by the
+// relay or MX.
+func sentRecipients(evs []*mailbusv1.DeliveryEvent) int {
+	n := 0
+	for _, e := range evs {
+		if e.GetStatus() == mailbusv1.DeliveryStatus_DELIVERY_STATUS_SENT {
+			n += len(e.GetRecipients())
+		}
+	}
+	return n
 }
 
 // stopCancelled publishes the cancelled event of d instead of sending it.

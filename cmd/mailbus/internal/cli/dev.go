@@ -9,8 +9,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
+	"github.com/mailbus/mailbus/pkg/complaints"
 	"github.com/mailbus/mailbus/pkg/obs"
 	bouncesvc "github.com/mailbus/mailbus/services/bounce"
+	"github.com/mailbus/mailbus/services/quota"
 )
 
 func devCmd() *cobra.Command {
@@ -26,7 +28,9 @@ catcher (SMTP + web page) that the example configuration relays to. The
 broker, Redis and SQLite keep their data in --data, through a restart or a
 kill -9. The bounce listener reads its connection limits from the bounce
 command's variables (MAILBUS_BOUNCE_MAX_CONNS, MAILBUS_BOUNCE_MAX_CONNS_PER_IP,
-MAILBUS_BOUNCE_CONNS_PER_MINUTE, MAILBUS_BOUNCE_IDLE_TIMEOUT).
+MAILBUS_BOUNCE_CONNS_PER_MINUTE, MAILBUS_BOUNCE_IDLE_TIMEOUT), and the quota
+stage its complaint guardrail from the quota command's
+(MAILBUS_COMPLAINT_RATE_LIMIT, MAILBUS_COMPLAINT_MIN_VOLUME).
 It prints one line with every address when ready and stops on Ctrl-C.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = obs.NewLogger(os.Stderr, obs.LogConfig{Format: logFormat, Level: logLevel})
@@ -41,6 +45,11 @@ It prints one line with every address when ready and stops on Ctrl-C.`,
 			o.TuneBounce = func(c *bouncesvc.Config) {
 				c.MaxConns, c.MaxConnsPerIP, c.ConnsPerMinute, c.IdleTimeout = limits.MaxConns, limits.MaxConnsPerIP, limits.ConnsPerMinute, limits.IdleTimeout
 			}
+			policy, err := complaints.PolicyFromEnv(os.Getenv)
+			if err != nil {
+				return err
+			}
+			o.TuneQuota = func(c *quota.Config) { c.Complaints = policy }
 			st, err := stack.Start(cmd.Context(), o)
 			if err != nil {
 				return err

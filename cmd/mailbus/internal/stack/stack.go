@@ -95,8 +95,11 @@ type Options struct {
 	// TuneBounce adjusts the bounce listener's configuration (its
 	// connection limits and idle timeout).
 	TuneBounce func(*bouncesvc.Config)
-	Log        *slog.Logger
-	Metrics    *prometheus.Registry
+	// TuneQuota adjusts the quota stage's configuration (the complaint
+	// guardrail's policy).
+	TuneQuota func(*quota.Config)
+	Log       *slog.Logger
+	Metrics   *prometheus.Registry
 }
 
 // Stack is a running pipeline.
@@ -343,7 +346,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	s.closers = append(s.closers, closeSnd)
 	s.Sender = snd
-	qta, closeQta, err := quota.NewApplication(ctx, quota.Config{Bus: busCfg}, in)
+	quotaCfg := quota.Config{Bus: busCfg}
+	if o.TuneQuota != nil {
+		o.TuneQuota(&quotaCfg)
+	}
+	qta, closeQta, err := quota.NewApplication(ctx, quotaCfg, in)
 	if err != nil {
 		return nil, err
 	}
