@@ -18,6 +18,8 @@ var stagePrefixes = []struct{ prefix, stage string }{
 	{"github.com/mailbus/mailbus/services/signer", "signer"},
 	{"github.com/mailbus/mailbus/services/sender", "sender"},
 	{"github.com/mailbus/mailbus/services/tracker", "tracker"},
+	{"github.com/mailbus/mailbus/services/webhook", "webhook"},
+	{"github.com/mailbus/mailbus/services/config", "config"},
 	{"github.com/mailbus/mailbus/pkg/delay", "sender"},
 }
 
