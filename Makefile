@@ -129,12 +129,12 @@ KAFKA ?=
 BENCH_FLAGS := $(if $(KAFKA),--kafka $(KAFKA))
 
 .PHONY: bench
-bench: ## benchmarks: end-to-end pipeline rate, latency, per-stage CPU, RSA ceiling; then a sink with 20 ms reply latency (connection reuse), and a slow relay answering each message after 1 s with 100 connections (concurrency); KAFKA=host:port for an external Kafka
-	go run ./cmd/mailbus bench $(BENCH_FLAGS)
+bench: ## benchmarks: end-to-end pipeline rate, per-stage CPU, memory, RSA ceiling, then latency at a fixed half of that rate (open loop); then a sink with 20 ms reply latency (connection reuse), and a slow relay answering each message after 1 s with 100 connections (concurrency); KAFKA=host:port for an external Kafka
+	go run ./cmd/mailbus bench $(BENCH_FLAGS) --open-loop 20s
 	go run ./cmd/mailbus bench $(BENCH_FLAGS) --sink-latency 20ms --messages 2000
 	go run ./cmd/mailbus bench $(BENCH_FLAGS) --sink-data-delay 1s --max-connections 100 --messages 2000
 
 .PHONY: bench-kafka
 bench-kafka: kafka ## the end-to-end benchmark on a real Apache Kafka broker, started for it (deploy/kafka/run on 127.0.0.1:19092)
 	@deploy/kafka/run 19092 & pid=$$!; trap 'kill $$pid; wait $$pid' EXIT; \
-		go run ./cmd/mailbus bench --kafka 127.0.0.1:19092
+		go run ./cmd/mailbus bench --kafka 127.0.0.1:19092 --open-loop 20s
