@@ -19,7 +19,9 @@ type Mailbox struct {
 }
 
 // Application is the bounce service as a process runs it: the SMTP
-// listener, the IMAP pollers of cfg.Mailboxes, and SuppressionService.
+// listener, the IMAP pollers of cfg.Mailboxes, the consumer of the
+// sender's synchronous refusals on mail.events (RunSync), and
+// SuppressionService.
 type Application struct {
 	*Service
 	suppressions *suppress.Store
@@ -28,8 +30,9 @@ type Application struct {
 
 // NewApplication is the bounce service's composition root, called by its
 // main and by `mailbus dev`. It needs infra's ConfigConn (tenants and
-// their bounce domains) and Redis (the suppression lists, the complaint
-// counters). The listener is
+// their bounce domains), Redis (the suppression lists, the complaint
+// counters) and Kafka (cfg.Bus: the events it publishes, the sender's
+// events it reads). The listener is
 // not opened yet: call Listen to learn its address before Run. The cleanup
 // closes what it opened.
 func NewApplication(ctx context.Context, cfg Config, in infra.Infra) (*Application, func(), error) {
@@ -68,10 +71,12 @@ func (a *Application) Register(r grpc.ServiceRegistrar) {
 // Suppressions is the tenants' suppression lists the service keeps.
 func (a *Application) Suppressions() *suppress.Store { return a.suppressions }
 
-// Run serves SMTP and polls the mailboxes until ctx is cancelled.
+// Run serves SMTP, reads the sender's refusals from mail.events and polls
+// the mailboxes until ctx is cancelled.
 func (a *Application) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Service.Run(gctx) })
+	g.Go(func() error { return a.Service.RunSync(gctx) })
 	for _, p := range a.pollers {
 		g.Go(func() error { return p.Run(gctx) })
 	}
