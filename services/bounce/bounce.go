@@ -5,8 +5,10 @@
 // outcome to mail.events (bounced, hard or soft, or complained), and keeps
 // each tenant's suppression list (pkg/suppress): hard bounces and
 // complaints suppress the address at once, soft bounces once the tenant's
-// threshold is reached within its window. It also serves SuppressionService
-// (see NewSuppressionServer).
+// threshold is reached within its window. The same rule applies to the
+// refusals the sender met itself at RCPT or DATA, which no DSN follows: the
+// service reads the sender's bounced events from mail.events (RunSync). It
+// also serves SuppressionService (see NewSuppressionServer).
 //
 // The listener never relays. It accepts RCPT only for well-formed VERP
 // addresses whose MAC verifies for a tenant that owns the address's bounce

@@ -1,5 +1,7 @@
 // Command bounce runs the mailbus bounce service: the SMTP listener for the
-// tenants' bounce domains. Environment: see pkg/svcenv, plus
+// tenants' bounce domains, and the consumer (group bounce.sync on
+// mail.events) that suppresses the addresses relays refused outright.
+// Environment: see pkg/svcenv, plus
 //
 //	MAILBUS_BOUNCE_SMTP_ADDR      listen address (default :2525; put it behind port 25)
 //	MAILBUS_BOUNCE_HOSTNAME       name in the SMTP greeting
