@@ -504,7 +504,7 @@ func TestDeploy_kubernetesBaseKeepsItsPromises(t *testing.T) {
 			t.Errorf("no PodDisruptionBudget %s", name)
 		}
 		so := byKind["ScaledObject"][name]
-		consumes := svc != "config" && svc != "bounce" && svc != "console"
+		consumes := svc != "config" && svc != "console"
 		if consumes != (so != nil) {
 			t.Errorf("%s: ScaledObject present %v, consumes topics %v", name, so != nil, consumes)
 		}
