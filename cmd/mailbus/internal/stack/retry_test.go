@@ -96,27 +96,55 @@ func deliveredTo(srv *testkit.SMTPServer, addr string) int {
 	return n
 }
 
-// rejectRcpt answers 550 to RCPT TO addr while on is set.
-func rejectRcpt(addr string, on *atomic.Bool) testkit.SMTPReplyFunc {
+// rejectRcpt answers 550 5.1.1 to RCPT TO any of addrs while on is set.
+func rejectRcpt(on *atomic.Bool, addrs ...string) testkit.SMTPReplyFunc {
 	return func(c testkit.SMTPCommand) *testkit.SMTPReply {
-		if on.Load() && c.Step == testkit.SMTPStepRcpt && strings.EqualFold(c.Arg, addr) {
+		if on.Load() && c.Step == testkit.SMTPStepRcpt && slices.ContainsFunc(addrs, func(a string) bool { return strings.EqualFold(c.Arg, a) }) {
 			return &testkit.SMTPReply{Code: 550, Enhanced: "5.1.1", Text: "mailbox unavailable"}
 		}
 		return nil
 	}
 }
 
+// liftSuppression does what an operator does before retrying a hard
+// bounce: a 550 5.1.1 puts the address on the tenant's suppression list
+// (the bounce service does it from the sender's event, so it is waited
+// for), and a retry to a suppressed address is suppressed again, as in
+// SES or Postmark until the address is reactivated.
+func liftSuppression(t *testing.T, p *pipeline, tenant, addr string) {
+	t.Helper()
+	ctx := context.Background()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		got, err := p.Suppressions.Suppressed(ctx, tenant, []string{addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[addr] != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not on %s's suppression list 60s after its hard bounce", addr, tenant)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := p.Suppressions.Remove(ctx, tenant, addr); err != nil {
+		t.Fatalf("lift the suppression of %s: %v", addr, err)
+	}
+}
+
 func TestRetry_bouncedRecipientIsRetriedThroughTheRouterAndDelivered(t *testing.T) {
 	var reject atomic.Bool
 	reject.Store(true)
-	p := startPipeline(t, []testkit.SMTPOption{testkit.SMTPReplies(rejectRcpt("bob@example.net", &reject))}, nil)
+	p := startPipeline(t, []testkit.SMTPOption{testkit.SMTPReplies(rejectRcpt(&reject, "bob@example.net"))}, nil)
 	ctx := context.Background()
 
 	id := publishSubmission(t, p, newsletter("spring-1", "spring", "bob@example.net", "carol@example.net"))
 	p.waitMessage(t, id, both(recipientStatus("bob@example.net", statusBounced), recipientStatus("carol@example.net", statusSent)))
 
-	// The mailbox works again; the operator retries.
+	// The mailbox works again; the operator reactivates the address and
+	// retries.
 	reject.Store(false)
+	liftSuppression(t, p, "acme", "bob@example.net")
 	res, err := p.messages.RetryMessage(ctx, &mailbusv1.RetryMessageRequest{Id: id})
 	if err != nil {
 		t.Fatalf("RetryMessage: %v", err)
@@ -165,16 +193,23 @@ func TestRetry_bouncedRecipientIsRetriedThroughTheRouterAndDelivered(t *testing.
 func TestRetry_bulkRetriesTheBouncedMessagesOfACampaignOnly(t *testing.T) {
 	var reject atomic.Bool
 	reject.Store(true)
-	p := startPipeline(t, []testkit.SMTPOption{testkit.SMTPReplies(rejectRcpt("bob@example.net", &reject))}, nil)
+	// One address per message: the first hard bounce of an address
+	// suppresses it, and a later message to it would be suppressed, not
+	// bounced.
+	bobs := []string{"bob1@example.net", "bob2@example.net", "bob3@example.net"}
+	p := startPipeline(t, []testkit.SMTPOption{testkit.SMTPReplies(rejectRcpt(&reject, bobs...))}, nil)
 	ctx := context.Background()
 
-	spring1 := publishSubmission(t, p, newsletter("bulk-1", "spring", "bob@example.net"))
-	spring2 := publishSubmission(t, p, newsletter("bulk-2", "spring", "bob@example.net"))
-	autumn := publishSubmission(t, p, newsletter("bulk-3", "autumn", "bob@example.net"))
+	spring1 := publishSubmission(t, p, newsletter("bulk-1", "spring", bobs[0]))
+	spring2 := publishSubmission(t, p, newsletter("bulk-2", "spring", bobs[1]))
+	autumn := publishSubmission(t, p, newsletter("bulk-3", "autumn", bobs[2]))
 	for _, id := range []string{spring1, spring2, autumn} {
 		p.waitMessage(t, id, hasStatus(statusBounced))
 	}
 	reject.Store(false)
+	for _, b := range bobs {
+		liftSuppression(t, p, "acme", b)
+	}
 
 	var total mailbusv1.BulkResult
 	token := ""
