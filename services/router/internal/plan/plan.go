@@ -556,6 +556,12 @@ func (p *Planner) route(ctx context.Context, tenant *mailbusv1.Tenant, d *mailbu
 		}
 	}
 	out := make([]*mailbusv1.Delivery, 0, len(envelopes))
+	// Every copy gets msg below: cloning d's own message as well copied
+	// the whole mail once more per delivery (BenchmarkPlanner_
+	// transactional10KB: 53 → 42 KB allocated per message).
+	orig := d.Message
+	d.Message = nil
+	defer func() { d.Message = orig }()
 	for i, env := range envelopes {
 		nd := proto.Clone(d).(*mailbusv1.Delivery)
 		nd.Message = msg
