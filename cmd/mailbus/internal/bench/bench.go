@@ -33,12 +33,14 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 	"github.com/mailbus/mailbus/pkg/bus"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/obs"
 )
 
 // Options tune the run.
@@ -183,9 +185,10 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 		res.BrokerKind = "Kafka at " + strings.Join(o.KafkaBrokers, ",")
 	}
 	fmt.Fprintf(progress, "starting the pipeline (%s, %s, SQLite, SMTP sink at %s)...\n", res.BrokerKind, redisKind, snk.Addr())
+	metrics := obs.NewRegistry()
 	st, err := stack.Start(ctx, stack.Options{
 		DataDir: dir, SeedFile: seed, KafkaBrokers: o.KafkaBrokers, KafkaAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NoCatcher: true,
-		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log,
+		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log, Metrics: metrics,
 	})
 	if err != nil {
 		return res, err
@@ -270,7 +273,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 			rate = res.Rate / 2
 		}
 		fmt.Fprintf(progress, "waiting for the consumers to catch up...\n")
-		if err := waitIdle(ctx, st.Brokers, o.Timeout); err != nil {
+		if err := waitIdle(ctx, metrics, o.Timeout); err != nil {
 			return res, err
 		}
 		fmt.Fprintf(progress, "publishing at a fixed %.0f messages/s for %s (open loop)...\n", rate, o.OpenLoop)
@@ -593,48 +596,23 @@ default_server:
     security: none
 `
 
-// waitIdle waits until every consumer group has committed every record of
-// every topic it reads, so that a phase starts on an idle pipeline: the
-// tracker and the webhook stage still work through a burst's events after
-// its last message reached the sink, and their CPU would otherwise be
-// charged to the next phase's latency.
-func waitIdle(ctx context.Context, brokers []string, timeout time.Duration) error {
-	sc := sarama.NewConfig()
-	v, err := sarama.ParseKafkaVersion(bus.DefaultKafkaVersion)
-	if err != nil {
-		return err
-	}
-	sc.Version = v
-	client, err := sarama.NewClient(brokers, sc)
-	if err != nil {
-		return fmt.Errorf("connect to kafka: %w", err)
-	}
-	defer client.Close()
-	admin, err := sarama.NewClusterAdminFromClient(client)
-	if err != nil {
-		return fmt.Errorf("kafka admin: %w", err)
-	}
-	lag := func() (int64, error) {
-		groups, err := admin.ListConsumerGroups()
+// waitIdle waits until every consumer group of the stack has committed
+// every record of its topics, so that a phase starts on an idle pipeline:
+// the tracker and the webhook stage still work through a burst's events
+// after its last message reached the sink, and their CPU would otherwise
+// be charged to the next phase's latency. The lag is the stack's own
+// consumer-lag metric (pkg/bus measures it for Prometheus).
+func waitIdle(ctx context.Context, metrics prometheus.Gatherer, timeout time.Duration) error {
+	lag := func() (float64, error) {
+		families, err := metrics.Gather()
 		if err != nil {
 			return 0, err
 		}
-		var total int64
-		for g := range groups {
-			offs, err := admin.ListConsumerGroupOffsets(g, nil)
-			if err != nil {
-				return 0, err
-			}
-			for topic, parts := range offs.Blocks {
-				for p, b := range parts {
-					if b.Offset < 0 {
-						continue
-					}
-					end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
-					if err != nil {
-						return 0, err
-					}
-					total += max(end-b.Offset, 0)
+		var total float64
+		for _, f := range families {
+			if f.GetName() == bus.MetricConsumerLag {
+				for _, m := range f.GetMetric() {
+					total += m.GetGauge().GetValue()
 				}
 			}
 		}
@@ -647,7 +625,7 @@ func waitIdle(ctx context.Context, brokers []string, timeout time.Duration) erro
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("consumers still %d records behind after %s (%v)", n, timeout, err)
+			return fmt.Errorf("consumers still %.0f records behind after %s (%v)", n, timeout, err)
 		}
 		select {
 		case <-ctx.Done():
