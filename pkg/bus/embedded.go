@@ -3,9 +3,11 @@ package bus
 import (
 	"context"
 	"fmt"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"log/slog"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -38,6 +40,8 @@ type EmbeddedConfig struct {
 // auto-creation, and persistence across restarts with DataDir.
 type Embedded struct {
 	cluster *kfake.Cluster
+
+	produces, fetches atomic.Int64
 }
 
 // StartEmbedded starts the broker and returns once it accepts connections.
@@ -84,7 +88,28 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		_ = ln.Close()
 		return nil, fmt.Errorf("start embedded kafka on %s: %w", cfg.Addr, err)
 	}
-	return &Embedded{cluster: c}, nil
+	e := &Embedded{cluster: c}
+	// Observe, never handle: returning false lets the cluster answer.
+	c.Control(func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		switch r.Key() {
+		case kmsg.Produce.Int16():
+			e.produces.Add(1)
+		case kmsg.Fetch.Int16():
+			e.fetches.Add(1)
+		}
+		return nil, nil, false
+	})
+	return e, nil
+}
+
+// Requests returns how many produce and fetch requests the broker has
+// answered. make bench divides them by its messages: with a broker on the
+// same 2 cores, a request costs the client and the broker more than
+// the records in it, and unlike CPU time the count does not move with
+// the machine's other load.
+func (e *Embedded) Requests() (produce, fetch int64) {
+	return e.produces.Load(), e.fetches.Load()
 }
 
 // Addrs returns the broker addresses to put in Config.Brokers.

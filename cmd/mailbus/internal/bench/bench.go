@@ -103,6 +103,9 @@ type Result struct {
 	// Open is the open-loop phase's result; its Rate is zero when the
 	// phase did not run.
 	Open OpenLoopResult
+	// ProducePerMsg and FetchPerMsg are the embedded broker's produce
+	// and fetch requests during the burst per message; zero on Kafka.
+	ProducePerMsg, FetchPerMsg float64
 }
 
 // OpenLoopResult is what the fixed-rate phase measured.
@@ -217,6 +220,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 		return res, err
 	}
 	start := time.Now()
+	produce0, fetch0, counted := st.KafkaRequests()
 	if path := os.Getenv("MAILBUS_BENCH_HEAP_PROFILE"); path != "" {
 		// Halfway through the run, when the backlog is at its largest.
 		go func() {
@@ -247,6 +251,10 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	res.SinkConns = snk.conns
 	res.InFlight = snk.peakInFlight
 	snk.mu.Unlock()
+	if produce, fetch, _ := st.KafkaRequests(); counted {
+		res.ProducePerMsg = float64(produce-produce0) / float64(o.Messages)
+		res.FetchPerMsg = float64(fetch-fetch0) / float64(o.Messages)
+	}
 	res.PeakRSS = peakRSS()
 	res.Rate = float64(o.Messages) / res.Elapsed.Seconds()
 	slices.Sort(lat)
@@ -373,6 +381,9 @@ func Report(w io.Writer, r Result) {
 	}
 	if r.Mem.GoTotal > 0 {
 		fmt.Fprintf(w, "  during the burst: at most %d MiB held by the Go runtime, %d MiB of live heap, %d MiB resident\n", r.Mem.GoTotal>>20, r.Mem.HeapLive>>20, r.Mem.RSS>>20)
+	}
+	if r.ProducePerMsg > 0 {
+		fmt.Fprintf(w, "  Kafka requests per message (embedded broker): %.2f produce, %.2f fetch\n", r.ProducePerMsg, r.FetchPerMsg)
 	}
 	fmt.Fprintf(w, "  CPU per message by stage (from a CPU profile of the run; %.0f µs/message in all):\n", float64(r.TotalCPU.Microseconds())/float64(r.Messages))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

@@ -125,8 +125,9 @@ type Stack struct {
 	// VERPKey signs the VERP return paths.
 	VERPKey []byte
 
-	log    *slog.Logger
-	runCtx context.Context
+	log      *slog.Logger
+	runCtx   context.Context
+	embedded *bus.Embedded
 
 	newSender    func() (*sender.Service, func(), error)
 	senderCancel context.CancelFunc
@@ -194,6 +195,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		}
 		s.closers = append(s.closers, emb.Close)
 		s.Brokers = emb.Addrs()
+		s.embedded = emb
 	}
 	busCfg := bus.Config{Brokers: s.Brokers, ClientID: "mailbus-dev"}
 	if o.TuneBus != nil {
@@ -539,3 +541,13 @@ func orDefault(s, d string) string {
 // WaitTimeout is how long Start's callers typically wait for a message to
 // go through in tests; exported so tests agree.
 const WaitTimeout = 60 * time.Second
+
+// KafkaRequests returns the produce and fetch requests the embedded broker
+// has answered; ok is false on an external Kafka.
+func (s *Stack) KafkaRequests() (produce, fetch int64, ok bool) {
+	if s.embedded == nil {
+		return 0, 0, false
+	}
+	produce, fetch = s.embedded.Requests()
+	return produce, fetch, true
+}
