@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -61,6 +62,22 @@ type Config struct {
 	// connection, behind the fetch, so it must stay well under
 	// SessionTimeout.
 	FetchMaxWait time.Duration
+	// FetchMinBytes is how many bytes of records (as stored, compressed)
+	// the broker waits for, up to FetchMaxWait, before it answers a fetch;
+	// default 1, answer as soon as there is anything. See Unhurried.
+	FetchMinBytes int32
+	// EventsLinger, when set, gives mail.events a producer of its own that
+	// waits this long to fill a request; default 0, no wait. Every stage
+	// publishes its events one record at a time as its records finish,
+	// and three groups (tracker, bounce, webhook) fetch each: produced as
+	// they came, an event was a produce request of its own. A stage whose
+	// events report what it already passed on (the router: a message is
+	// queued once its deliveries are on mail.routed) loses nothing by the
+	// wait, and its mail goes through the other producer without one. Not
+	// for the sender: its events must be in Kafka before it records the
+	// attempt as made, and a crash in between sends the mail again.
+	// Kafka 4's Java producer waits 5 ms (linger.ms) for every record.
+	EventsLinger time.Duration
 	// RebalanceTimeout is how long members get to rejoin during a
 	// rebalance; default 5m, Kafka's max.poll.interval.ms. A member rejoins
 	// only once its in-flight record is done, so it must exceed the time a
@@ -201,6 +218,9 @@ func ConsumerConfig(cfg Config) (*sarama.Config, error) {
 	sc.Consumer.Return.Errors = true // watermill logs them
 	sc.Consumer.Retry.Backoff = cfg.RetryBackoff
 	sc.Consumer.MaxWaitTime = cfg.FetchMaxWait
+	if cfg.FetchMinBytes > 0 {
+		sc.Consumer.Fetch.Min = cfg.FetchMinBytes
+	}
 	// A fetch asks up to Fetch.Default bytes per partition, compressed:
 	// sarama's 1 MiB of LZ4 is 3 MiB of ordinary mail decoded and 50 MiB
 	// of make bench's repetitive text, and a whole response stays decoded
@@ -229,6 +249,24 @@ func ConsumerConfig(cfg Config) (*sarama.Config, error) {
 const (
 	consumerFetchBuffer = 16
 	consumerFetchBytes  = 64 << 10
+)
+
+// Unhurried returns cfg for the consumers that no mail waits for — the
+// tracker's message log, the bounce service's reading of refusals, the
+// webhook fan-out: their fetches wait up to a tenth of a second for
+// records to gather. Answered as soon as one record was there, each of
+// them fetched about as often as records were produced, one or two
+// records a request, and a request costs the client and the broker more
+// than the small records in it (make bench counts the requests).
+func Unhurried(cfg Config) Config {
+	cfg.FetchMinBytes = unhurriedFetchBytes
+	cfg.FetchMaxWait = unhurriedFetchWait
+	return cfg
+}
+
+const (
+	unhurriedFetchBytes = 256 << 10
+	unhurriedFetchWait  = 100 * time.Millisecond
 )
 
 // baseConfig holds what producers, consumers and the admin share.
@@ -292,31 +330,126 @@ func watermillLogger(log *slog.Logger) watermill.LoggerAdapter {
 	if log == nil {
 		return watermill.NopLogger{}
 	}
-	return watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{
-		slog.LevelInfo: slog.LevelDebug,
-	})
+	return quietLogger{
+		LoggerAdapter: watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{
+			slog.LevelInfo: slog.LevelDebug,
+		}),
+		log: log,
+	}
+}
+
+// quietLogger drops watermill's Debug and Trace logs before they are
+// built: watermill's slog adapter converts every field to a slog
+// attribute and only then asks the handler whether the level is on, and
+// watermill traces each record it handles several times (1-2% of make
+// bench's CPU went on trace lines nobody logged).
+type quietLogger struct {
+	watermill.LoggerAdapter
+	log *slog.Logger
+}
+
+func (l quietLogger) Debug(msg string, fields watermill.LogFields) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.LoggerAdapter.Debug(msg, fields)
+	}
+}
+
+func (l quietLogger) Trace(msg string, fields watermill.LogFields) {
+	if l.log.Enabled(context.Background(), watermill.LevelTrace) {
+		l.LoggerAdapter.Trace(msg, fields)
+	}
+}
+
+func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return quietLogger{LoggerAdapter: l.LoggerAdapter.With(fields), log: l.log}
 }
 
 // NewPublisher returns a synchronous Kafka publisher: Publish returns once
 // every replica has the records. A record over cfg.MaxMessageBytes, or one
 // the broker refuses as too large, is not published: Publish returns a
 // permanent *RecordTooLargeError, and publishes none of the records when
-// one is over the limit. It is safe for concurrent use; the caller closes
-// it.
+// one is over the limit. The records of one Publish go in one produce
+// request; with cfg.EventsLinger, records for mail.events go through a
+// producer of their own that gathers them. It is safe for concurrent use; the caller
+// closes it. log is not used: the publisher has nothing to log that its
+// errors do not say.
 func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	sc, err := ProducerConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               cfg.Brokers,
-		Marshaler:             newMarshaler(),
-		OverwriteSaramaConfig: sc,
-	}, watermillLogger(log))
+	pub, err := newPublisher(cfg, sc)
 	if err != nil {
-		return nil, fmt.Errorf("create kafka publisher for %v: %w", cfg.Brokers, err)
+		return nil, err
 	}
-	return limitedPublisher{Publisher: pub, limit: sc.Producer.MaxMessageBytes}, nil
+	if cfg.EventsLinger <= 0 {
+		return pub, nil
+	}
+	esc, err := ProducerConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	esc.Producer.Flush.Frequency = cfg.EventsLinger
+	events := &lazyPublisher{create: func() (message.Publisher, error) { return newPublisher(cfg, esc) }}
+	return eventsApart{Publisher: pub, events: events}, nil
+}
+
+// eventsApart publishes mail.events through a producer of its own (see
+// Config.EventsLinger) and every other topic through Publisher.
+type eventsApart struct {
+	message.Publisher
+	events *lazyPublisher
+}
+
+func (p eventsApart) Publish(topic string, msgs ...*message.Message) error {
+	if topic != TopicEvents {
+		return p.Publisher.Publish(topic, msgs...)
+	}
+	pub, err := p.events.get()
+	if err != nil {
+		return err
+	}
+	return pub.Publish(topic, msgs...)
+}
+
+func (p eventsApart) Close() error {
+	return errors.Join(p.Publisher.Close(), p.events.close())
+}
+
+// lazyPublisher creates its publisher on first use: the command line and
+// the bench publish no events, and a producer holds a broker connection.
+type lazyPublisher struct {
+	create func() (message.Publisher, error)
+
+	mu     sync.Mutex
+	pub    message.Publisher
+	closed bool
+}
+
+func (l *lazyPublisher) get() (message.Publisher, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errors.New("publish: publisher closed")
+	}
+	if l.pub == nil {
+		pub, err := l.create()
+		if err != nil {
+			return nil, err
+		}
+		l.pub = pub
+	}
+	return l.pub, nil
+}
+
+func (l *lazyPublisher) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.pub == nil {
+		return nil
+	}
+	return l.pub.Close()
 }
 
 // NewSubscriber returns a Kafka subscriber in the consumer group group (see

@@ -24,7 +24,7 @@ import (
 // threshold. No event is published: the sender's bounced event is the
 // record of it.
 func (s *Service) RunSync(ctx context.Context) error {
-	r, err := bus.NewRouter(s.cfg.Bus, "bounce", s.log)
+	r, err := bus.NewRouter(bus.Unhurried(s.cfg.Bus), "bounce", s.log)
 	if err != nil {
 		return err
 	}

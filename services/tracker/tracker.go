@@ -174,7 +174,7 @@ func (s *Service) Register(r grpc.ServiceRegistrar) { s.srv.Register(r) }
 
 // Run consumes events until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
-	r, err := bus.NewRouter(s.cfg.Bus, "tracker", s.log)
+	r, err := bus.NewRouter(bus.Unhurried(s.cfg.Bus), "tracker", s.log)
 	if err != nil {
 		return err
 	}

@@ -226,7 +226,7 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 
 // Run consumes mail.events and delivers webhooks until ctx is cancelled.
 func (s *Service) Run(ctx context.Context) error {
-	r, err := bus.NewRouter(s.cfg.Bus, "webhook", s.log)
+	r, err := bus.NewRouter(bus.Unhurried(s.cfg.Bus), "webhook", s.log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,136 @@
+package bus_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/mailbus/mailbus/pkg/bus"
+	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+)
+
+func TestPublisher_sendsTheRecordsOfOnePublishTogether(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	emb, err := bus.StartEmbedded(ctx, bus.EmbeddedConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	cfg := testConfig(emb.Addrs())
+	pub, err := bus.NewPublisher(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	// The first publish also fetches the producer ID and metadata.
+	if err := bus.Publish(pub, bus.TopicRouted, &mailbusv1.Delivery{TenantId: "acme", MessageId: "warm", DeliveryId: "warm.0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 50
+	deliveries := make([]*mailbusv1.Delivery, n)
+	for i := range deliveries {
+		// One message's deliveries: one key, one partition.
+		deliveries[i] = &mailbusv1.Delivery{TenantId: "acme", MessageId: "m1", DeliveryId: "m1." + strconv.Itoa(i), Message: []byte("hi")}
+	}
+	before, _ := emb.Requests()
+	if err := publishDeliveries(pub, bus.TopicRouted, deliveries); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := emb.Requests()
+	// watermill-kafka's publisher sent them one request each. Sarama's
+	// producer sends the first record as soon as it has it and the rest,
+	// gathered meanwhile, in the next request.
+	if got := after - before; got > 2 {
+		t.Errorf("%d records of one Publish took %d produce requests, want at most 2", n, got)
+	}
+	if got := endOffsets(t, cfg, bus.TopicRouted); got != n+1 {
+		t.Errorf("%s holds %d records, want %d", bus.TopicRouted, got, n+1)
+	}
+}
+
+func TestPublisher_withEventsLingerPublishesEventsAndMailAndClosesBoth(t *testing.T) {
+	brokers := startBroker(t)
+	cfg := testConfig(brokers)
+	cfg.EventsLinger = 5 * time.Millisecond
+	pub, err := bus.NewPublisher(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	errc := make(chan error, 2*n)
+	for i := range n {
+		go func() {
+			errc <- bus.Publish(pub, bus.TopicEvents, &mailbusv1.DeliveryEvent{TenantId: "acme", MessageId: "m" + strconv.Itoa(i), DeliveryId: "m" + strconv.Itoa(i) + ".0"}, nil)
+		}()
+		go func() {
+			errc <- bus.Publish(pub, bus.TopicRouted, &mailbusv1.Delivery{TenantId: "acme", MessageId: "m" + strconv.Itoa(i), DeliveryId: "m" + strconv.Itoa(i) + ".0"}, nil)
+		}()
+	}
+	for range 2 * n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := endOffsets(t, cfg, bus.TopicEvents); got != n {
+		t.Errorf("%s holds %d records, want %d", bus.TopicEvents, got, n)
+	}
+	if got := endOffsets(t, cfg, bus.TopicRouted); got != n {
+		t.Errorf("%s holds %d records, want %d", bus.TopicRouted, got, n)
+	}
+	if err := pub.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := bus.Publish(pub, bus.TopicEvents, &mailbusv1.DeliveryEvent{TenantId: "acme", MessageId: "late"}, nil); err == nil {
+		t.Error("publishing an event after Close succeeded")
+	}
+	if err := bus.Publish(pub, bus.TopicRouted, &mailbusv1.Delivery{TenantId: "acme", MessageId: "late"}, nil); err == nil {
+		t.Error("publishing a delivery after Close succeeded")
+	}
+}
+
+func publishDeliveries(pub interface {
+	Publish(string, ...*message.Message) error
+}, topic string, ds []*mailbusv1.Delivery) error {
+	msgs := make([]*message.Message, 0, len(ds))
+	for _, d := range ds {
+		m, err := bus.Encode(d, nil)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	return pub.Publish(topic, msgs...)
+}
+
+// endOffsets is the number of records ever published to topic.
+func endOffsets(t *testing.T, cfg bus.Config, topic string) int64 {
+	t.Helper()
+	sc, err := bus.ConsumerConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, p := range parts {
+		off, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += off
+	}
+	return sum
+}
