@@ -265,7 +265,9 @@ func Unhurried(cfg Config) Config {
 }
 
 const (
-	unhurriedFetchBytes = 256 << 10
+	// A few ordinary mails or a few hundred events, as stored
+	// (compressed); make bench fetched as seldom with 256 KiB.
+	unhurriedFetchBytes = 32 << 10
 	unhurriedFetchWait  = 100 * time.Millisecond
 )
 
