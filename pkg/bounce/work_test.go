@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"regexp"
-	"runtime/metrics"
 	"strings"
 	"testing"
+
+	"github.com/mailbus/mailbus/pkg/testkit/allocs"
 )
 
 // Parse reads mail from the internet on the bounce listener's path, so its
@@ -22,15 +23,8 @@ import (
 // needs (at most about 130 bytes per input byte).
 func maxWork(n int) uint64 { return 8<<20 + 512*uint64(n) }
 
-// allocated returns the bytes fn allocates on the heap.
-func allocated(fn func()) uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	before := s[0].Value.Uint64()
-	fn()
-	metrics.Read(s)
-	return s[0].Value.Uint64() - before
-}
+// allocated is allocs.Bytes under the name these tests use.
+func allocated(fn func()) uint64 { return allocs.Bytes(fn) }
 
 // adversarial builds an input of about n bytes that drove one of the
 // parser's paths to the square of its size before that path was bounded.

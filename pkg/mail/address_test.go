@@ -2,12 +2,12 @@ package mail_test
 
 import (
 	"errors"
-	"runtime/metrics"
 	"strings"
 	"testing"
 
 	"github.com/mailbus/mailbus/pkg/exterr"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/testkit/allocs"
 )
 
 func TestParseAddress_acceptsRFC5322Mailboxes(t *testing.T) {
@@ -299,12 +299,5 @@ func TestNormalizeDomain_returnsLowercaseALabels(t *testing.T) {
 // a busy machine would make flaky.
 func maxAddressWork(n int) uint64 { return 1<<20 + 256*uint64(n) }
 
-// allocated returns the bytes fn allocates on the heap.
-func allocated(fn func()) uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	before := s[0].Value.Uint64()
-	fn()
-	metrics.Read(s)
-	return s[0].Value.Uint64() - before
-}
+// allocated is allocs.Bytes under the name these tests use.
+func allocated(fn func()) uint64 { return allocs.Bytes(fn) }
