@@ -228,3 +228,18 @@ func kcatProduce(t *testing.T, brokers []string, topic, key string, payload []by
 	}
 	kcat(t, nil, append(args, f.Name())...)
 }
+
+// newClient returns a sarama client of cfg's brokers, closed when t ends.
+func newClient(t testing.TB, cfg bus.Config) sarama.Client {
+	t.Helper()
+	sc, err := bus.ConsumerConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}

@@ -54,15 +54,7 @@ func contractPublisher_isIdempotentAndCompressesWithLZ4(t *testing.T, brokers []
 // the partition leaders store them, which a consumer does not show.
 func fetchBatches(t *testing.T, cfg bus.Config, topic string) []*sarama.RecordBatch {
 	t.Helper()
-	sc, err := bus.ConsumerConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := sarama.NewClient(cfg.Brokers, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := newClient(t, cfg)
 	parts, err := client.Partitions(topic)
 	if err != nil {
 		t.Fatal(err)

@@ -111,15 +111,7 @@ func publishDeliveries(pub interface {
 // endOffsets is the number of records ever published to topic.
 func endOffsets(t *testing.T, cfg bus.Config, topic string) int64 {
 	t.Helper()
-	sc, err := bus.ConsumerConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := sarama.NewClient(cfg.Brokers, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := newClient(t, cfg)
 	parts, err := client.Partitions(topic)
 	if err != nil {
 		t.Fatal(err)
