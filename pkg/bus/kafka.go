@@ -370,11 +370,11 @@ func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
 // every replica has the records. A record over cfg.MaxMessageBytes, or one
 // the broker refuses as too large, is not published: Publish returns a
 // permanent *RecordTooLargeError, and publishes none of the records when
-// one is over the limit. The records of one Publish go in one produce
-// request; with cfg.EventsLinger, records for mail.events go through a
-// producer of their own that gathers them. It is safe for concurrent use; the caller
-// closes it. log is not used: the publisher has nothing to log that its
-// errors do not say.
+// one is over the limit. The records of one Publish reach the producer
+// together and share its next request; with cfg.EventsLinger, records for
+// mail.events go through a producer of their own that gathers them. It is
+// safe for concurrent use; the caller closes it. log is not used: the
+// publisher has nothing to log that its errors do not say.
 func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	sc, err := ProducerConfig(cfg)
 	if err != nil {
@@ -389,6 +389,7 @@ func NewPublisher(cfg Config, log *slog.Logger) (message.Publisher, error) {
 	}
 	esc, err := ProducerConfig(cfg)
 	if err != nil {
+		_ = pub.Close()
 		return nil, err
 	}
 	esc.Producer.Flush.Frequency = cfg.EventsLinger
