@@ -28,6 +28,10 @@ type EmbeddedConfig struct {
 	Partitions int
 	// Log receives the broker's warnings and errors; nil discards them.
 	Log *slog.Logger
+	// CountRequests makes Requests count produce and fetch requests. It
+	// is off by default: kfake runs an observer in a goroutine of its own
+	// for every request, which only make bench wants to pay for.
+	CountRequests bool
 }
 
 // Embedded is an in-process Kafka-protocol broker (franz-go's kfake) for
@@ -41,6 +45,7 @@ type EmbeddedConfig struct {
 type Embedded struct {
 	cluster *kfake.Cluster
 
+	counting          bool
 	produces, fetches atomic.Int64
 }
 
@@ -88,28 +93,30 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		_ = ln.Close()
 		return nil, fmt.Errorf("start embedded kafka on %s: %w", cfg.Addr, err)
 	}
-	e := &Embedded{cluster: c}
-	// Observe, never handle: returning false lets the cluster answer.
-	c.Control(func(r kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		switch r.Key() {
-		case kmsg.Produce.Int16():
-			e.produces.Add(1)
-		case kmsg.Fetch.Int16():
-			e.fetches.Add(1)
-		}
-		return nil, nil, false
-	})
+	e := &Embedded{cluster: c, counting: cfg.CountRequests}
+	if cfg.CountRequests {
+		// Observe, never handle: returning false lets the cluster answer.
+		c.Control(func(r kmsg.Request) (kmsg.Response, error, bool) {
+			c.KeepControl()
+			switch r.Key() {
+			case kmsg.Produce.Int16():
+				e.produces.Add(1)
+			case kmsg.Fetch.Int16():
+				e.fetches.Add(1)
+			}
+			return nil, nil, false
+		})
+	}
 	return e, nil
 }
 
 // Requests returns how many produce and fetch requests the broker has
-// answered. make bench divides them by its messages: with a broker on the
-// same 2 cores, a request costs the client and the broker more than
-// the records in it, and unlike CPU time the count does not move with
-// the machine's other load.
-func (e *Embedded) Requests() (produce, fetch int64) {
-	return e.produces.Load(), e.fetches.Load()
+// answered; ok is false unless EmbeddedConfig.CountRequests. make bench divides
+// them by its messages: with a broker on the same 2 cores, a request costs
+// the client and the broker more than the records in it, and unlike CPU
+// time the count does not move with the machine's other load.
+func (e *Embedded) Requests() (produce, fetch int64, ok bool) {
+	return e.produces.Load(), e.fetches.Load(), e.counting
 }
 
 // Addrs returns the broker addresses to put in Config.Brokers.

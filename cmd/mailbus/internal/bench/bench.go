@@ -191,7 +191,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	metrics := obs.NewRegistry()
 	st, err := stack.Start(ctx, stack.Options{
 		DataDir: dir, SeedFile: seed, KafkaBrokers: o.KafkaBrokers, KafkaAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NoCatcher: true,
-		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log, Metrics: metrics,
+		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log, Metrics: metrics, CountKafkaRequests: true,
 	})
 	if err != nil {
 		return res, err
