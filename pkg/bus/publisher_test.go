@@ -43,11 +43,13 @@ func TestPublisher_sendsTheRecordsOfOnePublishTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 	after, _, _ := emb.Requests()
-	// watermill-kafka's publisher sent them one request each. Sarama's
-	// producer sends the first record as soon as it has it and the rest,
-	// gathered meanwhile, in the next request.
-	if got := after - before; got > 2 {
-		t.Errorf("%d records of one Publish took %d produce requests, want at most 2", n, got)
+	// watermill-kafka's publisher sent them one request each, one after
+	// the other. Sarama's producer sends the first record as soon as it
+	// has it and the rest, gathered meanwhile, in the next requests: two
+	// on a quiet machine, a few more when its goroutines are slow to run
+	// (three once in CI under -race).
+	if got := after - before; got > n/5 {
+		t.Errorf("%d records of one Publish took %d produce requests, want at most %d", n, got, n/5)
 	}
 	if got := endOffsets(t, cfg, bus.TopicRouted); got != n+1 {
 		t.Errorf("%s holds %d records, want %d", bus.TopicRouted, got, n+1)
