@@ -141,7 +141,7 @@ func failureContext(log *slog.Logger) message.HandlerMiddleware {
 			if arrival.Err() != nil {
 				return out, fmt.Errorf("%w: %w", errShuttingDown, err)
 			}
-			if p, o, ok := positionFromCtx(arrival); ok {
+			if p, o, ok := RecordPosition(arrival); ok {
 				msg.Metadata.Set(MetaPoisonPartition, strconv.FormatInt(int64(p), 10))
 				msg.Metadata.Set(MetaPoisonOffset, strconv.FormatInt(o, 10))
 			}
@@ -161,9 +161,13 @@ func failureContext(log *slog.Logger) message.HandlerMiddleware {
 	}
 }
 
-// positionFromCtx returns where in Kafka the record being handled is, as
-// put in its context by watermill-kafka's subscriber or by ours.
-func positionFromCtx(ctx context.Context) (partition int32, offset int64, ok bool) {
+// RecordPosition returns where in Kafka the record being handled is, from
+// the context of its message: Handle's subscriber (watermill-kafka) and
+// HandleConcurrent's keep it under different keys, and a handler that
+// read only watermill-kafka's saw partition 0 offset 0 for every record
+// of a concurrent subscriber. Handlers ask here, whichever subscriber
+// feeds them.
+func RecordPosition(ctx context.Context) (partition int32, offset int64, ok bool) {
 	if rp, ok := ctx.Value(recordPositionKey{}).(recordPosition); ok {
 		return rp.partition, rp.offset, true
 	}

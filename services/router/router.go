@@ -8,11 +8,11 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -119,8 +119,10 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 func (s *Service) handleSubmission(ctx context.Context, msg *message.Message, sub *mailbusv1.Submission) error {
-	part, _ := kafka.MessagePartitionFromCtx(ctx)
-	off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+	part, off, ok := bus.RecordPosition(ctx)
+	if !ok {
+		return bus.Permanent(errors.New("route submission: its place in Kafka is not in its context, so it has no message id"))
+	}
 	res, err := s.planner.Plan(ctx, sub, ids.RecordKey(bus.TopicSubmit, part, off))
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -38,8 +37,10 @@ func (s *Service) keepRecord(msg *message.Message) error {
 func (s *Service) keep(ctx context.Context, _ *message.Message, sub *mailbusv1.Submission) error {
 	idem := sub.GetIdempotencyId()
 	if idem == "" {
-		part, _ := kafka.MessagePartitionFromCtx(ctx)
-		off, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+		part, off, ok := bus.RecordPosition(ctx)
+		if !ok {
+			return bus.Permanent(errors.New("keep submission: its place in Kafka is not in its context, so it has no message id"))
+		}
 		idem = ids.RecordKey(bus.TopicSubmit, part, off)
 	}
 	req := keepReq{

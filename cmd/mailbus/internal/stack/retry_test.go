@@ -190,6 +190,56 @@ func TestRetry_bouncedRecipientIsRetriedThroughTheRouterAndDelivered(t *testing.
 	}
 }
 
+// A producer need not set an idempotency id: the message id then comes
+// from the record's place in Kafka, which the router and the tracker
+// (keeping the submission for retries) must read alike, although the
+// tracker handles mail.submit with the concurrent subscriber.
+func TestRetry_messagesSubmittedWithoutAnIdempotencyIDAreRetriedEachAsItself(t *testing.T) {
+	var reject atomic.Bool
+	reject.Store(true)
+	addrs := []string{"dan1@example.net", "dan2@example.net", "dan3@example.net"}
+	p := startPipeline(t, []testkit.SMTPOption{testkit.SMTPReplies(rejectRcpt(&reject, addrs...))}, nil)
+	ctx := context.Background()
+	for _, a := range addrs {
+		publishSubmission(t, p, newsletter("", "no-idempotency-id", a))
+	}
+
+	byAddr := map[string]string{}
+	for deadline := time.Now().Add(stack.WaitTimeout); len(byAddr) < len(addrs); {
+		res, err := p.messages.ListMessages(ctx, &mailbusv1.ListMessagesRequest{TenantId: "acme", Status: statusBounced})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range res.GetMessages() {
+			for _, r := range m.GetRecipients() {
+				byAddr[r.GetAddress()] = m.GetId()
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bounced messages after %s: %v, want one for each of %v", stack.WaitTimeout, byAddr, addrs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	reject.Store(false)
+	for _, a := range addrs {
+		liftSuppression(t, p, "acme", a)
+		if _, err := p.messages.RetryMessage(ctx, &mailbusv1.RetryMessageRequest{Id: byAddr[a]}); err != nil {
+			t.Fatalf("RetryMessage of the message to %s: %v", a, err)
+		}
+	}
+	for _, a := range addrs {
+		m := p.waitMessage(t, byAddr[a], recipientStatus(a, statusSent))
+		if len(m.GetRecipients()) != 1 {
+			t.Errorf("message %s to %s has recipients %v after its retry", byAddr[a], a, m.GetRecipients())
+		}
+	}
+	for _, a := range addrs {
+		if n := deliveredTo(p.smtp, a); n != 1 {
+			t.Errorf("%s got %d copies, want 1", a, n)
+		}
+	}
+}
+
 func TestRetry_bulkRetriesTheBouncedMessagesOfACampaignOnly(t *testing.T) {
 	var reject atomic.Bool
 	reject.Store(true)
