@@ -38,6 +38,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/auth"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/services/config/internal/dnscheck"
 	"github.com/mailbus/mailbus/services/config/internal/store"
@@ -259,7 +260,7 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 		stopping:     s.stopping,
 		tester:       relayTester{rootCAs: s.cfg.RelayTestRootCAs, timeout: s.cfg.RelayTestTimeout},
 		checker: dnscheck.New(dnscheck.Options{
-			Resolver:     &dnscheck.Resolver{Servers: s.cfg.DNSServers},
+			Resolver:     &resolve.Resolver{Servers: s.cfg.DNSServers},
 			BounceMXHost: s.cfg.BounceMXHost,
 			SendingAddrs: s.cfg.SendingAddrs,
 		}),

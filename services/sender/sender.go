@@ -40,11 +40,11 @@ import (
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/oauthtoken"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/seal"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/deliver"
 	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
-	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
 
 // Config configures the sender.
@@ -131,7 +131,7 @@ func New(cfg Config, deps Deps) *Service {
 	slots := health.NewConnSlots(deps.Redis, health.ConnSlotsOptions{TTL: cfg.ConnLeaseTTL, Log: log})
 	pc.Slots = connSlots{slots}
 	pool := smtpclient.NewPool(pc)
-	resolver := &mx.Resolver{Servers: cfg.DNSServers}
+	resolver := &resolve.Resolver{Servers: cfg.DNSServers}
 	var sts *mtasts.Policies
 	if !cfg.DisableMTASTS {
 		// The policy host is reached like the MX hosts: the same resolver,

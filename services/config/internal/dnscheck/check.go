@@ -9,6 +9,7 @@ package dnscheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/resolve"
 )
 
 // Item kinds.
@@ -57,7 +59,7 @@ type Input struct {
 // Options configure a Checker.
 type Options struct {
 	// Resolver asks the name servers; nil means /etc/resolv.conf's.
-	Resolver *Resolver
+	Resolver *resolve.Resolver
 	// BounceMXHost is the host the tenants' bounce domains' MX must point
 	// at (the bounce service's public name); empty means unknown.
 	BounceMXHost string
@@ -72,9 +74,9 @@ type Checker struct{ opts Options }
 // New returns a Checker.
 func New(opts Options) *Checker {
 	if opts.Resolver == nil {
-		opts.Resolver = &Resolver{}
+		opts.Resolver = &resolve.Resolver{}
 	}
-	opts.BounceMXHost = hostName(opts.BounceMXHost)
+	opts.BounceMXHost = resolve.HostName(opts.BounceMXHost)
 	return &Checker{opts: opts}
 }
 
@@ -109,7 +111,7 @@ func (c *Checker) Check(ctx context.Context, in Input) Result {
 
 type run struct {
 	c   *Checker
-	res *Resolver
+	res *resolve.Resolver
 	in  Input
 	spf *spfWalker
 
@@ -231,7 +233,7 @@ func (r *run) senders(relays []*pb.Relay) []sender {
 	var out []sender
 	seen := map[string]bool{}
 	for _, rl := range relays {
-		h := hostName(rl.GetHost())
+		h := resolve.HostName(rl.GetHost())
 		if h == "" || seen[h] {
 			continue
 		}
@@ -240,13 +242,13 @@ func (r *run) senders(relays []*pb.Relay) []sender {
 	}
 	switch ds := r.in.Default; ds.GetMode() {
 	case pb.DefaultServerMode_DEFAULT_SERVER_MODE_RELAY:
-		if h := hostName(ds.GetRelay().GetHost()); h != "" && !seen[h] {
+		if h := resolve.HostName(ds.GetRelay().GetHost()); h != "" && !seen[h] {
 			out = append(out, sender{what: "the default relay (" + h + ")", host: h, include: providerInclude(h)})
 		}
 	case pb.DefaultServerMode_DEFAULT_SERVER_MODE_DIRECT_MX:
 		if len(r.c.opts.SendingAddrs) > 0 {
 			out = append(out, sender{what: "direct delivery", addrs: r.c.opts.SendingAddrs, fixed: true})
-		} else if h := hostName(ds.GetHeloName()); h != "" {
+		} else if h := resolve.HostName(ds.GetHeloName()); h != "" {
 			out = append(out, sender{what: "direct delivery (EHLO " + h + "; " + envPTR + " unset)", host: h})
 		}
 	}
@@ -600,7 +602,7 @@ func (r *run) bounceMXItem(ctx context.Context, bd string) *pb.DnsCheckItem {
 	it := &pb.DnsCheckItem{Kind: KindBounceMX, Name: bd}
 	want := r.c.opts.BounceMXHost
 	publish := bd + ". IN MX 10 " + cmpOr(want, anyHost) + "."
-	mxs, err := r.res.MX(ctx, bd)
+	mxs, err := mxHosts(ctx, r.res, bd)
 	switch {
 	case err != nil && !missing(err):
 		it.Status, it.Detail = absent, "could not look up the MX of "+bd+": "+err.Error()
@@ -624,7 +626,7 @@ func (r *run) bounceMXItem(ctx context.Context, bd string) *pb.DnsCheckItem {
 // PTR and forward DNS of direct delivery's addresses.
 
 func (r *run) ptrItems(ctx context.Context) {
-	helo := hostName(r.in.Default.GetHeloName())
+	helo := resolve.HostName(r.in.Default.GetHeloName())
 	if len(r.c.opts.SendingAddrs) == 0 {
 		r.add(&pb.DnsCheckItem{Kind: KindPTR, Name: "direct delivery", Status: absent,
 			Detail: "the default server delivers directly to MX hosts, but no sending address is configured (" + envPTR + "), so its PTR and forward DNS cannot be checked",
@@ -769,4 +771,18 @@ func cmpOr[T comparable](a, b T) T {
 		return a
 	}
 	return b
+}
+
+// missing reports whether err means "no such name" rather than a lookup
+// that failed.
+func missing(err error) bool { return errors.Is(err, resolve.ErrNoName) }
+
+// mxHosts returns the MX hosts of name, or resolve.ErrNoName.
+func mxHosts(ctx context.Context, res *resolve.Resolver, name string) ([]string, error) {
+	mxs, err := res.MX(ctx, name)
+	hosts := make([]string, 0, len(mxs))
+	for _, m := range mxs {
+		hosts = append(hosts, m.Host)
+	}
+	return hosts, err
 }

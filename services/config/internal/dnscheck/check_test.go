@@ -8,6 +8,7 @@ import (
 
 	"github.com/mailbus/mailbus/pkg/dkimkey"
 	pb "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/testkit/dnstest"
 	"github.com/mailbus/mailbus/services/config/internal/dnscheck"
 )
@@ -59,7 +60,7 @@ func rightZone(t *testing.T, in dnscheck.Input) []string {
 
 func check(t *testing.T, z *dnstest.Zone, in dnscheck.Input, opts dnscheck.Options) map[string]*pb.DnsCheckItem {
 	t.Helper()
-	opts.Resolver = &dnscheck.Resolver{Servers: []string{dnstest.Start(t, z)}}
+	opts.Resolver = &resolve.Resolver{Servers: []string{dnstest.Start(t, z)}}
 	res := dnscheck.New(opts).Check(context.Background(), in)
 	out := map[string]*pb.DnsCheckItem{}
 	for _, it := range res.Items {
@@ -248,7 +249,7 @@ func TestCheck_aFailingNameServerIsInconclusiveNotMissing(t *testing.T) {
 	in := acme(t)
 	zone := dnstest.NewZone(t, rightZone(t, in)...)
 	zone.ServFail("s1._domainkey.acme.example.")
-	res := dnscheck.New(dnscheck.Options{Resolver: &dnscheck.Resolver{Servers: []string{dnstest.Start(t, zone)}}}).Check(context.Background(), in)
+	res := dnscheck.New(dnscheck.Options{Resolver: &resolve.Resolver{Servers: []string{dnstest.Start(t, zone)}}}).Check(context.Background(), in)
 	for _, it := range res.Items {
 		key := dnscheck.Key(it)
 		switch key {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/mailbus/mailbus/pkg/resolve"
 )
 
 // This file reads SPF (RFC 7208) far enough to give advice: whether a
@@ -156,7 +158,7 @@ func (r *spfRecord) allQualifier() byte {
 // spfWalker looks records up once per check and counts what evaluating
 // them costs.
 type spfWalker struct {
-	r       *Resolver
+	r       *resolve.Resolver
 	records map[string]spfLookup
 }
 
@@ -165,7 +167,7 @@ type spfLookup struct {
 	err error // lookup failure or permerror (several records, bad syntax)
 }
 
-func newSPFWalker(r *Resolver) *spfWalker {
+func newSPFWalker(r *resolve.Resolver) *spfWalker {
 	return &spfWalker{r: r, records: map[string]spfLookup{}}
 }
 
@@ -289,7 +291,7 @@ func (w *spfWalker) check(ctx context.Context, ip netip.Addr, domain string, dep
 			}
 			hosts := []string{target}
 			if t.mechanism == "mx" {
-				hosts, _ = w.r.MX(ctx, target)
+				hosts, _ = mxHosts(ctx, w.r, target)
 			}
 			for _, h := range hosts {
 				addrs, _ := w.r.Addrs(ctx, h)

@@ -49,6 +49,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/limits"
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/oauthtoken"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
 	"github.com/mailbus/mailbus/services/sender/internal/mx"
@@ -95,7 +96,7 @@ type Options struct {
 type Deliverer struct {
 	cfg      Config
 	pool     *smtpclient.Pool
-	resolver *mx.Resolver
+	resolver *resolve.Resolver
 	limits   *limits.Limits
 	health   *health.Health
 	shaping  health.Shaping
@@ -108,7 +109,7 @@ type Deliverer struct {
 // MX delivery (the system resolver is used then); classify may be nil. lim
 // releases the quota of deliveries that fall back; h is the destinations'
 // health.
-func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.Limits, h *health.Health, classify Classifier, opts Options, log *slog.Logger) *Deliverer {
+func New(cfg Config, pool *smtpclient.Pool, resolver *resolve.Resolver, lim *limits.Limits, h *health.Health, classify Classifier, opts Options, log *slog.Logger) *Deliverer {
 	if opts.MaxQueueLifetime <= 0 {
 		opts.MaxQueueLifetime = 5 * 24 * time.Hour
 	}
@@ -126,7 +127,7 @@ func New(cfg Config, pool *smtpclient.Pool, resolver *mx.Resolver, lim *limits.L
 		opts.Now = time.Now
 	}
 	if resolver == nil {
-		resolver = &mx.Resolver{}
+		resolver = &resolve.Resolver{}
 	}
 	if classify == nil {
 		classify = func(code int, _, _ string) (string, bool) {
@@ -231,7 +232,7 @@ func (d *Deliverer) direct(ctx context.Context, dl *mailbusv1.Delivery, msg *smt
 	for _, dom := range doms {
 		m := *msg
 		m.To = byDomain[dom]
-		hosts, err := d.resolver.Lookup(ctx, dom)
+		hosts, err := mx.Lookup(ctx, d.resolver, dom)
 		if err != nil {
 			out.merge(d.outcomes(dl, "MX of "+dom, failedResult(m.To, err), err, nil))
 			continue

@@ -17,9 +17,9 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
-	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
 
 // directConfig is an in-memory Config whose default server is direct MX.
@@ -106,7 +106,7 @@ func TestDeliver_directMXLooksUpMXBouncesNullMXAndNXDOMAINAndDefersADNSTimeout(t
 	t.Cleanup(func() { rdb.Close() })
 	// The timeout is what slow.example costs, and what every answer may
 	// take on a busy machine.
-	resolver := &mx.Resolver{Servers: []string{dnsAddr}, Timeout: 5 * time.Second}
+	resolver := &resolve.Resolver{Servers: []string{dnsAddr}, Timeout: 5 * time.Second}
 	d := New(directConfig{}, pool, resolver, limits.New(rdb), health.New(rdb, limits.New(rdb), health.Options{}), bounce.Classify, Options{HeloName: "mailbus.test"}, slog.New(slog.DiscardHandler))
 
 	dl := &mailbusv1.Delivery{

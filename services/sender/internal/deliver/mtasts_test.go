@@ -22,10 +22,10 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/limits"
+	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
 	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
-	"github.com/mailbus/mailbus/services/sender/internal/mx"
 )
 
 // liveZone is a dnsZone whose records a test changes between deliveries.
@@ -167,7 +167,7 @@ func startSTS(t *testing.T, smtpOpts func(*testkit.Cert) []testkit.SMTPOption) *
 // policies is a replica's view of the policies (rdb nil: this process only).
 func (e *stsEnv) policies(rdb redis.UniversalClient, reg prometheus.Registerer) *mtasts.Policies {
 	return mtasts.New(mtasts.Options{
-		Resolver: &mx.Resolver{Servers: []string{e.dnsAddr}, Timeout: 5 * time.Second},
+		Resolver: &resolve.Resolver{Servers: []string{e.dnsAddr}, Timeout: 5 * time.Second},
 		RootCAs:  e.cert.CAPool, Dial: e.dial, Redis: rdb, Registerer: reg,
 		Now: func() time.Time { e.mu.Lock(); defer e.mu.Unlock(); return e.now },
 	})
@@ -176,7 +176,7 @@ func (e *stsEnv) policies(rdb redis.UniversalClient, reg prometheus.Registerer) 
 func (e *stsEnv) deliverer(sts *mtasts.Policies) *Deliverer {
 	pool := smtpclient.NewPool(smtpclient.PoolConfig{Dial: e.dial, RootCAs: e.cert.CAPool})
 	e.t.Cleanup(func() { pool.Close() })
-	resolver := &mx.Resolver{Servers: []string{e.dnsAddr}, Timeout: 5 * time.Second}
+	resolver := &resolve.Resolver{Servers: []string{e.dnsAddr}, Timeout: 5 * time.Second}
 	return New(directConfig{}, pool, resolver, limits.New(e.rdb), health.New(e.rdb, limits.New(e.rdb), health.Options{}), bounce.Classify,
 		Options{HeloName: "mailbus.test", MTASTS: sts}, slog.New(slog.DiscardHandler))
 }

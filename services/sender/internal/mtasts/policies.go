@@ -20,7 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/mailbus/mailbus/services/sender/internal/mx"
+	"github.com/mailbus/mailbus/pkg/resolve"
 )
 
 // maxPolicyBytes is the largest policy file read; RFC 8461 3.3 suggests
@@ -36,7 +36,7 @@ const retryFailedFetch = 5 * time.Minute
 type Options struct {
 	// Resolver looks up the TXT records and the policy host's addresses;
 	// nil means /etc/resolv.conf's servers.
-	Resolver *mx.Resolver
+	Resolver *resolve.Resolver
 	// RootCAs verify the policy host's certificate; nil means the system
 	// roots.
 	RootCAs *x509.CertPool
@@ -83,7 +83,7 @@ type cached struct {
 // New builds Policies.
 func New(opts Options) *Policies {
 	if opts.Resolver == nil {
-		opts.Resolver = &mx.Resolver{}
+		opts.Resolver = &resolve.Resolver{}
 	}
 	if opts.Dial == nil {
 		opts.Dial = (&net.Dialer{}).DialContext
@@ -137,6 +137,9 @@ func New(opts Options) *Policies {
 func (p *Policies) Lookup(ctx context.Context, domain string) *Policy {
 	domain = strings.TrimSuffix(strings.ToLower(domain), ".")
 	txts, err := p.opts.Resolver.TXT(ctx, "_mta-sts."+domain)
+	if errors.Is(err, resolve.ErrNoName) {
+		txts, err = nil, nil
+	}
 	var id string
 	if err == nil {
 		id, err = recordID(txts)
@@ -275,7 +278,7 @@ func (p *Policies) dial(ctx context.Context, network, addr string) (net.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := p.opts.Resolver.Addresses(ctx, host)
+	addrs, err := p.opts.Resolver.Addrs(ctx, host)
 	if err != nil {
 		return nil, err
 	}

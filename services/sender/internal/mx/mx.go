@@ -15,17 +15,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
-	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
 
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/resolve"
 )
 
 // Host is one place to deliver to.
@@ -41,62 +38,36 @@ type Host struct {
 	Addrs []netip.Addr
 }
 
-// Resolver looks up MX records with miekg/dns against one set of servers.
-// The zero value uses the name servers of /etc/resolv.conf.
-type Resolver struct {
-	// Servers are "host:port" addresses tried in order; empty means those
-	// of /etc/resolv.conf.
-	Servers []string
-	// Timeout bounds each query (default 5s).
-	Timeout time.Duration
-
-	once    sync.Once
-	servers []string
-	confErr error
-}
-
-// NewResolver returns a resolver that asks servers ("host:port") only.
-func NewResolver(servers ...string) *Resolver { return &Resolver{Servers: servers} }
-
-// Lookup resolves domain with the system's name servers.
-func Lookup(ctx context.Context, domain string) ([]Host, error) {
-	return (&Resolver{}).Lookup(ctx, domain)
-}
-
 // Lookup returns the hosts to try for domain, best first, each with its
-// addresses; hosts without an address are left out.
-func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
+// addresses, asking r (nil: the name servers of /etc/resolv.conf); hosts
+// without an address are left out.
+func Lookup(ctx context.Context, r *resolve.Resolver, domain string) ([]Host, error) {
+	if r == nil {
+		r = &resolve.Resolver{}
+	}
 	name, err := idna.Lookup.ToASCII(strings.TrimSuffix(strings.ToLower(domain), "."))
 	if err != nil || name == "" {
 		return nil, &mail.SMTPError{Code: 550, Enhanced: "5.1.2", Stage: "dns",
 			Message: fmt.Sprintf("invalid recipient domain %q", domain), Err: err}
 	}
 
-	resp, err := r.query(ctx, name, dns.TypeMX)
-	if err != nil {
-		return nil, temporary(name, "MX", err)
-	}
-	switch resp.Rcode {
-	case dns.RcodeSuccess:
-	case dns.RcodeNameError:
+	mxs, err := r.MX(ctx, name)
+	if errors.Is(err, resolve.ErrNoName) {
 		return nil, &mail.SMTPError{Code: 550, Enhanced: "5.1.2", Stage: "dns",
 			Message: fmt.Sprintf("domain %s does not exist (NXDOMAIN)", name)}
-	default:
-		return nil, temporary(name, "MX", rcodeError(resp.Rcode))
+	}
+	if err != nil {
+		return nil, temporary(err)
 	}
 
 	var hosts []Host
 	null := false
-	for _, rr := range resp.Answer {
-		m, ok := rr.(*dns.MX)
-		if !ok {
-			continue
-		}
-		if m.Mx == "." {
+	for _, m := range mxs {
+		if m.Host == "." {
 			null = true
 			continue
 		}
-		hosts = append(hosts, Host{Name: strings.TrimSuffix(strings.ToLower(m.Mx), "."), Preference: m.Preference})
+		hosts = append(hosts, Host{Name: m.Host, Preference: m.Preference})
 	}
 	if len(hosts) == 0 && null {
 		return nil, &mail.SMTPError{Code: 556, Enhanced: "5.1.10", Stage: "dns",
@@ -105,7 +76,7 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 
 	if len(hosts) == 0 {
 		// RFC 5321 5.1: without MX records the domain is its own mail host.
-		addrs, err := r.addresses(ctx, name)
+		addrs, err := addresses(ctx, r, name)
 		if err != nil {
 			return nil, err
 		}
@@ -124,7 +95,7 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 	var lastErr error
 	out := hosts[:0]
 	for _, h := range hosts {
-		addrs, err := r.addresses(ctx, h.Name)
+		addrs, err := addresses(ctx, r, h.Name)
 		if err != nil {
 			lastErr = err
 			continue
@@ -146,140 +117,17 @@ func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Host, error) {
 	return out, nil
 }
 
-// Addresses returns name's A then AAAA addresses; a name that does not
-// exist has none. Only resolver failures are errors. The MTA-STS policy
-// host is reached through it, so that it resolves with the same servers as
-// the MX hosts.
-func (r *Resolver) Addresses(ctx context.Context, name string) ([]netip.Addr, error) {
-	return r.addresses(ctx, strings.TrimSuffix(strings.ToLower(name), "."))
-}
-
-// TXT returns name's TXT records, each with its strings joined (RFC 7208
-// 3.3 and RFC 8461 3.1 read a record so); a name that does not exist has
-// none. Only resolver failures are errors.
-func (r *Resolver) TXT(ctx context.Context, name string) ([]string, error) {
-	name = strings.TrimSuffix(strings.ToLower(name), ".")
-	resp, err := r.query(ctx, name, dns.TypeTXT)
+// addresses returns name's addresses; a lookup that failed is a temporary
+// SMTP error.
+func addresses(ctx context.Context, r *resolve.Resolver, name string) ([]netip.Addr, error) {
+	addrs, err := r.Addrs(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("TXT lookup for %s: %w", name, err)
-	}
-	switch resp.Rcode {
-	case dns.RcodeSuccess:
-	case dns.RcodeNameError:
-		return nil, nil
-	default:
-		return nil, fmt.Errorf("TXT lookup for %s: %w", name, rcodeError(resp.Rcode))
-	}
-	var out []string
-	for _, rr := range resp.Answer {
-		if t, ok := rr.(*dns.TXT); ok {
-			out = append(out, strings.Join(t.Txt, ""))
-		}
-	}
-	return out, nil
-}
-
-// addresses returns name's A then AAAA addresses; a name that does not
-// exist has none. Only resolver failures are errors.
-func (r *Resolver) addresses(ctx context.Context, name string) ([]netip.Addr, error) {
-	var addrs []netip.Addr
-	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		resp, err := r.query(ctx, name, qt)
-		if err != nil {
-			return nil, temporary(name, dns.TypeToString[qt], err)
-		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess:
-		case dns.RcodeNameError:
-			return nil, nil
-		default:
-			return nil, temporary(name, dns.TypeToString[qt], rcodeError(resp.Rcode))
-		}
-		for _, rr := range resp.Answer {
-			var ip net.IP
-			switch v := rr.(type) {
-			case *dns.A:
-				ip = v.A
-			case *dns.AAAA:
-				ip = v.AAAA
-			default:
-				continue
-			}
-			if a, ok := netip.AddrFromSlice(ip); ok {
-				addrs = append(addrs, a.Unmap())
-			}
-		}
+		return nil, temporary(err)
 	}
 	return addrs, nil
 }
 
-// query asks each server in turn until one answers, over UDP and again over
-// TCP when the answer was truncated.
-func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	servers, err := r.serverList()
-	if err != nil {
-		return nil, err
-	}
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	m.SetEdns0(1232, false)
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
-	var (
-		lastErr  error
-		lastResp *dns.Msg
-	)
-	for _, s := range servers {
-		resp, _, err := (&dns.Client{Net: "udp", Timeout: timeout}).ExchangeContext(ctx, m, s)
-		if err == nil && resp.Truncated {
-			resp, _, err = (&dns.Client{Net: "tcp", Timeout: timeout}).ExchangeContext(ctx, m, s)
-		}
-		switch {
-		case err != nil:
-			lastErr = err
-			if ctx.Err() != nil {
-				return nil, err
-			}
-		case resp.Rcode == dns.RcodeSuccess || resp.Rcode == dns.RcodeNameError:
-			return resp, nil
-		default:
-			// SERVFAIL or REFUSED: another server may do better.
-			lastResp = resp
-		}
-	}
-	if lastResp != nil {
-		return lastResp, nil
-	}
-	return nil, lastErr
-}
-
-func (r *Resolver) serverList() ([]string, error) {
-	if len(r.Servers) > 0 {
-		return r.Servers, nil
-	}
-	r.once.Do(func() {
-		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil {
-			r.confErr = fmt.Errorf("read /etc/resolv.conf: %w", err)
-			return
-		}
-		for _, s := range conf.Servers {
-			r.servers = append(r.servers, net.JoinHostPort(s, conf.Port))
-		}
-		if len(r.servers) == 0 {
-			r.confErr = errors.New("/etc/resolv.conf lists no name server")
-		}
-	})
-	return r.servers, r.confErr
-}
-
-func rcodeError(rcode int) error {
-	return fmt.Errorf("server answered %s", dns.RcodeToString[rcode])
-}
-
-func temporary(name, qtype string, err error) *mail.SMTPError {
+func temporary(err error) *mail.SMTPError {
 	return &mail.SMTPError{Code: 451, Enhanced: "4.4.3", Stage: "dns",
-		Message: fmt.Sprintf("%s lookup for %s failed: %v", qtype, name, err), Err: err}
+		Message: err.Error(), Err: err}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/resolve"
 )
 
 // zone is what the test DNS server knows: records by "name TYPE", plus names
@@ -117,10 +118,10 @@ func TestLookup_ordersMXHostsByPreferenceWithTheirAddresses(t *testing.T) {
 		"mx2.dest.test. 300 IN A 192.0.2.2",
 		"backup.dest.test. 300 IN A 192.0.2.3",
 	)
-	r := NewResolver(startDNS(t, z))
+	r := resolve.New(startDNS(t, z))
 	seen := map[string]bool{}
 	for range 40 {
-		hosts, err := r.Lookup(context.Background(), "Dest.Test.")
+		hosts, err := Lookup(context.Background(), r, "Dest.Test.")
 		if err != nil {
 			t.Fatalf("Lookup: %v", err)
 		}
@@ -166,8 +167,8 @@ func TestLookup_outcomes(t *testing.T) {
 	addr := startDNS(t, z)
 	// Answers may take long on a busy machine: only the name the server
 	// never answers gets a short timeout, which then always fires.
-	r := &Resolver{Servers: []string{addr}, Timeout: 10 * time.Second}
-	silent := &Resolver{Servers: []string{addr}, Timeout: 200 * time.Millisecond}
+	r := &resolve.Resolver{Servers: []string{addr}, Timeout: 10 * time.Second}
+	silent := &resolve.Resolver{Servers: []string{addr}, Timeout: 200 * time.Millisecond}
 
 	tests := []struct {
 		domain    string
@@ -194,7 +195,7 @@ func TestLookup_outcomes(t *testing.T) {
 			if z.silent[tt.domain+"."] {
 				res = silent
 			}
-			hosts, err := res.Lookup(context.Background(), tt.domain)
+			hosts, err := Lookup(context.Background(), res, tt.domain)
 			if tt.code == 0 {
 				if err != nil {
 					t.Fatalf("Lookup: %v", err)
@@ -220,28 +221,9 @@ func TestLookup_triesTheNextServerWhenOneFails(t *testing.T) {
 	bad := newZone(t)
 	bad.servfail["dest.test."] = true
 	bad.servfail["mx.dest.test."] = true
-	r := &Resolver{Servers: []string{startDNS(t, bad), good}, Timeout: 10 * time.Second}
-	hosts, err := r.Lookup(context.Background(), "dest.test")
+	r := &resolve.Resolver{Servers: []string{startDNS(t, bad), good}, Timeout: 10 * time.Second}
+	hosts, err := Lookup(context.Background(), r, "dest.test")
 	if err != nil || len(hosts) != 1 || hosts[0].Name != "mx.dest.test" {
 		t.Fatalf("Lookup = %+v, %v", hosts, err)
-	}
-}
-
-func TestTXT_joinsEachRecordsStringsAndFindsNoneForAMissingName(t *testing.T) {
-	z := newZone(t,
-		`_mta-sts.example.com. 300 IN TXT "v=STSv1; " "id=20260101"`,
-		`_mta-sts.example.com. 300 IN TXT "other"`,
-	)
-	z.servfail["_mta-sts.broken.example."] = true
-	r := NewResolver(startDNS(t, z))
-	got, err := r.TXT(context.Background(), "_MTA-STS.example.com.")
-	if err != nil || strings.Join(got, "|") != "v=STSv1; id=20260101|other" {
-		t.Errorf("TXT = %q, %v; want both records, the first joined", got, err)
-	}
-	if got, err := r.TXT(context.Background(), "_mta-sts.missing.example"); err != nil || got != nil {
-		t.Errorf("missing name: %q, %v; want none", got, err)
-	}
-	if _, err := r.TXT(context.Background(), "_mta-sts.broken.example"); err == nil {
-		t.Error("SERVFAIL: no error")
 	}
 }
