@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+
+	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 )
 
 // stageOf attributes a CPU sample to a pipeline stage: the outermost frame
@@ -42,6 +44,47 @@ var infraPrefixes = []struct{ prefix, stage string }{
 type stageCPU struct {
 	Stage string
 	CPU   time.Duration
+	// Kafka is the part of CPU spent in the stage's Kafka client: sarama,
+	// watermill, LZ4 and pkg/bus (the leaf-most of those or of the
+	// stage's own work decides, so a handler's proto decoding inside
+	// bus.Decode counts as Kafka and its signing as work).
+	Kafka time.Duration
+}
+
+// Stage labels of the bench's own components (the stack's services label
+// theirs with their names, see stack.ProfileLabel).
+const (
+	stageRedis = "redis server (embedded)"
+	stageLoad  = "smtp sink + load generator"
+)
+
+// kafkaPrefixes are the Kafka client's packages; workPrefixes what a stage
+// does besides, which takes a sample back from Kafka when it is nearer the
+// leaf (a handler runs inside watermill's router).
+var (
+	kafkaPrefixes = []string{"github.com/IBM/sarama", "github.com/ThreeDotsLabs", "github.com/pierrec/lz4", "github.com/mailbus/mailbus/pkg/bus."}
+	workPrefixes  = []string{"github.com/mailbus/mailbus/services/", "github.com/mailbus/mailbus/pkg/", "github.com/emersion/", "crypto/", "github.com/redis/go-redis", "modernc.org/sqlite"}
+)
+
+// inKafka reports whether a sample's leaf-most frame of interest is the
+// Kafka client's.
+func inKafka(s *profile.Sample) bool {
+	for _, loc := range s.Location {
+		for _, ln := range loc.Line {
+			fn := ln.Function.Name
+			for _, p := range kafkaPrefixes {
+				if strings.HasPrefix(fn, p) {
+					return true
+				}
+			}
+			for _, p := range workPrefixes {
+				if strings.HasPrefix(fn, p) {
+					return false
+				}
+			}
+		}
+	}
+	return false
 }
 
 // attribute splits a CPU profile by stage.
@@ -56,16 +99,28 @@ func attribute(raw []byte) ([]stageCPU, time.Duration, error) {
 			idx = i
 		}
 	}
-	by := map[string]time.Duration{}
+	by := map[string]*stageCPU{}
 	var total time.Duration
 	for _, s := range p.Sample {
 		d := time.Duration(s.Value[idx])
 		total += d
-		by[classify(s)] += d
+		stage := classify(s)
+		if l := s.Label[stack.ProfileLabel]; len(l) > 0 {
+			stage = l[0]
+		}
+		sc := by[stage]
+		if sc == nil {
+			sc = &stageCPU{Stage: stage}
+			by[stage] = sc
+		}
+		sc.CPU += d
+		if stage != stack.StageBroker && inKafka(s) {
+			sc.Kafka += d
+		}
 	}
 	out := make([]stageCPU, 0, len(by))
-	for k, v := range by {
-		out = append(out, stageCPU{k, v})
+	for _, v := range by {
+		out = append(out, *v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].CPU > out[j].CPU })
 	return out, total, nil

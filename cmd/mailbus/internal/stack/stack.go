@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -189,9 +190,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	// Kafka.
 	s.Brokers = o.KafkaBrokers
 	if len(s.Brokers) == 0 {
-		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedConfig{
-			Addr: orDefault(o.KafkaAddr, "127.0.0.1:9092"), DataDir: filepath.Join(o.DataDir, "kafka"),
-			Partitions: o.Partitions, Log: o.Log, CountRequests: o.CountKafkaRequests,
+		var emb *bus.Embedded
+		var err error
+		pprof.Do(ctx, pprof.Labels(ProfileLabel, StageBroker), func(ctx context.Context) {
+			emb, err = bus.StartEmbedded(ctx, bus.EmbeddedConfig{
+				Addr: orDefault(o.KafkaAddr, "127.0.0.1:9092"), DataDir: filepath.Join(o.DataDir, "kafka"),
+				Partitions: o.Partitions, Log: o.Log, CountRequests: o.CountKafkaRequests,
+			})
 		})
 		if err != nil {
 			return nil, fmt.Errorf("start embedded Kafka broker: %w", err)
@@ -428,13 +433,13 @@ func (s *Stack) startSender(svc *sender.Service) {
 	done := make(chan struct{})
 	s.senderCancel, s.senderDone = cancel, done
 	s.wg.Add(1)
-	go func() {
+	go pprof.Do(ctx, pprof.Labels(ProfileLabel, "sender"), func(ctx context.Context) {
 		defer s.wg.Done()
 		defer close(done)
 		if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
 			s.fail(fmt.Errorf("sender: %w", err))
 		}
-	}()
+	})
 }
 
 // KillSender stops the sender abruptly, as a crash would: in-flight SMTP
@@ -458,15 +463,25 @@ func (s *Stack) RestartSender() {
 	s.startSender(s.Sender)
 }
 
+// ProfileLabel is the pprof label that says which component of the stack
+// a goroutine works for. goRun sets it on each service's Run, and every
+// goroutine a service starts inherits it — its Kafka client's, its Redis
+// pool's, its signing workers' — so that a CPU profile of `mailbus dev`
+// (make bench) splits by service whatever library the time went in.
+const ProfileLabel = "mailbus_stage"
+
+// StageBroker labels the embedded Kafka broker's goroutines.
+const StageBroker = "kafka broker (embedded)"
+
 func (s *Stack) goRun(name string, run func(context.Context) error) {
 	s.wg.Add(1)
-	go func() {
+	go pprof.Do(s.runCtx, pprof.Labels(ProfileLabel, name), func(ctx context.Context) {
 		defer s.wg.Done()
-		err := run(s.runCtx)
+		err := run(ctx)
 		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, grpc.ErrServerStopped) && s.runCtx.Err() == nil {
 			s.fail(fmt.Errorf("%s: %w", name, err))
 		}
-	}()
+	})
 }
 
 func (s *Stack) fail(err error) {
