@@ -162,7 +162,7 @@ func (s *concurrentSubscriber) Subscribe(ctx context.Context, topic string) (<-c
 			s.log.LogAttrs(ctx, slog.LevelWarn, "concurrent consumer", slog.String("topic", topic), slog.Any("err", err))
 		}
 	}()
-	h := &concurrentHandler{sub: s, cg: cg, out: out, drain: s.cfg.CloseTimeout * 3 / 4}
+	h := &concurrentHandler{sub: s, cg: cg, out: out, drain: s.cfg.CloseTimeout * 3 / 4, values: context.WithoutCancel(ctx)}
 	go func() {
 		defer s.wg.Done()
 		defer close(out)
@@ -203,6 +203,10 @@ type concurrentHandler struct {
 	cg    sarama.ConsumerGroup
 	out   chan<- *message.Message
 	drain time.Duration
+	// values is the subscription's context without its cancellation: the
+	// records' contexts carry what it carries (the service's pprof label,
+	// by which make bench charges work to a stage) but end on their own.
+	values context.Context
 
 	pauseMu sync.Mutex
 	waiting int
@@ -218,7 +222,7 @@ func (h *concurrentHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim
 	// The records' context is not the session's: a shutdown or rebalance
 	// lets them finish (up to h.drain) instead of cutting them off
 	// mid-transaction, which would only make them run again elsewhere.
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(h.values)
 	defer cancel()
 	w := newWindow(sess, claim.Topic(), claim.Partition())
 	var wg sync.WaitGroup

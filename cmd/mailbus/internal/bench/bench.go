@@ -9,6 +9,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -106,6 +107,9 @@ type Result struct {
 	// ProducePerMsg and FetchPerMsg are the embedded broker's produce
 	// and fetch requests during the burst per message; zero on Kafka.
 	ProducePerMsg, FetchPerMsg float64
+	// RedisTrips is the Redis round trips per message during the burst,
+	// by stage (see stack.Options.CountRedisRoundTrips).
+	RedisTrips map[string]float64
 }
 
 // OpenLoopResult is what the fixed-rate phase measured.
@@ -203,7 +207,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	metrics := obs.NewRegistry()
 	st, err := stack.Start(ctx, stack.Options{
 		DataDir: dir, SeedFile: seed, KafkaBrokers: o.KafkaBrokers, KafkaAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NoCatcher: true,
-		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log, Metrics: metrics, CountKafkaRequests: true,
+		RedisAddr: redisAddr, Partitions: o.Partitions, Log: o.Log, Metrics: metrics, CountKafkaRequests: true, CountRedisRoundTrips: true,
 	})
 	if err != nil {
 		return res, err
@@ -233,6 +237,7 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	}
 	start := time.Now()
 	produce0, fetch0, counted := st.KafkaRequests()
+	trips0, _ := st.RedisRoundTrips()
 	if path := os.Getenv("MAILBUS_BENCH_HEAP_PROFILE"); path != "" {
 		// Halfway through the run, when the backlog is at its largest.
 		go func() {
@@ -263,6 +268,14 @@ func Measure(ctx context.Context, o Options, progress io.Writer) (Result, error)
 	res.SinkConns = snk.conns
 	res.InFlight = snk.peakInFlight
 	snk.mu.Unlock()
+	if trips, ok := st.RedisRoundTrips(); ok {
+		res.RedisTrips = map[string]float64{}
+		for stage, n := range trips {
+			if d := n - trips0[stage]; d > 0 {
+				res.RedisTrips[stage] = float64(d) / float64(o.Messages)
+			}
+		}
+	}
 	if produce, fetch, _ := st.KafkaRequests(); counted {
 		res.ProducePerMsg = float64(produce-produce0) / float64(o.Messages)
 		res.FetchPerMsg = float64(fetch-fetch0) / float64(o.Messages)
@@ -396,6 +409,20 @@ func Report(w io.Writer, r Result) {
 	}
 	if r.ProducePerMsg > 0 {
 		fmt.Fprintf(w, "  Kafka requests per message (embedded broker): %.2f produce, %.2f fetch\n", r.ProducePerMsg, r.FetchPerMsg)
+	}
+	if len(r.RedisTrips) > 0 {
+		var total float64
+		stages := make([]string, 0, len(r.RedisTrips))
+		for stage, n := range r.RedisTrips {
+			total += n
+			stages = append(stages, stage)
+		}
+		slices.SortFunc(stages, func(a, b string) int { return cmp.Compare(r.RedisTrips[b], r.RedisTrips[a]) })
+		parts := make([]string, 0, len(stages))
+		for _, stage := range stages {
+			parts = append(parts, fmt.Sprintf("%s %.2f", stage, r.RedisTrips[stage]))
+		}
+		fmt.Fprintf(w, "  Redis round trips per message: %.2f (%s)\n", total, strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(w, "  CPU per message by stage (from a CPU profile of the run, by the goroutines' stage label; %.0f µs/message in all; in parentheses what went on in the stage's Kafka client):\n", float64(r.TotalCPU.Microseconds())/float64(r.Messages))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

@@ -19,6 +19,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,6 +81,9 @@ type Options struct {
 	// CountKafkaRequests makes the embedded broker count its produce and
 	// fetch requests for KafkaRequests (make bench).
 	CountKafkaRequests bool
+	// CountRedisRoundTrips counts the round trips of the stack's Redis
+	// client by stage for RedisRoundTrips (make bench).
+	CountRedisRoundTrips bool
 	// ConfigDatabaseURL, TrackerDatabaseURL and WebhookDatabaseURL default
 	// to SQLite files in DataDir.
 	ConfigDatabaseURL  string
@@ -129,9 +133,10 @@ type Stack struct {
 	// VERPKey signs the VERP return paths.
 	VERPKey []byte
 
-	log      *slog.Logger
-	runCtx   context.Context
-	embedded *bus.Embedded
+	log        *slog.Logger
+	runCtx     context.Context
+	embedded   *bus.Embedded
+	redisTrips *tripCounter
 
 	newSender    func() (*sender.Service, func(), error)
 	senderCancel context.CancelFunc
@@ -245,6 +250,10 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.RedisAddr = addr
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr})
+	if o.CountRedisRoundTrips {
+		s.redisTrips = &tripCounter{trips: map[string]*atomic.Int64{}}
+		rdb.AddHook(s.redisTrips)
+	}
 	s.Redis = rdb
 	s.closers = append(s.closers, func() { _ = rdb.Close() })
 
@@ -568,4 +577,14 @@ func (s *Stack) KafkaRequests() (produce, fetch int64, ok bool) {
 		return 0, 0, false
 	}
 	return s.embedded.Requests()
+}
+
+// RedisRoundTrips returns the round trips of the stack's Redis client so
+// far by stage (a command, a pipeline or a transaction each), and whether
+// they were counted: see Options.CountRedisRoundTrips.
+func (s *Stack) RedisRoundTrips() (map[string]int64, bool) {
+	if s.redisTrips == nil {
+		return nil, false
+	}
+	return s.redisTrips.counts(), true
 }
