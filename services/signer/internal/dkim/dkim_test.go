@@ -9,14 +9,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -27,6 +23,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/dkimkey"
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/mail"
+	"github.com/mailbus/mailbus/pkg/testkit"
 	"github.com/mailbus/mailbus/services/signer/internal/dkim"
 )
 
@@ -175,17 +172,17 @@ func TestSign_verifiesWithDkimpy(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			results := verifyDkimpy(t, publish(t, keys), signed)
+			results := testkit.VerifyDKIMWithDkimpy(t, signed, publish(t, keys))
 			if len(results) != len(keys) {
 				t.Fatalf("dkimpy saw %d signatures, want %d", len(results), len(keys))
 			}
 			wantAlg := map[string]string{"rsa2025": "rsa-sha256", "ed2025": "ed25519-sha256"}
 			for i, r := range results {
 				if !r.OK {
-					t.Errorf("dkimpy: signature %d (s=%s a=%s) does not verify: %s", i, r.S, r.A, r.Error)
+					t.Errorf("dkimpy: signature %d (s=%s a=%s) does not verify: %s", i, r.Selector, r.Algorithm, r.Error)
 				}
-				if r.S != keys[i].Selector || r.A != wantAlg[r.S] {
-					t.Errorf("signature %d is s=%s a=%s, want s=%s a=%s", i, r.S, r.A, keys[i].Selector, wantAlg[keys[i].Selector])
+				if r.Selector != keys[i].Selector || r.Algorithm != wantAlg[r.Selector] {
+					t.Errorf("signature %d is s=%s a=%s, want s=%s a=%s", i, r.Selector, r.Algorithm, keys[i].Selector, wantAlg[keys[i].Selector])
 				}
 			}
 		})
@@ -200,45 +197,11 @@ func TestSign_dkimpyRejectsTamperedMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	tampered := bytes.Replace(signed, []byte("Bob, your order"), []byte("Bob, yOur order"), 1)
-	for i, r := range verifyDkimpy(t, publish(t, keys), tampered) {
+	for i, r := range testkit.VerifyDKIMWithDkimpy(t, tampered, publish(t, keys)) {
 		if r.OK {
 			t.Errorf("dkimpy accepted signature %d of a tampered message", i)
 		}
 	}
-}
-
-type dkimpyResult struct {
-	D, S, A, H string
-	OK         bool `json:"ok"`
-	Error      string
-}
-
-// verifyDkimpy runs testdata/dkimpy_verify.py with the Debian python3,
-// where python3-dkim is installed (CI installs it too).
-func verifyDkimpy(t *testing.T, z zone, signed []byte) []dkimpyResult {
-	t.Helper()
-	const python = "/usr/bin/python3"
-	if err := exec.Command(python, "-c", "import dkim").Run(); err != nil {
-		t.Fatalf("%s cannot import dkim (%v): apt-get install python3-dkim", python, err)
-	}
-	records := filepath.Join(t.TempDir(), "records.json")
-	data, _ := json.Marshal(z)
-	if err := os.WriteFile(records, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(python, "testdata/dkimpy_verify.py", records)
-	cmd.Stdin = bytes.NewReader(signed)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("dkimpy_verify.py: %v\n%s", err, stderr.String())
-	}
-	var results []dkimpyResult
-	if err := json.Unmarshal(out, &results); err != nil {
-		t.Fatalf("dkimpy_verify.py output %q: %v", out, err)
-	}
-	return results
 }
 
 func signatureTags(t *testing.T, signed []byte) []map[string]string {
