@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -16,41 +15,9 @@ import (
 	mailbusv1 "github.com/mailbus/mailbus/pkg/gen/mailbus/v1"
 	"github.com/mailbus/mailbus/pkg/health"
 	"github.com/mailbus/mailbus/pkg/testkit"
+	"github.com/mailbus/mailbus/pkg/testkit/dnstest"
 	"github.com/mailbus/mailbus/services/sender"
 )
-
-// startDNS answers from records (zone-file lines) on a loopback UDP port.
-func startDNS(t *testing.T, records ...string) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rrs []dns.RR
-	for _, s := range records {
-		rr, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rrs = append(rrs, rr)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		for _, rr := range rrs {
-			if rr.Header().Name == r.Question[0].Name && rr.Header().Rrtype == r.Question[0].Qtype {
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-		_ = w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return pc.LocalAddr().String()
-}
 
 // publishDirect publishes n deliveries for direct MX delivery to rcpt's
 // domain, one message each.
@@ -86,12 +53,12 @@ func TestSender_twoReplicasTogetherKeepAnMXSitesConnectionLimit(t *testing.T) {
 	g := newGate()
 	mxSrv := testkit.StartSMTP(t, testkit.SMTPReplies(g.reply))
 	releaseAtEnd(t, g)
-	dnsAddr := startDNS(t,
+	dnsAddr := dnstest.Start(t, dnstest.NewZone(t,
 		"workspace.example. 60 IN MX 10 aspmx.l.google.com.",
 		"gmail.example. 60 IN MX 5 gmail-smtp-in.l.google.com.",
 		"aspmx.l.google.com. 60 IN A 127.0.0.1",
 		"gmail-smtp-in.l.google.com. 60 IN A 127.0.0.2",
-	)
+	))
 	shaping := health.DefaultShaping()
 	shaping.Sites = []health.Site{{Name: "google", MX: []string{"google.com"}, Rule: health.Rule{MaxConnections: siteConns}}}
 	cfg := staticConfig{tenant: &mailbusv1.Tenant{Id: "acme", TimeZone: "UTC", Active: true}, relays: map[string]*configclient.RelayWithSecrets{}}

@@ -21,13 +21,16 @@ type Zone struct {
 	mu       sync.Mutex
 	records  map[string][]dns.RR
 	servfail map[string]bool
+	silent   map[string]bool
+	truncate map[string]bool
 	queries  map[string]int
 }
 
 // NewZone parses records in zone-file form ("acme.example. 300 IN TXT \"v=spf1 -all\"").
 func NewZone(t testing.TB, records ...string) *Zone {
 	t.Helper()
-	z := &Zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}, queries: map[string]int{}}
+	z := &Zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}, silent: map[string]bool{},
+		truncate: map[string]bool{}, queries: map[string]int{}}
 	z.Add(t, records...)
 	return z
 }
@@ -35,8 +38,27 @@ func NewZone(t testing.TB, records ...string) *Zone {
 // Add adds records.
 func (z *Zone) Add(t testing.TB, records ...string) {
 	t.Helper()
+	parsed := parse(t, records)
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	for key, rrs := range parsed {
+		z.records[key] = append(z.records[key], rrs...)
+	}
+}
+
+// Reset replaces every record of the zone with records at once.
+func (z *Zone) Reset(t testing.TB, records ...string) {
+	t.Helper()
+	parsed := parse(t, records)
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.records = parsed
+}
+
+// parse reads zone-file lines into records by "name TYPE".
+func parse(t testing.TB, records []string) map[string][]dns.RR {
+	t.Helper()
+	out := map[string][]dns.RR{}
 	for _, s := range records {
 		r, err := dns.NewRR(s)
 		if err != nil {
@@ -46,8 +68,9 @@ func (z *Zone) Add(t testing.TB, records ...string) {
 			t.Fatalf("dnstest: record %q is empty", s)
 		}
 		key := strings.ToLower(r.Header().Name) + " " + dns.TypeToString[r.Header().Rrtype]
-		z.records[key] = append(z.records[key], r)
+		out[key] = append(out[key], r)
 	}
+	return out
 }
 
 // Remove drops every record of typ ("TXT", "MX", …) at name (fully
@@ -70,6 +93,23 @@ func (z *Zone) ServFail(name string) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	z.servfail[strings.ToLower(name)] = true
+}
+
+// Silent leaves every query for name unanswered, like a name server that
+// is down: the client times out.
+func (z *Zone) Silent(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.silent[strings.ToLower(name)] = true
+}
+
+// TruncateOverUDP answers queries for name over UDP with the truncated
+// flag and no records, so that the client must ask again over TCP, where
+// the records are.
+func (z *Zone) TruncateOverUDP(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.truncate[strings.ToLower(name)] = true
 }
 
 func (z *Zone) exists(name string) bool {
@@ -99,7 +139,13 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		name := strings.ToLower(q.Name)
 		z.mu.Lock()
 		z.queries[name+" "+dns.TypeToString[q.Qtype]]++
+		if z.silent[name] {
+			z.mu.Unlock()
+			return
+		}
 		switch {
+		case z.truncate[name] && w.RemoteAddr().Network() == "udp":
+			resp.Truncated = true
 		case z.servfail[name]:
 			resp.Rcode = dns.RcodeServerFailure
 		case !z.exists(name):

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailbus/mailbus/pkg/bounce"
@@ -20,6 +19,7 @@ import (
 	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
+	"github.com/mailbus/mailbus/pkg/testkit/dnstest"
 )
 
 // directConfig is an in-memory Config whose default server is direct MX.
@@ -33,61 +33,17 @@ func (directConfig) DefaultServer() configclient.DefaultServer {
 	return configclient.DefaultServer{Mode: mailbusv1.DefaultServerMode_DEFAULT_SERVER_MODE_DIRECT_MX}
 }
 
-// dnsZone answers from fixed records; names in silent get no answer at all,
-// like a DNS server that is down.
-type dnsZone struct {
-	records []string
-	nx      map[string]bool
-	silent  map[string]bool
-}
-
-func (z dnsZone) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	q := r.Question[0]
-	if z.silent[q.Name] {
-		return
-	}
-	m := new(dns.Msg)
-	m.SetReply(r)
-	if z.nx[q.Name] {
-		m.Rcode = dns.RcodeNameError
-	}
-	for _, s := range z.records {
-		rr, err := dns.NewRR(s)
-		if err == nil && rr.Header().Name == q.Name && rr.Header().Rrtype == q.Qtype {
-			m.Answer = append(m.Answer, rr)
-		}
-	}
-	_ = w.WriteMsg(m)
-}
-
-func startDNS(t *testing.T, h dns.Handler) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: h}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return pc.LocalAddr().String()
-}
-
 func TestDeliver_directMXLooksUpMXBouncesNullMXAndNXDOMAINAndDefersADNSTimeout(t *testing.T) {
 	smtpSrv := testkit.StartSMTP(t)
-	dnsAddr := startDNS(t, dnsZone{
-		records: []string{
-			"good.example. 300 IN MX 20 mx2.good.example.",
-			"good.example. 300 IN MX 10 mx1.good.example.",
-			"mx1.good.example. 300 IN A 127.0.0.1",
-			"mx2.good.example. 300 IN A 127.0.0.2",
-			"nullmx.example. 300 IN MX 0 .",
-		},
-		nx:     map[string]bool{"nx.example.": true},
-		silent: map[string]bool{"slow.example.": true},
-	})
+	zone := dnstest.NewZone(t,
+		"good.example. 300 IN MX 20 mx2.good.example.",
+		"good.example. 300 IN MX 10 mx1.good.example.",
+		"mx1.good.example. 300 IN A 127.0.0.1",
+		"mx2.good.example. 300 IN A 127.0.0.2",
+		"nullmx.example. 300 IN MX 0 .",
+	)
+	zone.Silent("slow.example.")
+	dnsAddr := dnstest.Start(t, zone)
 	// MX hosts listen on port 25; the test server listens elsewhere.
 	var mu sync.Mutex
 	var dialed []string

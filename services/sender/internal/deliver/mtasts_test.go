@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -25,27 +24,9 @@ import (
 	"github.com/mailbus/mailbus/pkg/resolve"
 	"github.com/mailbus/mailbus/pkg/smtpclient"
 	"github.com/mailbus/mailbus/pkg/testkit"
+	"github.com/mailbus/mailbus/pkg/testkit/dnstest"
 	"github.com/mailbus/mailbus/services/sender/internal/mtasts"
 )
-
-// liveZone is a dnsZone whose records a test changes between deliveries.
-type liveZone struct {
-	mu sync.Mutex
-	z  dnsZone
-}
-
-func (l *liveZone) set(records ...string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.z = dnsZone{records: records}
-}
-
-func (l *liveZone) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	l.mu.Lock()
-	z := l.z
-	l.mu.Unlock()
-	z.ServeDNS(w, r)
-}
 
 // policyHost is mta-sts.example.com: a local HTTPS server with a
 // certificate from the test's CA, serving what the test sets and counting
@@ -103,7 +84,7 @@ func (p *policyHost) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // and a deliverer that honours MTA-STS.
 type stsEnv struct {
 	t       *testing.T
-	zone    *liveZone
+	zone    *dnstest.Zone
 	policy  *policyHost
 	smtp    *testkit.SMTPServer
 	cert    *testkit.Cert
@@ -123,7 +104,7 @@ type stsEnv struct {
 // that certificate) say otherwise.
 func startSTS(t *testing.T, smtpOpts func(*testkit.Cert) []testkit.SMTPOption) *stsEnv {
 	t.Helper()
-	e := &stsEnv{t: t, zone: &liveZone{}, policy: &policyHost{status: http.StatusOK}, reg: prometheus.NewRegistry(), now: time.Now()}
+	e := &stsEnv{t: t, zone: dnstest.NewZone(t), policy: &policyHost{status: http.StatusOK}, reg: prometheus.NewRegistry(), now: time.Now()}
 	e.cert = testkit.NewCert(t, "mx.example.com")
 	if smtpOpts == nil {
 		smtpOpts = func(c *testkit.Cert) []testkit.SMTPOption { return []testkit.SMTPOption{testkit.SMTPStartTLS(c)} }
@@ -157,7 +138,7 @@ func startSTS(t *testing.T, smtpOpts func(*testkit.Cert) []testkit.SMTPOption) *
 		}
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
-	e.dnsAddr = startDNS(t, e.zone)
+	e.dnsAddr = dnstest.Start(t, e.zone)
 	e.rdb = redis.NewClient(&redis.Options{Addr: testkit.StartRedis(t)})
 	t.Cleanup(func() { e.rdb.Close() })
 	e.d = e.deliverer(e.policies(nil, e.reg))
@@ -192,7 +173,7 @@ func (e *stsEnv) records(mxHost, id string) {
 	if id != "" {
 		rrs = append(rrs, `_mta-sts.example.com. 300 IN TXT "v=STSv1; id=`+id+`"`)
 	}
-	e.zone.set(rrs...)
+	e.zone.Reset(e.t, rrs...)
 }
 
 func (e *stsEnv) advance(d time.Duration) {

@@ -4,101 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/mailbus/mailbus/pkg/mail"
 	"github.com/mailbus/mailbus/pkg/resolve"
+	"github.com/mailbus/mailbus/pkg/testkit/dnstest"
 )
-
-// zone is what the test DNS server knows: records by "name TYPE", plus names
-// that fail in special ways.
-type zone struct {
-	records  map[string][]dns.RR
-	servfail map[string]bool
-	silent   map[string]bool // never answered: the client times out
-	big      map[string]bool // truncated over UDP, answered over TCP
-}
-
-func rr(t *testing.T, s string) dns.RR {
-	t.Helper()
-	r, err := dns.NewRR(s)
-	if err != nil {
-		t.Fatalf("bad record %q: %v", s, err)
-	}
-	return r
-}
-
-func newZone(t *testing.T, records ...string) *zone {
-	z := &zone{records: map[string][]dns.RR{}, servfail: map[string]bool{}, silent: map[string]bool{}, big: map[string]bool{}}
-	for _, s := range records {
-		r := rr(t, s)
-		key := r.Header().Name + " " + dns.TypeToString[r.Header().Rrtype]
-		z.records[key] = append(z.records[key], r)
-	}
-	return z
-}
-
-func (z *zone) exists(name string) bool {
-	for key := range z.records {
-		if strings.HasPrefix(key, name+" ") {
-			return true
-		}
-	}
-	return false
-}
-
-func (z *zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	q := req.Question[0]
-	name := strings.ToLower(q.Name)
-	if z.silent[name] {
-		return
-	}
-	resp := new(dns.Msg)
-	resp.SetReply(req)
-	switch {
-	case z.servfail[name]:
-		resp.Rcode = dns.RcodeServerFailure
-	case z.big[name] && w.RemoteAddr().Network() == "udp":
-		resp.Truncated = true
-	case !z.exists(name):
-		resp.Rcode = dns.RcodeNameError
-	default:
-		resp.Answer = z.records[name+" "+dns.TypeToString[q.Qtype]]
-	}
-	_ = w.WriteMsg(resp)
-}
-
-// startDNS serves z over UDP and TCP on one loopback port.
-func startDNS(t *testing.T, z *zone) string {
-	t.Helper()
-	for range 5 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close() // the TCP port is taken; try another
-			continue
-		}
-		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: z}, {Listener: ln, Handler: z}} {
-			started := make(chan struct{})
-			srv.NotifyStartedFunc = func() { close(started) }
-			go func() { _ = srv.ActivateAndServe() }()
-			<-started
-			t.Cleanup(func() { _ = srv.Shutdown() })
-		}
-		return pc.LocalAddr().String()
-	}
-	t.Fatal("no free port for UDP and TCP")
-	return ""
-}
 
 func names(hosts []Host) []string {
 	var out []string
@@ -109,7 +23,7 @@ func names(hosts []Host) []string {
 }
 
 func TestLookup_ordersMXHostsByPreferenceWithTheirAddresses(t *testing.T) {
-	z := newZone(t,
+	z := dnstest.NewZone(t,
 		"dest.test. 300 IN MX 20 backup.dest.test.",
 		"dest.test. 300 IN MX 10 mx1.dest.test.",
 		"dest.test. 300 IN MX 10 mx2.dest.test.",
@@ -118,7 +32,7 @@ func TestLookup_ordersMXHostsByPreferenceWithTheirAddresses(t *testing.T) {
 		"mx2.dest.test. 300 IN A 192.0.2.2",
 		"backup.dest.test. 300 IN A 192.0.2.3",
 	)
-	r := resolve.New(startDNS(t, z))
+	r := resolve.New(dnstest.Start(t, z))
 	seen := map[string]bool{}
 	for range 40 {
 		hosts, err := Lookup(context.Background(), r, "Dest.Test.")
@@ -147,7 +61,7 @@ func TestLookup_ordersMXHostsByPreferenceWithTheirAddresses(t *testing.T) {
 }
 
 func TestLookup_outcomes(t *testing.T) {
-	z := newZone(t,
+	z := dnstest.NewZone(t,
 		"implicit.test. 300 IN A 192.0.2.10",
 		"implicit.test. 300 IN TXT \"no mx here\"",
 		"nullmx.test. 300 IN MX 0 .",
@@ -160,11 +74,11 @@ func TestLookup_outcomes(t *testing.T) {
 		"mx.big.test. 300 IN A 192.0.2.30",
 		"hostfail.test. 300 IN MX 10 mx.hostfail.test.",
 	)
-	z.servfail["servfail.test."] = true
-	z.servfail["mx.hostfail.test."] = true
-	z.silent["slow.test."] = true
-	z.big["big.test."] = true
-	addr := startDNS(t, z)
+	z.ServFail("servfail.test.")
+	z.ServFail("mx.hostfail.test.")
+	z.Silent("slow.test.")
+	z.TruncateOverUDP("big.test.")
+	addr := dnstest.Start(t, z)
 	// Answers may take long on a busy machine: only the name the server
 	// never answers gets a short timeout, which then always fires.
 	r := &resolve.Resolver{Servers: []string{addr}, Timeout: 10 * time.Second}
@@ -192,7 +106,7 @@ func TestLookup_outcomes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.domain, func(t *testing.T) {
 			res := r
-			if z.silent[tt.domain+"."] {
+			if tt.domain == "slow.test" {
 				res = silent
 			}
 			hosts, err := Lookup(context.Background(), res, tt.domain)
@@ -217,11 +131,11 @@ func TestLookup_outcomes(t *testing.T) {
 }
 
 func TestLookup_triesTheNextServerWhenOneFails(t *testing.T) {
-	good := startDNS(t, newZone(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 192.0.2.1"))
-	bad := newZone(t)
-	bad.servfail["dest.test."] = true
-	bad.servfail["mx.dest.test."] = true
-	r := &resolve.Resolver{Servers: []string{startDNS(t, bad), good}, Timeout: 10 * time.Second}
+	good := dnstest.Start(t, dnstest.NewZone(t, "dest.test. 300 IN MX 10 mx.dest.test.", "mx.dest.test. 300 IN A 192.0.2.1"))
+	bad := dnstest.NewZone(t)
+	bad.ServFail("dest.test.")
+	bad.ServFail("mx.dest.test.")
+	r := &resolve.Resolver{Servers: []string{dnstest.Start(t, bad), good}, Timeout: 10 * time.Second}
 	hosts, err := Lookup(context.Background(), r, "dest.test")
 	if err != nil || len(hosts) != 1 || hosts[0].Name != "mx.dest.test" {
 		t.Fatalf("Lookup = %+v, %v", hosts, err)
