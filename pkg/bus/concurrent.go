@@ -93,9 +93,6 @@ func NewConcurrentSubscriber(cfg Config, group string, c Concurrency, log *slog.
 	if group == "" {
 		return nil, errors.New("create concurrent subscriber: empty consumer group")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	sc, err := ConsumerConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -103,99 +100,31 @@ func NewConcurrentSubscriber(cfg Config, group string, c Concurrency, log *slog.
 	sc.ChannelBufferSize = concurrentFetchBuffer
 	c = c.withDefaults()
 	return &concurrentSubscriber{
-		cfg:     cfg.withDefaults(),
-		sc:      sc,
-		group:   group,
-		lim:     c,
-		records: semaphore.NewWeighted(int64(c.Records)),
-		bytes:   semaphore.NewWeighted(c.Bytes),
-		log:     log.With(slog.String("group", group)),
-		closing: make(chan struct{}),
+		groupMember: newGroupMember(cfg, sc, group, "concurrent", log),
+		lim:         c,
+		records:     semaphore.NewWeighted(int64(c.Records)),
+		bytes:       semaphore.NewWeighted(c.Bytes),
 	}, nil
 }
 
 type concurrentSubscriber struct {
-	cfg   Config
-	sc    *sarama.Config
-	group string
-	lim   Concurrency
-	log   *slog.Logger
+	*groupMember
+	lim Concurrency
 
 	// records and bytes are shared by every subscription and partition of
 	// this subscriber: the bounds are per process.
 	records *semaphore.Weighted
 	bytes   *semaphore.Weighted
-
-	closeOnce sync.Once
-	closing   chan struct{}
-	wg        sync.WaitGroup
 }
 
 // Subscribe joins the group for topic. The returned channel closes once ctx
-// is cancelled or Close is called and the records in flight have drained.
+// is cancelled or Close is called and the records in flight have drained:
+// a session's end does not end its records (see ConsumeClaim), so that a
+// shutdown can drain them. Close waits for that too.
 func (s *concurrentSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	select {
-	case <-s.closing:
-		return nil, errors.New("concurrent subscriber closed")
-	default:
-	}
-	cg, err := sarama.NewConsumerGroup(s.cfg.Brokers, s.group, s.sc)
-	if err != nil {
-		return nil, fmt.Errorf("join consumer group %s: %w", s.group, err)
-	}
-	out := make(chan *message.Message)
-	// The sessions end with ctx or Close; the records in flight do not
-	// (see ConsumeClaim), so that a shutdown can drain them.
-	ctx, cancel := context.WithCancel(ctx)
-	s.wg.Add(3)
-	go func() {
-		defer s.wg.Done()
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		for err := range cg.Errors() {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "concurrent consumer", slog.String("topic", topic), slog.Any("err", err))
-		}
-	}()
-	h := &concurrentHandler{sub: s, cg: cg, out: out, drain: s.cfg.CloseTimeout * 3 / 4, values: context.WithoutCancel(ctx)}
-	go func() {
-		defer s.wg.Done()
-		defer close(out)
-		defer func() {
-			if err := cg.Close(); err != nil {
-				s.log.LogAttrs(ctx, slog.LevelWarn, "close concurrent consumer group", slog.Any("err", err))
-			}
-		}()
-		defer cancel()
-		for ctx.Err() == nil {
-			// Consume returns at every rebalance, after every claim has
-			// drained; join again.
-			if err := cg.Consume(ctx, []string{topic}, h); err != nil {
-				if errors.Is(err, sarama.ErrClosedConsumerGroup) {
-					return
-				}
-				s.log.LogAttrs(ctx, slog.LevelWarn, "concurrent consumer, joining again", slog.String("topic", topic), slog.Any("err", err))
-				select {
-				case <-ctx.Done():
-				case <-time.After(s.cfg.RetryBackoff):
-				}
-			}
-		}
-	}()
-	return out, nil
-}
-
-// Close ends every subscription, waiting for the records in flight to
-// drain (see HandleConcurrent).
-func (s *concurrentSubscriber) Close() error {
-	s.closeOnce.Do(func() { close(s.closing) })
-	s.wg.Wait()
-	return nil
+	return s.subscribe(ctx, topic, func(ctx context.Context, cg sarama.ConsumerGroup, out chan<- *message.Message) sarama.ConsumerGroupHandler {
+		return &concurrentHandler{sub: s, cg: cg, out: out, drain: s.cfg.CloseTimeout * 3 / 4, values: context.WithoutCancel(ctx)}
+	})
 }
 
 type concurrentHandler struct {

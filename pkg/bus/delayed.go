@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -41,96 +40,24 @@ func NewDelayedSubscriber(cfg Config, group string, delay time.Duration, log *sl
 	if group == "" {
 		return nil, errors.New("create delayed subscriber: empty consumer group")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	sc, err := ConsumerConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &delayedSubscriber{
-		cfg:     cfg.withDefaults(),
-		sc:      sc,
-		group:   group,
-		delay:   delay,
-		log:     log.With(slog.String("group", group)),
-		closing: make(chan struct{}),
-	}, nil
+	return &delayedSubscriber{groupMember: newGroupMember(cfg, sc, group, "delayed", log), delay: delay}, nil
 }
 
 type delayedSubscriber struct {
-	cfg   Config
-	sc    *sarama.Config
-	group string
+	*groupMember
 	delay time.Duration
-	log   *slog.Logger
-
-	closeOnce sync.Once
-	closing   chan struct{}
-	wg        sync.WaitGroup
 }
 
 // Subscribe joins the group for topic. The returned channel closes after
 // ctx is cancelled or Close is called.
 func (s *delayedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	select {
-	case <-s.closing:
-		return nil, errors.New("delayed subscriber closed")
-	default:
-	}
-	cg, err := sarama.NewConsumerGroup(s.cfg.Brokers, s.group, s.sc)
-	if err != nil {
-		return nil, fmt.Errorf("join consumer group %s: %w", s.group, err)
-	}
-	out := make(chan *message.Message)
-	ctx, cancel := context.WithCancel(ctx)
-	s.wg.Add(3)
-	go func() {
-		defer s.wg.Done()
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		for err := range cg.Errors() {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "delayed consumer", slog.String("topic", topic), slog.Any("err", err))
-		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		defer close(out)
-		defer func() {
-			if err := cg.Close(); err != nil {
-				s.log.LogAttrs(ctx, slog.LevelWarn, "close delayed consumer group", slog.Any("err", err))
-			}
-		}()
-		defer cancel()
-		h := &delayedHandler{sub: s, out: out, ctx: ctx}
-		for ctx.Err() == nil {
-			// Consume returns at every rebalance; join again.
-			if err := cg.Consume(ctx, []string{topic}, h); err != nil {
-				if errors.Is(err, sarama.ErrClosedConsumerGroup) {
-					return
-				}
-				s.log.LogAttrs(ctx, slog.LevelWarn, "delayed consumer, joining again", slog.String("topic", topic), slog.Any("err", err))
-				select {
-				case <-ctx.Done():
-				case <-time.After(s.cfg.RetryBackoff):
-				}
-			}
-		}
-	}()
-	return out, nil
-}
-
-// Close stops every subscription and waits for them.
-func (s *delayedSubscriber) Close() error {
-	s.closeOnce.Do(func() { close(s.closing) })
-	s.wg.Wait()
-	return nil
+	return s.subscribe(ctx, topic, func(ctx context.Context, _ sarama.ConsumerGroup, out chan<- *message.Message) sarama.ConsumerGroupHandler {
+		return &delayedHandler{sub: s, out: out, ctx: ctx}
+	})
 }
 
 type delayedHandler struct {
