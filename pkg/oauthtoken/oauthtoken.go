@@ -35,7 +35,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -145,11 +144,6 @@ type Tokens struct {
 	rdb    redis.UniversalClient
 	sealer *seal.Sealer
 	opts   Options
-
-	mu sync.Mutex
-	// local is this replica's copy of each shared token, so that opening
-	// a connection costs no Redis round trip while the token is fresh.
-	local map[string]entry
 }
 
 // entry is a shared token. RefreshAt is when a replica should refresh it.
@@ -177,7 +171,7 @@ func New(rdb redis.UniversalClient, sealer *seal.Sealer, opts Options) *Tokens {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Tokens{rdb: rdb, sealer: sealer, opts: opts, local: map[string]entry{}}
+	return &Tokens{rdb: rdb, sealer: sealer, opts: opts}
 }
 
 // Token returns a current access token for c, refreshing it (once over all
@@ -204,19 +198,18 @@ func (t *Tokens) get(ctx context.Context, c Client, rejected string) (string, er
 		return "", fmt.Errorf("relay %s has no OAuth client id or refresh token (connect the account first)", c.RelayID)
 	}
 	key := c.key()
-	t.mu.Lock()
-	e, ok := t.local[key]
-	t.mu.Unlock()
-	if rejected == "" && t.usable(e, ok, rejected) {
-		return e.AccessToken, nil
-	}
+	// Every call reads the shared token, once per SMTP connection: a copy
+	// kept in the replica goes stale when another replica replaces a
+	// token the relay refused, and if the provider revoked that
+	// replacement too (a password change revokes every token), the
+	// stale copy's one swap would hand out the revoked replacement and
+	// the relay would count as failed.
 	for {
 		e, ok, err := t.shared(ctx, key, c.RelayID)
 		if err != nil {
 			return "", err
 		}
 		if t.usable(e, ok, rejected) {
-			t.remember(key, e)
 			return e.AccessToken, nil
 		}
 		token := make([]byte, 16)
@@ -237,7 +230,6 @@ func (t *Tokens) get(ctx context.Context, c Client, rejected string) (string, er
 		// and taking the lock: check again under it.
 		if e, ok, err := t.shared(ctx, key, c.RelayID); err == nil && t.usable(e, ok, rejected) {
 			t.unlock(lock, hex.EncodeToString(token))
-			t.remember(key, e)
 			return e.AccessToken, nil
 		}
 		e, err = t.refresh(ctx, c, key)
@@ -279,12 +271,6 @@ func (t *Tokens) unlock(lock, token string) {
 		// It expires by itself after LockTTL.
 		t.opts.Log.Warn("releasing the OAuth refresh lock", "lock", lock, "err", err)
 	}
-}
-
-func (t *Tokens) remember(key string, e entry) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.local[key] = e
 }
 
 func aad(relayID string) []byte { return []byte("mailbus/relay/" + relayID + "/oauth_access_token") }
@@ -346,11 +332,11 @@ func (t *Tokens) refresh(ctx context.Context, c Client, key string) (entry, erro
 	// Redis's data gives nothing without the platform's key.
 	if ttl := e.Expiry.Sub(now); ttl > 0 {
 		if err := t.rdb.Set(ctx, key, raw, ttl).Err(); err != nil {
-			// This replica still has it; the others refresh themselves.
+			// The caller gets it all the same; the other replicas (and this
+			// one's next connection) refresh for themselves.
 			t.opts.Log.Warn("sharing the refreshed OAuth token", "relay_id", c.RelayID, "err", err)
 		}
 	}
-	t.remember(key, e)
 	t.opts.Log.Info("refreshed OAuth access token", "relay_id", c.RelayID, "expires_in", life.Round(time.Second).String())
 	return e, nil
 }

@@ -148,3 +148,36 @@ func TestTokens_aRejectedTokenIsReplacedOnceForEveryReplica(t *testing.T) {
 		t.Errorf("an unknown refresh token: %v, want the provider's invalid_grant", err)
 	}
 }
+
+// When the provider revokes every token (a password change), a replica
+// must not still use the one it had before another replica replaced it:
+// its one swap after the relay's refusal would land on the replacement,
+// revoked too, and the relay would count as failed (a CI run of the
+// sender's OAuth test lost two messages to mail.fallback that way).
+func TestTokens_aReplicaUsesTheTokenAnotherReplicaSharedSinceItsLast(t *testing.T) {
+	addr := testkit.StartRedis(t)
+	srv := testkit.StartOAuthServer(t, time.Hour)
+	c := client(srv)
+	r := replicas(t, addr, 2)
+	ctx := context.Background()
+	old, err := r[1].Token(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Revoke(old)
+	replaced, err := r[0].Refresh(ctx, c, old)
+	if err != nil || replaced == old {
+		t.Fatalf("replica 0's refresh: %q, %v", replaced, err)
+	}
+	srv.Revoke(replaced)
+
+	got, err := r[1].Token(ctx, c)
+	if err != nil || got != replaced {
+		t.Fatalf("replica 1 got %q, %v; want the token replica 0 shared since (%q), not its old one", got, err, replaced)
+	}
+	// The relay refuses it: one swap gets a new, valid token.
+	fresh, err := r[1].Refresh(ctx, c, got)
+	if err != nil || !srv.Valid(fresh) {
+		t.Errorf("swap after the refusal: %q (valid %t), %v", fresh, srv.Valid(fresh), err)
+	}
+}
