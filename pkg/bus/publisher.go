@@ -78,12 +78,11 @@ func (p *publisher) records(topic string, msgs []*message.Message) ([]*sarama.Pr
 	pms := make([]*sarama.ProducerMessage, len(msgs))
 	sizes := make([]int, len(msgs))
 	for i, msg := range msgs {
-		pm, err := p.marshal.Marshal(topic, msg)
+		pm, size, err := producerRecord(p.marshal, topic, msg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("marshal message %s for %s: %w", msg.UUID, topic, err)
+			return nil, nil, err
 		}
-		// The size as the producer counts it against MaxMessageBytes.
-		if sizes[i] = pm.ByteSize(2); sizes[i] > p.limit {
+		if sizes[i] = size; size > p.limit {
 			return nil, nil, Permanent(&RecordTooLargeError{Topic: topic, Size: sizes[i], Limit: p.limit})
 		}
 		pms[i] = pm

@@ -93,11 +93,18 @@ func IsTooLarge(err error) bool {
 // counts it against Config.MaxMessageBytes: payload, key and headers
 // (metadata and the watermill UUID) with their framing.
 func RecordSize(topic string, msg *message.Message) (int, error) {
-	pm, err := newMarshaler().Marshal(topic, msg)
+	_, size, err := producerRecord(newMarshaler(), topic, msg)
+	return size, err
+}
+
+// producerRecord is msg as the record the publisher sends to topic, and
+// its size as RecordSize counts it.
+func producerRecord(m marshaler, topic string, msg *message.Message) (*sarama.ProducerMessage, int, error) {
+	pm, err := m.Marshal(topic, msg)
 	if err != nil {
-		return 0, fmt.Errorf("marshal message %s for %s: %w", msg.UUID, topic, err)
+		return nil, 0, fmt.Errorf("marshal message %s for %s: %w", msg.UUID, topic, err)
 	}
-	return pm.ByteSize(2), nil
+	return pm, pm.ByteSize(2), nil
 }
 
 // FormatBytes writes n in bytes and, when large, in KiB or MiB:

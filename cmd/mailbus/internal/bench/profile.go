@@ -11,8 +11,10 @@ import (
 	"github.com/mailbus/mailbus/cmd/mailbus/internal/stack"
 )
 
-// stageOf attributes a CPU sample to a pipeline stage: the outermost frame
-// in a service package wins (a handler and everything it calls), and
+// A sample goes to the stage its goroutine's label names (see
+// stack.ProfileLabel). An unlabelled one (a goroutine a service started
+// before its Run, the runtime's) falls back to its stack: the outermost
+// frame in a service package wins (a handler and everything it calls), and
 // samples outside any handler go to the infrastructure that ran them.
 var stagePrefixes = []struct{ prefix, stage string }{
 	{"github.com/mailbus/mailbus/services/router", "router"},
@@ -104,9 +106,11 @@ func attribute(raw []byte) ([]stageCPU, time.Duration, error) {
 	for _, s := range p.Sample {
 		d := time.Duration(s.Value[idx])
 		total += d
-		stage := classify(s)
+		var stage string
 		if l := s.Label[stack.ProfileLabel]; len(l) > 0 {
 			stage = l[0]
+		} else {
+			stage = classify(s)
 		}
 		sc := by[stage]
 		if sc == nil {
